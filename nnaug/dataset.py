@@ -1,0 +1,513 @@
+"""nnU-Net raw datasets in and out, read and written with nnunetv2's own helpers.
+
+One place that knows the raw-dataset layout: find a dataset the way nnU-Net does, validate it
+(every problem is one :class:`NnaugError` line), hand the generators a torch ``Dataset`` of
+(image, label) pairs at a square resolution, and write new datasets atomically.
+
+nnaug works on 2D datasets only (natural images such as PNG, or 2D NIfTI/NRRD/MHA).
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from nnaug.errors import NnaugError
+
+REQUIRED_KEYS = ("channel_names", "labels", "file_ending")
+PARTIAL_SUFFIX = ".partial"
+
+
+# ----------------------------------------------------------------------------- locating
+def raw_root() -> Path:
+    """``$nnUNet_raw`` as a Path, or a one-line error saying how to set it."""
+    value = os.environ.get("nnUNet_raw")
+    if not value:
+        raise NnaugError("nnUNet_raw is not set: export nnUNet_raw=/path/to/nnUNet_raw (as for nnU-Net itself)")
+    root = Path(value)
+    if not root.is_dir():
+        raise NnaugError(f"nnUNet_raw points to {root}, which is not a folder: create it or fix the variable")
+    return root
+
+
+def results_root() -> Path:
+    value = os.environ.get("nnUNet_results")
+    if not value:
+        raise NnaugError("nnUNet_results is not set: export nnUNet_results=/path/to/nnUNet_results (as for nnU-Net itself)")
+    return Path(value)
+
+
+def parse_dataset_id(name_or_id: str | int) -> int | None:
+    """``501``, ``"501"``, ``"Dataset501"`` or ``"Dataset501_Kvasir"`` -> 501; anything else -> None."""
+    text = str(name_or_id)
+    match = re.fullmatch(r"(?:Dataset)?(\d{1,3})(?:_.*)?", text)
+    return int(match.group(1)) if match else None
+
+
+def find_raw_dataset(name_or_id: str | int) -> Path:
+    """The raw folder of a dataset given by ID or name, searched under ``$nnUNet_raw`` as nnU-Net does."""
+    root = raw_root()
+    text = str(name_or_id)
+    if text.startswith("Dataset") and "_" in text:
+        folder = root / text
+        if folder.is_dir():
+            return folder
+        raise NnaugError(f"dataset {text} not found in nnUNet_raw={root}: check the name or run `nnaug convert` first")
+    dataset_id = parse_dataset_id(text)
+    if dataset_id is None:
+        raise NnaugError(f"'{text}' is neither a dataset ID (e.g. 501) nor a dataset name (e.g. Dataset501_Kvasir)")
+    candidates = sorted(p for p in root.glob(f"Dataset{dataset_id:03d}_*") if p.is_dir())
+    if not candidates:
+        raise NnaugError(f"no dataset with ID {dataset_id} in nnUNet_raw={root}: check the ID or run `nnaug convert` first")
+    if len(candidates) > 1:
+        names = ", ".join(p.name for p in candidates)
+        raise NnaugError(f"more than one dataset has ID {dataset_id} ({names}): rename one of them, as nnU-Net requires")
+    return candidates[0]
+
+
+def used_dataset_ids() -> set[int]:
+    """IDs taken in nnUNet_raw, nnUNet_preprocessed or nnUNet_results (as nnU-Net checks all three)."""
+    ids = set()
+    for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        folder = os.environ.get(var)
+        if folder and Path(folder).is_dir():
+            for p in Path(folder).iterdir():
+                match = re.fullmatch(r"Dataset(\d{3})_.+", p.name)
+                if match and p.is_dir():
+                    ids.add(int(match.group(1)))
+    return ids
+
+
+def next_free_dataset_id(start: int = 500) -> int:
+    used = used_dataset_ids()
+    candidate = max([start - 1, *used]) + 1  # above every ID in use, as users expect
+    if candidate < 1000:
+        return candidate
+    for candidate in range(start, 1000):
+        if candidate not in used:
+            return candidate
+    raise NnaugError("no free dataset ID below 1000: pass --output-id explicitly")
+
+
+# ----------------------------------------------------------------------------- reading
+@dataclass
+class Case:
+    identifier: str
+    image_files: list[str]
+    label_file: str
+
+
+@dataclass
+class RawDataset:
+    """A validated nnU-Net raw dataset (metadata only; pixels are read on demand)."""
+
+    folder: Path
+    dataset_json: dict
+    cases: list[Case]
+    reader_writer: type
+    channels_per_file: list[int] = field(default_factory=list)
+    intensity_mode: str = "uint8"
+    """``uint8`` for natural 8-bit images (read by NaturalImage2DIO, values 0..255); ``percentile`` otherwise."""
+
+    @property
+    def name(self) -> str:
+        return self.folder.name
+
+    @property
+    def dataset_id(self) -> int | None:
+        return parse_dataset_id(self.folder.name)
+
+    @property
+    def file_ending(self) -> str:
+        return self.dataset_json["file_ending"]
+
+    @property
+    def channel_names(self) -> list[str]:
+        cn = self.dataset_json["channel_names"]
+        return [cn[k] for k in sorted(cn, key=int)]
+
+    @property
+    def num_channels(self) -> int:
+        return sum(self.channels_per_file)
+
+    @property
+    def labels(self) -> dict[str, int]:
+        return {k: int(v) for k, v in self.dataset_json["labels"].items()}
+
+    @property
+    def label_values(self) -> list[int]:
+        return sorted(self.labels.values())
+
+    def read_case(self, case: Case) -> tuple[np.ndarray, np.ndarray, dict]:
+        """(image [C, H, W] float32, label [H, W] int64, properties) of one case, validated."""
+        rw = self.reader_writer()
+        try:
+            image, props = rw.read_images(case.image_files)
+        except Exception as exc:  # readers raise anything from OSError to AssertionError
+            raise NnaugError(f"cannot read image {_short(case.image_files)}: {_one_line(exc)} — replace or remove the file") from None
+        try:
+            label, _ = rw.read_seg(case.label_file)
+        except Exception as exc:
+            raise NnaugError(f"cannot read label {case.label_file}: {_one_line(exc)} — replace or remove the file") from None
+        if image.ndim != 4 or image.shape[1] != 1:
+            raise NnaugError(
+                f"{_short(case.image_files)} is a 3D volume ({image.shape[1]} slices): nnaug works on 2D datasets only "
+                "— convert it to 2D slices first"
+            )
+        if label.ndim != 4 or label.shape[1] != 1:
+            raise NnaugError(
+                f"{case.label_file} is a 3D volume ({label.shape[1]} slices): nnaug works on 2D datasets only "
+                "— convert it to 2D slices first"
+            )
+        if image.shape[2:] != label.shape[2:]:
+            raise NnaugError(
+                f"case {case.identifier}: image is {image.shape[2]}x{image.shape[3]} but label is "
+                f"{label.shape[2]}x{label.shape[3]} — image and label must have the same size"
+            )
+        if image.shape[0] != self.num_channels:
+            raise NnaugError(
+                f"case {case.identifier}: image has {image.shape[0]} channels, dataset.json channel_names has "
+                f"{len(self.channel_names)} — make them agree"
+            )
+        label2d = label[0, 0]
+        values = np.unique(label2d)
+        bad = sorted(set(values.tolist()) - set(self.label_values))
+        if bad:
+            raise NnaugError(
+                f"label {case.label_file} has values {_fmt_values(bad)} that are not in dataset.json labels "
+                f"{self.label_values}: fix the label file or add them to labels"
+            )
+        return image[:, 0].astype(np.float32, copy=False), label2d.astype(np.int64), props
+
+    def iter_cases(self) -> Iterator[tuple[Case, np.ndarray, np.ndarray, dict]]:
+        for case in self.cases:
+            yield (case, *self.read_case(case))
+
+
+def _short(files: list[str]) -> str:
+    return files[0] if len(files) == 1 else f"{files[0]} (+{len(files) - 1} more)"
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text[:200]
+
+
+def _fmt_values(values: list) -> str:
+    shown = ", ".join(str(int(v)) if float(v).is_integer() else f"{v:g}" for v in values[:8])
+    return "{" + shown + (", ..." if len(values) > 8 else "") + "}"
+
+
+def load_dataset_json(folder: Path) -> dict:
+    path = folder / "dataset.json"
+    if not path.is_file():
+        raise NnaugError(f"{path} is missing: every nnU-Net raw dataset needs a dataset.json")
+    try:
+        from batchgenerators.utilities.file_and_folder_operations import load_json
+
+        content = load_json(str(path))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise NnaugError(f"{path} is not valid JSON ({_one_line(exc)}): fix the file") from None
+    if not isinstance(content, dict):
+        raise NnaugError(f"{path} must hold a JSON object with channel_names, labels, numTraining and file_ending")
+    missing = [k for k in REQUIRED_KEYS if k not in content]
+    if missing:
+        raise NnaugError(f"{path} lacks {', '.join(missing)}: add it as nnU-Net's dataset.json format requires")
+    labels = content["labels"]
+    if not isinstance(labels, dict) or not labels:
+        raise NnaugError(f"{path}: labels must be an object like {{\"background\": 0, \"polyp\": 1}}")
+    for name, value in labels.items():
+        if isinstance(value, (list, tuple)):
+            raise NnaugError(f"{path}: label '{name}' is a region ({value}); nnaug supports plain integer labels only")
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise NnaugError(f"{path}: label '{name}' must be an integer, got {value!r}")
+    values = sorted(labels.values())
+    if values != list(range(len(values))):
+        raise NnaugError(f"{path}: label values must be consecutive integers starting at 0 (background), got {values}")
+    if not isinstance(content["channel_names"], dict) or not content["channel_names"]:
+        raise NnaugError(f"{path}: channel_names must be an object like {{\"0\": \"R\", \"1\": \"G\", \"2\": \"B\"}}")
+    return content
+
+
+def load_raw_dataset(name_or_id: str | int | Path) -> RawDataset:
+    """Locate and open a raw dataset; checks its structure and the first case (``check_dataset`` checks all)."""
+    from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
+    from nnunetv2.utilities.utils import get_filenames_of_train_images_and_targets
+
+    folder = Path(name_or_id) if isinstance(name_or_id, Path) else find_raw_dataset(name_or_id)
+    dataset_json = load_dataset_json(folder)
+    if "dataset" not in dataset_json and not (folder / "imagesTr").is_dir():
+        raise NnaugError(f"{folder} has no imagesTr folder: put the training images there (CASE_0000{dataset_json['file_ending']})")
+    try:
+        files = get_filenames_of_train_images_and_targets(str(folder), dataset_json)
+    except Exception as exc:
+        raise NnaugError(f"cannot list the cases of {folder}: {_one_line(exc)}") from None
+    if not files:
+        raise NnaugError(f"{folder} has no training cases in imagesTr: add cases or check file_ending in dataset.json")
+    cases = [Case(k, list(v["images"]), v["label"]) for k, v in sorted(files.items())]
+    missing_labels = [c.identifier for c in cases if not os.path.isfile(c.label_file)]
+    if missing_labels:
+        raise NnaugError(
+            f"{len(missing_labels)} case(s) have no label in labelsTr (e.g. {', '.join(missing_labels[:3])}): "
+            f"add labelsTr/CASE{dataset_json['file_ending']} for each image"
+        )
+    num_training = dataset_json.get("numTraining")
+    if num_training is not None and num_training != len(cases):
+        raise NnaugError(
+            f"dataset.json says numTraining={num_training} but {len(cases)} cases were found: set numTraining to {len(cases)}"
+        )
+    try:
+        rw = determine_reader_writer_from_dataset_json(dataset_json, cases[0].image_files[0], verbose=False)
+    except Exception:
+        raise NnaugError(
+            f"no nnU-Net reader can open {cases[0].image_files[0]} (file_ending {dataset_json['file_ending']}): "
+            "use PNG for natural images or NIfTI/NRRD/MHA for 2D scans"
+        ) from None
+    raw = RawDataset(folder=folder, dataset_json=dataset_json, cases=cases, reader_writer=rw)
+    raw.channels_per_file, raw.intensity_mode = _inspect_first_case(raw, cases[0])
+    return raw
+
+
+def _inspect_first_case(raw: RawDataset, case: Case) -> tuple[list[int], str]:
+    """Channels per image file, and the intensity mode, from the first case."""
+    from nnunetv2.imageio.natural_image_reader_writer import NaturalImage2DIO
+
+    rw = raw.reader_writer()
+    counts, maxima = [], []
+    for f in case.image_files:
+        try:
+            data = rw.read_images((f,))[0]
+        except Exception as exc:
+            raise NnaugError(f"cannot read image {f}: {_one_line(exc)} — replace or remove the file") from None
+        counts.append(data.shape[0])
+        maxima.append(float(data.max()))
+    if sum(counts) != len(raw.channel_names):
+        raise NnaugError(
+            f"case {case.identifier}: its image files hold {sum(counts)} channels but channel_names lists "
+            f"{len(raw.channel_names)} — make them agree"
+        )
+    natural_8bit = issubclass(raw.reader_writer, NaturalImage2DIO) and max(maxima) <= 255
+    return counts, "uint8" if natural_8bit else "percentile"
+
+
+@dataclass
+class DatasetSummary:
+    num_cases: int
+    shapes: list[tuple[int, int]]
+    label_pixels: dict[int, int]
+    intensity_low: list[float]
+    intensity_high: list[float]
+
+    @property
+    def median_shape(self) -> tuple[int, int]:
+        arr = np.array(self.shapes)
+        return int(np.median(arr[:, 0])), int(np.median(arr[:, 1]))
+
+
+def check_dataset(raw: RawDataset, progress: bool = False) -> DatasetSummary:
+    """Read every case exactly as the generators will; first problem -> NnaugError."""
+    from tqdm.auto import tqdm
+
+    shapes, lows, highs = [], [], []
+    pixels = {v: 0 for v in raw.label_values}
+    for case in tqdm(raw.cases, desc="checking cases", disable=not progress, leave=False):
+        image, label, _ = raw.read_case(case)
+        shapes.append(tuple(label.shape))
+        values, counts = np.unique(label, return_counts=True)
+        for v, c in zip(values.tolist(), counts.tolist()):
+            pixels[int(v)] += int(c)
+        flat = image.reshape(image.shape[0], -1)
+        lows.append(np.percentile(flat, 0.5, axis=1))
+        highs.append(np.percentile(flat, 99.5, axis=1))
+    return DatasetSummary(
+        num_cases=len(raw.cases),
+        shapes=shapes,
+        label_pixels=pixels,
+        intensity_low=np.median(np.array(lows), axis=0).tolist(),
+        intensity_high=np.median(np.array(highs), axis=0).tolist(),
+    )
+
+
+def fingerprint(raw: RawDataset) -> str:
+    """sha256 over dataset.json and every case file (names and bytes): tells generators which data they saw."""
+    digest = hashlib.sha256()
+    files = [raw.folder / "dataset.json"] + [Path(f) for c in raw.cases for f in (*c.image_files, c.label_file)]
+    for path in files:
+        digest.update(str(path.relative_to(raw.folder) if path.is_relative_to(raw.folder) else path).encode())
+        digest.update(file_sha256(path).encode())
+    return digest.hexdigest()
+
+
+def file_sha256(path: Path | str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# ----------------------------------------------------------------------------- intensities
+def to_model_range(image: np.ndarray, mode: str) -> np.ndarray:
+    """Image [C, H, W] -> float32 in [-1, 1].
+
+    ``uint8`` (natural 8-bit images): x / 127.5 - 1.
+    ``percentile`` (other modalities): per case and channel, clip to the [0.5, 99.5] percentiles
+    and scale that range to [-1, 1].
+    """
+    image = image.astype(np.float32, copy=False)
+    if mode == "uint8":
+        return np.clip(image / 127.5 - 1.0, -1.0, 1.0)
+    flat = image.reshape(image.shape[0], -1)
+    low = np.percentile(flat, 0.5, axis=1)[:, None, None]
+    high = np.percentile(flat, 99.5, axis=1)[:, None, None]
+    scale = np.maximum(high - low, 1e-8)
+    return (np.clip((image - low) / scale, 0.0, 1.0) * 2.0 - 1.0).astype(np.float32)
+
+
+def from_model_range(image: np.ndarray, mode: str, low: list[float] | None = None, high: list[float] | None = None) -> np.ndarray:
+    """Inverse of :func:`to_model_range` for writing: uint8 for natural images, else the dataset's typical range."""
+    image = np.clip(image, -1.0, 1.0)
+    if mode == "uint8":
+        return np.round((image + 1.0) * 127.5).astype(np.uint8)
+    low_a = np.asarray(low, dtype=np.float32)[:, None, None]
+    high_a = np.asarray(high, dtype=np.float32)[:, None, None]
+    return ((image + 1.0) / 2.0 * (high_a - low_a) + low_a).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- torch dataset
+class PairDataset:
+    """(image, label) pairs at a square resolution for the generators (a ``torch.utils.data.Dataset``).
+
+    image: float32 tensor [C, S, S] in [-1, 1] (see :func:`to_model_range`; bilinear, antialiased resize).
+    label: int64 tensor [S, S] holding the dataset's label values 0..K (nearest-neighbour resize).
+    Non-square images are resized to the square (aspect ratio is not kept).
+    All cases are read once and kept in memory at resolution S.
+    """
+
+    def __init__(self, raw: RawDataset, resolution: int, progress: bool = True):
+        import torch
+        import torch.nn.functional as F
+        from tqdm.auto import tqdm
+
+        self.raw = raw
+        self.resolution = resolution
+        images, labels = [], []
+        for case in tqdm(raw.cases, desc="loading cases", disable=not progress, leave=False):
+            image, label, _ = raw.read_case(case)
+            img = torch.from_numpy(to_model_range(image, raw.intensity_mode))[None]
+            lab = torch.from_numpy(label)[None, None].float()
+            images.append(F.interpolate(img, size=(resolution, resolution), mode="bilinear", antialias=True, align_corners=False)[0].clamp_(-1, 1))
+            labels.append(F.interpolate(lab, size=(resolution, resolution), mode="nearest-exact")[0, 0].long())
+        self.images = torch.stack(images)
+        self.labels = torch.stack(labels)
+        self.identifiers = [c.identifier for c in raw.cases]
+
+    def __len__(self) -> int:
+        return len(self.identifiers)
+
+    def __getitem__(self, index: int):
+        return self.images[index], self.labels[index]
+
+
+# ----------------------------------------------------------------------------- writing
+def partial_dir(target: Path) -> Path:
+    """Hidden work folder beside ``target`` (nnU-Net ignores names that do not start with ``Dataset``)."""
+    return target.parent / f".{target.name}{PARTIAL_SUFFIX}"
+
+
+@contextlib.contextmanager
+def atomic_output_dir(target: Path, overwrite: bool = False, resume: bool = False) -> Iterator[Path]:
+    """Build a folder in a hidden temp folder beside ``target`` and rename it into place when complete.
+
+    An existing ``target`` is only replaced with ``overwrite``. With ``resume`` an earlier partial
+    folder is reused (and kept if this run fails too); without it a failed run removes its partial.
+    """
+    target = Path(target)
+    if target.exists() and not overwrite:
+        raise NnaugError(f"{target} already exists: pass --overwrite to replace it, or choose another ID/name")
+    work = partial_dir(target)
+    if work.exists() and not resume:
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        yield work
+    except BaseException:
+        if not resume:
+            shutil.rmtree(work, ignore_errors=True)
+        raise
+    replace_dir(work, target)
+
+
+def replace_dir(source: Path, target: Path) -> None:
+    """Rename ``source`` to ``target``; an old ``target`` is moved aside first and deleted only afterwards."""
+    old = None
+    if target.exists():
+        old = target.parent / f".{target.name}.old-{os.getpid()}"
+        os.replace(target, old)
+    os.replace(source, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def write_case(
+    folder: Path,
+    identifier: str,
+    image: np.ndarray,
+    label: np.ndarray,
+    file_ending: str,
+    channels_per_file: list[int],
+    reader_writer: type,
+    properties: dict | None = None,
+) -> None:
+    """Write one case into ``folder/imagesTr`` and ``folder/labelsTr`` in the source's layout.
+
+    ``image`` [C, H, W] (uint8 for natural images, float otherwise), ``label`` [H, W] integers.
+    Labels go through the reader/writer's own ``write_seg``; images are split into files as in the
+    source (e.g. one RGB PNG, or one NIfTI per channel) and written with the same libraries nnU-Net
+    reads them with (scikit-image for natural images, SimpleITK otherwise).
+    """
+    from nnunetv2.imageio.natural_image_reader_writer import NaturalImage2DIO
+
+    (folder / "imagesTr").mkdir(parents=True, exist_ok=True)
+    (folder / "labelsTr").mkdir(parents=True, exist_ok=True)
+    props = properties or {"sitk_stuff": {"spacing": (1.0, 1.0), "origin": (0.0, 0.0), "direction": (1.0, 0.0, 0.0, 1.0)}}
+    start = 0
+    for file_index, count in enumerate(channels_per_file):
+        part = image[start : start + count]
+        start += count
+        path = folder / "imagesTr" / f"{identifier}_{file_index:04d}{file_ending}"
+        if issubclass(reader_writer, NaturalImage2DIO):
+            from skimage import io
+
+            io.imsave(str(path), part[0] if count == 1 else np.moveaxis(part, 0, -1), check_contrast=False)
+        else:
+            import SimpleITK as sitk
+
+            itk = sitk.GetImageFromArray(part[0].astype(np.float32))
+            stuff = props["sitk_stuff"]
+            itk.SetSpacing(tuple(stuff["spacing"])[-2:])
+            itk.SetOrigin(tuple(stuff["origin"])[-2:])
+            itk.SetDirection(tuple(stuff["direction"])[-4:] if len(stuff["direction"]) >= 4 else (1.0, 0.0, 0.0, 1.0))
+            sitk.WriteImage(itk, str(path), True)
+    seg_props = props if not issubclass(reader_writer, NaturalImage2DIO) else {}
+    if not issubclass(reader_writer, NaturalImage2DIO) and len(props["sitk_stuff"]["spacing"]) != 2:
+        seg_props = {"sitk_stuff": {**props["sitk_stuff"], "spacing": tuple(props["sitk_stuff"]["spacing"])[-2:]}}
+    reader_writer().write_seg(label[None].astype(np.uint8), str(folder / "labelsTr" / f"{identifier}{file_ending}"), seg_props)
+
+
+def write_dataset_json(folder: Path, dataset_json: dict, num_training: int, **updates) -> None:
+    """dataset.json copied from the source with numTraining (and any ``updates``) set."""
+    from batchgenerators.utilities.file_and_folder_operations import save_json
+
+    content = {k: v for k, v in dataset_json.items() if k != "dataset"}
+    content.update(updates)
+    content["numTraining"] = int(num_training)
+    save_json(content, str(folder / "dataset.json"), sort_keys=False)

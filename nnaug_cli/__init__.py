@@ -1,0 +1,1 @@
+"""nnaug's command-line tool: thin click commands over the ``nnaug`` library."""

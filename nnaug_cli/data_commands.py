@@ -1,0 +1,69 @@
+"""``nnaug convert``, ``nnaug check`` and ``nnaug example-dataset``."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.command()
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("--dataset-id", "-d", type=int, required=True, help="nnU-Net dataset ID of the new dataset (1-999).")
+@click.option("--name", required=True, help="Dataset name, e.g. Kvasir -> Dataset501_Kvasir.")
+@click.option("--images", default="images", show_default=True, help="Sub-folder of SOURCE with the images.")
+@click.option("--masks", default="masks", show_default=True, help="Sub-folder of SOURCE with the masks (same file stems).")
+@click.option("--threshold", type=float, default=None,
+              help="Binarise masks at value > T (for noisy binary masks, e.g. JPEG). Default: detect.")
+@click.option("--labels", "label_names", default=None,
+              help="Comma-separated label names, background first, e.g. background,polyp.")
+@click.option("--overwrite", is_flag=True, help="Replace the dataset if it exists.")
+def convert(source, dataset_id, name, images, masks, threshold, label_names, overwrite):
+    """Convert a folder SOURCE with images/ and masks/ into an nnU-Net raw dataset."""
+    from nnaug.convert import convert_folder
+
+    names = [n.strip() for n in label_names.split(",")] if label_names else None
+    target = convert_folder(source, dataset_id, name, images=images, masks=masks, threshold=threshold,
+                            label_names=names, overwrite=overwrite)
+    _print_summary(target.name)
+    click.echo(f"wrote {target}")
+
+
+@click.command()
+@click.argument("dataset")
+def check(dataset):
+    """Load DATASET (ID or name) exactly as the generators will and print a summary."""
+    _print_summary(dataset)
+
+
+@click.command("example-dataset")
+@click.option("--dataset-id", "-d", type=int, default=999, show_default=True)
+@click.option("--name", default="nnaugExample", show_default=True)
+@click.option("--num-cases", type=int, default=24, show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace the dataset if it exists.")
+def example_dataset(dataset_id, name, num_cases, overwrite):
+    """Write the small procedural example dataset (RGB 64x64, two blob classes) into $nnUNet_raw."""
+    from nnaug.example import write_example_dataset
+
+    target = write_example_dataset(dataset_id, name, num_cases=num_cases, overwrite=overwrite)
+    click.echo(f"wrote {target}")
+
+
+def _print_summary(dataset) -> None:
+    from nnaug.dataset import check_dataset, load_raw_dataset
+
+    raw = load_raw_dataset(dataset)
+    summary = check_dataset(raw, progress=True)
+    shapes = summary.shapes
+    heights = sorted(s[0] for s in shapes)
+    widths = sorted(s[1] for s in shapes)
+    total = sum(summary.label_pixels.values())
+    click.echo(f"{raw.name}  ({raw.folder})")
+    click.echo(f"  cases      {summary.num_cases}  (2D, {raw.reader_writer.__name__}, {raw.file_ending})")
+    click.echo(f"  channels   {raw.num_channels}: {', '.join(raw.channel_names)}  (intensities: {raw.intensity_mode})")
+    label_names = {v: k for k, v in raw.labels.items()}
+    freq = ", ".join(f"{v} {label_names[v]} {100 * summary.label_pixels[v] / total:.1f}%" for v in raw.label_values)
+    click.echo(f"  labels     {freq}")
+    click.echo(f"  sizes      {heights[0]}-{heights[-1]} x {widths[0]}-{widths[-1]} (median {summary.median_shape[0]}x{summary.median_shape[1]})")
+
+
+COMMANDS = [convert, check, example_dataset]

@@ -1,0 +1,36 @@
+"""The ``nnaug`` command group. Every :class:`NnaugError` becomes one line on stderr and exit code 2."""
+from __future__ import annotations
+
+import sys
+
+import click
+
+from nnaug.errors import NnaugError
+
+
+class NnaugGroup(click.Group):
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except NnaugError as exc:
+            click.echo(f"nnaug: error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+
+
+@click.group(cls=NnaugGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="nnaug")
+def cli():
+    """Diffusion-generated image-mask pairs for nnU-Net (datasets live under $nnUNet_raw, as for nnU-Net)."""
+
+
+def _register() -> None:
+    from nnaug_cli import data_commands
+
+    for command in data_commands.COMMANDS:
+        cli.add_command(command)
+
+
+_register()
+
+if __name__ == "__main__":
+    cli()
