@@ -155,7 +155,7 @@ def convert_folder(
     ids = [_identifier(stem) for stem, _, _ in pairs]
     if len(set(ids)) != len(ids):
         raise NnaugError("some file stems become the same case name after removing special characters: rename them")
-    gray_masks = [read_mask_gray(m) for _, _, m in tqdm(pairs, desc="reading masks", disable=not progress, leave=False)]
+    gray_masks = [read_mask_gray(m) for _, _, m in tqdm(pairs, desc="reading masks", disable=None if progress else True, leave=False)]
     mapping = decide_label_mapping(gray_masks, threshold)
     num_classes = 2 if mapping[0] == "threshold" else len(mapping[1])
     if num_classes < 2:
@@ -168,7 +168,7 @@ def convert_folder(
     num_channels = None
     with atomic_output_dir(target, overwrite=overwrite) as work:
         for identifier, (stem, image_path, _), gray in tqdm(
-            list(zip(ids, pairs, gray_masks)), desc=f"writing {target.name}", disable=not progress
+            list(zip(ids, pairs, gray_masks)), desc=f"writing {target.name}", disable=None if progress else True
         ):
             image = read_image(image_path)
             if num_channels is None:

@@ -318,7 +318,7 @@ def check_dataset(raw: RawDataset, progress: bool = False) -> DatasetSummary:
 
     shapes, lows, highs = [], [], []
     pixels = {v: 0 for v in raw.label_values}
-    for case in tqdm(raw.cases, desc="checking cases", disable=not progress, leave=False):
+    for case in tqdm(raw.cases, desc="checking cases", disable=None if progress else True, leave=False):
         image, label, _ = raw.read_case(case)
         shapes.append(tuple(label.shape))
         values, counts = np.unique(label, return_counts=True)
@@ -400,7 +400,7 @@ class PairDataset:
         self.raw = raw
         self.resolution = resolution
         images, labels = [], []
-        for case in tqdm(raw.cases, desc="loading cases", disable=not progress, leave=False):
+        for case in tqdm(raw.cases, desc="loading cases", disable=None if progress else True, leave=False):
             image, label, _ = raw.read_case(case)
             img = torch.from_numpy(to_model_range(image, raw.intensity_mode))[None]
             lab = torch.from_numpy(label)[None, None].float()
