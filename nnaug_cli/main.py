@@ -24,10 +24,11 @@ def cli():
 
 
 def _register() -> None:
-    from nnaug_cli import data_commands
+    from nnaug_cli import data_commands, generator_commands
 
-    for command in data_commands.COMMANDS:
-        cli.add_command(command)
+    for module in (data_commands, generator_commands):
+        for command in module.COMMANDS:
+            cli.add_command(command)
 
 
 _register()

@@ -1,0 +1,115 @@
+"""``nnaug train-generator``: from a raw dataset to a generator folder, for every model type.
+
+The common part lives here (dataset check, resolution, output folder, presets and overrides,
+resume); each model contributes a builder that returns its ``nn.Module`` (see ``nnaug.training``).
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from nnaug.dataset import PairDataset, check_dataset, fingerprint, load_raw_dataset, results_root
+from nnaug.errors import NnaugError
+from nnaug.masks import num_mask_channels
+from nnaug.training import TrainConfig, Trainer, latest_checkpoint, prepare_output, write_json_atomic
+
+MODELS = ("jdm", "siamese")
+RUN_CONFIG = "train_config.json"  # written at start so --resume rebuilds the same model
+
+
+def generators_root(dataset_name: str) -> Path:
+    """``$nnUNet_results/nnaug/<Dataset>/generators``: next to nnU-Net's own results."""
+    return results_root() / "nnaug" / dataset_name / "generators"
+
+
+def default_output(dataset_name: str, model: str, preset: str) -> Path:
+    return generators_root(dataset_name) / f"{model}_{preset}"
+
+
+def _presets(model: str) -> dict:
+    if model == "jdm":
+        from nnaug.jdm.model import PRESETS
+    else:
+        from nnaug.siamese.train import PRESETS
+    return PRESETS
+
+
+def resolve_settings(model: str, preset: str, overrides: dict) -> dict:
+    presets = _presets(model)
+    if preset not in presets:
+        raise NnaugError(f"unknown preset '{preset}' for {model}: choose one of {', '.join(presets)}")
+    settings = dict(presets[preset])
+    settings.update({k: v for k, v in overrides.items() if v is not None})
+    for key in ("steps", "batch_size", "resolution", "checkpoint_every", "grad_accum"):
+        if key in settings and int(settings[key]) < 1:
+            raise NnaugError(f"--{key.replace('_', '-')} must be at least 1, got {settings[key]}")
+    return settings
+
+
+def train_config_from(settings: dict) -> TrainConfig:
+    fields = TrainConfig.__dataclass_fields__
+    config = TrainConfig(**{k: v for k, v in settings.items() if k in fields and k != "extra"})
+    config.checkpoint_every = min(config.checkpoint_every, config.steps)
+    return config
+
+
+def build_model(model: str, settings: dict, raw, image_channels: int, mask_channels: int):
+    if model == "jdm":
+        from nnaug.jdm.model import JDMArchitecture, JDMModel
+
+        arch = JDMArchitecture(resolution=int(settings["resolution"]), image_channels=image_channels,
+                               mask_channels=mask_channels, channels=tuple(settings["channels"]),
+                               layers_per_block=int(settings["layers_per_block"]),
+                               attention_resolutions=tuple(settings["attention_resolutions"]),
+                               attention_head_dim=int(settings["attention_head_dim"]))
+        return JDMModel(arch.build_unet(), image_channels, mask_channels)
+    from nnaug.siamese.train import build_siamese_model
+
+    return build_siamese_model(settings, raw, image_channels, mask_channels)
+
+
+def train_generator(dataset: str, model: str = "jdm", preset: str = "tiny", output: Path | None = None,
+                    resume: bool = False, overwrite: bool = False, overrides: dict | None = None,
+                    progress: bool = True, cpu: bool = False) -> Path:
+    """Train (or resume) a generator on ``dataset``; returns the generator folder."""
+    import torch
+    from accelerate import Accelerator
+
+    if model not in MODELS:
+        raise NnaugError(f"unknown model '{model}': choose one of {', '.join(MODELS)}")
+    raw = load_raw_dataset(dataset)
+    summary = check_dataset(raw, progress=progress)
+    output = Path(output) if output else default_output(raw.name, model, preset)
+    prepare_output(output, resume=resume, overwrite=overwrite)
+    if resume:
+        saved = json.loads((output / RUN_CONFIG).read_text())
+        if saved["source_dataset"] != raw.name:
+            raise NnaugError(f"{output} was trained on {saved['source_dataset']}, not {raw.name}: resume it with that dataset")
+        settings = saved["settings"]
+        if overrides and overrides.get("steps"):
+            settings["steps"] = int(overrides["steps"])
+    else:
+        settings = resolve_settings(model, preset, overrides or {})
+        write_json_atomic(output / RUN_CONFIG, {"model": model, "preset": preset, "source_dataset": raw.name,
+                                                "settings": settings})
+    config = train_config_from(settings)
+    accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=cpu)
+    torch.manual_seed(config.seed)  # weight initialisation
+    pairs = PairDataset(raw, int(settings["resolution"]), progress=progress)
+    mask_channels = num_mask_channels(raw.label_values)
+    net = build_model(model, settings, raw, raw.num_channels, mask_channels)
+    info = {
+        "model": model, "preset": preset, "image_channels": raw.num_channels, "mask_channels": mask_channels,
+        "channel_names": raw.channel_names, "labels": raw.labels, "label_values": raw.label_values,
+        "resolution": int(settings["resolution"]), "intensity_mode": raw.intensity_mode,
+        "intensity_low": summary.intensity_low, "intensity_high": summary.intensity_high,
+        "file_ending": raw.file_ending, "median_shape": list(summary.median_shape),
+        "source_dataset": raw.name, "source_fingerprint": fingerprint(raw), "num_source_cases": len(raw.cases),
+        "settings": settings, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    trainer = Trainer(net, pairs.images, pairs.labels, config, output, info, accelerator=accelerator, progress=progress)
+    if resume:
+        trainer.load_checkpoint(latest_checkpoint(output))
+    trainer.run()
+    return output
