@@ -45,6 +45,13 @@ def results_root() -> Path:
     return Path(value)
 
 
+def preprocessed_root() -> Path:
+    value = os.environ.get("nnUNet_preprocessed")
+    if not value:
+        raise NnaugError("nnUNet_preprocessed is not set: export nnUNet_preprocessed=/path/to/nnUNet_preprocessed (as for nnU-Net itself)")
+    return Path(value)
+
+
 def parse_dataset_id(name_or_id: str | int) -> int | None:
     """``501``, ``"501"``, ``"Dataset501"`` or ``"Dataset501_Kvasir"`` -> 501; anything else -> None."""
     text = str(name_or_id)

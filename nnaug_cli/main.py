@@ -24,9 +24,9 @@ def cli():
 
 
 def _register() -> None:
-    from nnaug_cli import data_commands, generator_commands
+    from nnaug_cli import data_commands, generator_commands, synthesize_command
 
-    for module in (data_commands, generator_commands):
+    for module in (data_commands, generator_commands, synthesize_command):
         for command in module.COMMANDS:
             cli.add_command(command)
 

@@ -1,0 +1,286 @@
+"""``nnaug synthesize``: a trained generator -> a new nnU-Net raw dataset of synthetic pairs.
+
+The work is cut into fixed batches of consecutive cases, each with its own per-case seeds, and
+written into a hidden ``.DatasetXXX_Name.partial`` folder beside the target. A batch counts as
+done when its marker file exists, so a killed run (``--resume``), several shards (``--shard i/n``
+or ``accelerate launch``) and one uninterrupted process all compute the same batches from the
+same seeds and write the same bytes. The last step renames the folder into place.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from nnaug.dataset import (PairDataset, RawDataset, check_dataset, from_model_range, load_raw_dataset,
+                           next_free_dataset_id, partial_dir, raw_root, replace_dir, write_case, write_dataset_json)
+from nnaug.errors import NnaugError
+from nnaug.generators import checkpoint_sha256, find_latest_generator, load_generator, read_info
+from nnaug.mask_augment import MaskAugmentation, augment_mask
+
+PROVENANCE = "nnaug_provenance.json"
+PROGRESS = ".nnaug_batches"
+PLAN = ".nnaug_plan.json"
+
+
+@dataclass
+class SynthesisOptions:
+    ratio: float
+    generator: Path | None = None
+    mode: str | None = None  # joint | mask-conditioned (default: joint when the generator can)
+    masks: str = "train"  # train | augmented
+    sampler: str = "dpmsolver++"
+    steps: int = 25
+    batch_size: int = 8
+    seed: int = 0
+    output_id: int | None = None
+    overwrite: bool = False
+    resume: bool = False
+    mix: bool = False
+    shard: tuple[int, int] | None = None
+    merge: bool = False
+    augmentation: MaskAugmentation = MaskAugmentation()
+    device: str | None = None
+
+
+def case_seed(global_seed: int, index: int) -> int:
+    return (global_seed * 1_000_003 + index) % (2**31 - 1)
+
+
+def synthetic_name(raw: RawDataset, mix: bool) -> str:
+    source = raw.name.split("_", 1)[1] if "_" in raw.name else raw.name
+    return f"{source}Synth{'Mix' if mix else ''}"
+
+
+def _check_compatible(raw: RawDataset, info: dict, folder: Path) -> None:
+    if info["label_values"] != raw.label_values or info["labels"] != raw.labels:
+        raise NnaugError(f"generator {folder} was trained on labels {info['labels']} ({info['source_dataset']}), but "
+                         f"{raw.name} has {raw.labels}: use a generator trained on this dataset")
+    if info["image_channels"] != raw.num_channels or info["channel_names"] != raw.channel_names:
+        raise NnaugError(f"generator {folder} makes {info['image_channels']} channel(s) {info['channel_names']}, but "
+                         f"{raw.name} has {raw.num_channels} {raw.channel_names}: use a generator trained on this dataset")
+
+
+def make_plan(raw: RawDataset, info: dict, generator_dir: Path, opts: SynthesisOptions, mode: str) -> dict:
+    """Everything that decides the output bytes; a resumed run must find the same plan."""
+    count = int(round(opts.ratio * len(raw.cases)))
+    if count < 1:
+        raise NnaugError(f"--ratio {opts.ratio} x {len(raw.cases)} cases rounds to 0 synthetic cases: use a larger ratio")
+    cases = []
+    for i in range(count):
+        case = {"case": f"synth_{i:06d}", "seed": case_seed(opts.seed, i)}
+        if mode == "mask-conditioned":
+            case["mask_from"] = raw.cases[i % len(raw.cases)].identifier
+        cases.append(case)
+    return {
+        "source_dataset": raw.name, "generator": str(generator_dir.resolve()), "generator_model": info["model"],
+        "checkpoint_sha256": checkpoint_sha256(generator_dir), "generator_steps_trained": info.get("steps_trained"),
+        "mode": mode, "masks": opts.masks if mode == "mask-conditioned" else None,
+        "mask_augmentation": opts.augmentation.as_dict() if mode == "mask-conditioned" and opts.masks == "augmented" else None,
+        "sampler": opts.sampler, "steps": opts.steps, "seed": opts.seed, "ratio": opts.ratio,
+        "batch_size": opts.batch_size, "num_cases": count, "num_real_cases": len(raw.cases), "cases": cases,
+    }
+
+
+def _resolve_target(raw: RawDataset, opts: SynthesisOptions) -> Path:
+    name = synthetic_name(raw, opts.mix)
+    root = raw_root()
+    if opts.output_id is not None:
+        clash = [p.name for p in root.glob(f"Dataset{opts.output_id:03d}_*") if p.name != f"Dataset{opts.output_id:03d}_{name}"]
+        if clash:
+            raise NnaugError(f"dataset ID {opts.output_id} is already used by {clash[0]}: choose another --output-id")
+        return root / f"Dataset{opts.output_id:03d}_{name}"
+    if opts.resume or opts.merge or opts.shard:  # continue the unfinished one, if there is exactly one
+        partials = sorted(root.glob(f".Dataset*_{name}.partial"))
+        if len(partials) == 1:
+            return root / partials[0].name[1:].removesuffix(".partial")
+        if len(partials) > 1:
+            raise NnaugError(f"several unfinished {name} datasets in {root}: pass --output-id to pick one")
+        if opts.resume or opts.merge:
+            raise NnaugError(f"nothing to {'resume' if opts.resume else 'merge'}: no unfinished {name} dataset in {root}")
+    return root / f"Dataset{next_free_dataset_id():03d}_{name}"
+
+
+def synthesize(dataset: str, opts: SynthesisOptions, progress: bool = True) -> Path | None:
+    """Write the synthetic dataset; returns its folder (None for a shard that left assembly to another)."""
+    import torch
+
+    if not opts.ratio > 0:
+        raise NnaugError(f"--ratio must be > 0 (synthetic cases per real case, e.g. 5.0 for 500 %), got {opts.ratio}")
+    if opts.steps < 1 or opts.batch_size < 1:
+        raise NnaugError("--steps and --batch-size must be at least 1")
+    raw = load_raw_dataset(dataset)
+    summary = check_dataset(raw, progress=progress)
+    generator_dir = Path(opts.generator) if opts.generator else find_latest_generator(raw.name)
+    info = read_info(generator_dir)
+    _check_compatible(raw, info, generator_dir)
+    mode = opts.mode or ("joint" if info["model"] == "jdm" else "mask-conditioned")
+    if mode == "joint" and info["model"] != "jdm":
+        raise NnaugError(f"a {info['model']} generator cannot sample masks: use --mode mask-conditioned")
+    if opts.masks not in ("train", "augmented"):
+        raise NnaugError(f"--masks must be train or augmented, got {opts.masks}")
+    shard_index, shard_count = _shard(opts)
+
+    target = _resolve_target(raw, opts)
+    if target.exists() and not opts.overwrite:
+        raise NnaugError(f"{target} already exists: pass --overwrite to replace it, or --output-id for another ID")
+    work = partial_dir(target)
+    plan = make_plan(raw, info, generator_dir, opts, mode)
+    _open_work_folder(work, plan, resume=opts.resume or opts.merge or shard_count > 1)
+
+    batches = [list(range(s, min(s + opts.batch_size, plan["num_cases"])))
+               for s in range(0, plan["num_cases"], opts.batch_size)]
+    mine = [b for k, b in enumerate(batches) if k % shard_count == shard_index and not _done(work, k)]
+    if mine and not opts.merge:
+        device = opts.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        generator = load_generator(generator_dir, device=device)
+        real_labels = PairDataset(raw, info["resolution"], progress=False).labels if mode == "mask-conditioned" else None
+        _generate(raw, info, generator, plan, batches, mine, real_labels, opts, summary, work, progress)
+    if not all(_done(work, k) for k in range(len(batches))):
+        if opts.merge:
+            missing = [k for k in range(len(batches)) if not _done(work, k)]
+            raise NnaugError(f"--merge: {len(missing)} of {len(batches)} batches are not written yet (e.g. batch {missing[0]}): finish the shards first")
+        return None  # another shard will assemble
+    return _finalize(raw, plan, work, target, opts)
+
+
+def _shard(opts: SynthesisOptions) -> tuple[int, int]:
+    if opts.shard:
+        index, count = opts.shard
+        if not (count >= 1 and 0 <= index < count):
+            raise NnaugError(f"--shard i/n needs 0 <= i < n, got {index}/{count}")
+        return index, count
+    from accelerate import PartialState
+
+    state = PartialState()  # `accelerate launch` with n processes: one shard each
+    return state.process_index, state.num_processes
+
+
+def _open_work_folder(work: Path, plan: dict, resume: bool) -> None:
+    plan_file = work / PLAN
+    if work.exists() and resume and plan_file.is_file():
+        if json.loads(plan_file.read_text()) != plan:
+            raise NnaugError(f"{work} was started with other settings (generator, sampler, seed, ratio...): "
+                             "rerun with the same options, or without --resume to start over")
+        return
+    if work.exists() and not resume:
+        shutil.rmtree(work)
+    (work / PROGRESS).mkdir(parents=True, exist_ok=True)
+    tmp = plan_file.with_name(".plan.tmp")
+    tmp.write_text(json.dumps(plan, indent=1))
+    os.replace(tmp, plan_file)
+
+
+def _done(work: Path, batch_index: int) -> bool:
+    return (work / PROGRESS / f"batch_{batch_index:06d}.done").exists()
+
+
+def _generate(raw, info, generator, plan, batches, mine, real_labels, opts, summary, work: Path, progress: bool):
+    import torch
+    import torch.nn.functional as F
+    from tqdm.auto import tqdm
+
+    out_h, out_w = summary.median_shape
+    first_props = raw.read_case(raw.cases[0])[2]
+    real_index = {c.identifier: i for i, c in enumerate(raw.cases)}
+    bar = tqdm(total=sum(len(b) for b in mine), desc=f"synthesizing {work.name[1:].removesuffix('.partial')}",
+               unit="case", disable=None if progress else True)
+    for batch in mine:
+        cases = [plan["cases"][i] for i in batch]
+        seeds = [c["seed"] for c in cases]
+        labels = None
+        if plan["mode"] == "mask-conditioned":
+            masks = []
+            for case in cases:
+                label = real_labels[real_index[case["mask_from"]]].numpy()
+                if plan["masks"] == "augmented":
+                    label, params = augment_mask(label, np.random.default_rng(case["seed"]), opts.augmentation)
+                    case["augmentation"] = params
+                masks.append(torch.from_numpy(np.ascontiguousarray(label)))
+            labels = torch.stack(masks)
+        images, out_labels = generator.sample(seeds, labels=labels, sampler=plan["sampler"], steps=plan["steps"])
+        images = F.interpolate(images.float(), size=(out_h, out_w), mode="bicubic", align_corners=False).clamp(-1, 1)
+        out_labels = F.interpolate(out_labels[:, None].float(), size=(out_h, out_w), mode="nearest-exact")[:, 0].long()
+        for case, image, label in zip(cases, images.numpy(), out_labels.numpy()):
+            pixels = from_model_range(image, info["intensity_mode"], info.get("intensity_low"), info.get("intensity_high"))
+            write_case(work, case["case"], pixels, label.astype(np.uint8), raw.file_ending, raw.channels_per_file,
+                       raw.reader_writer, first_props)
+        if plan["mode"] == "mask-conditioned" and plan["masks"] == "augmented":
+            (work / PROGRESS / f"batch_{batches.index(batch):06d}.json").write_text(
+                json.dumps({c["case"]: c.get("augmentation") for c in cases}))
+        (work / PROGRESS / f"batch_{batches.index(batch):06d}.done").touch()
+        bar.update(len(batch))
+    bar.close()
+
+
+def _finalize(raw: RawDataset, plan: dict, work: Path, target: Path, opts: SynthesisOptions) -> Path:
+    """Provenance, dataset.json, contact sheet (and for --mix the real cases and splits); then rename."""
+    lock = work / ".finalizing"
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        os.close(fd)
+    except FileExistsError:
+        if not opts.resume and not opts.merge:
+            return None  # another shard is assembling right now
+    provenance = dict(plan)
+    augmentations = {}
+    for extra in sorted((work / PROGRESS).glob("batch_*.json")):
+        augmentations.update(json.loads(extra.read_text()))
+    for case in provenance["cases"]:
+        if case["case"] in augmentations:
+            case["augmentation"] = augmentations[case["case"]]
+    num_total = plan["num_cases"]
+    if opts.mix:
+        num_total += _copy_real_cases(raw, work)
+    write_dataset_json(work, raw.dataset_json, num_total, name=target.name,
+                       description=f"Synthetic pairs from {raw.name} made by nnaug ({plan['generator_model']}, {plan['mode']})")
+    (work / PROVENANCE).write_text(json.dumps(provenance, indent=1))
+    _contact_sheet(raw, work, [c["case"] for c in plan["cases"][:16]])
+    shutil.rmtree(work / PROGRESS)
+    for name in (PLAN, ".finalizing"):
+        (work / name).unlink(missing_ok=True)
+    replace_dir(work, target)
+    if opts.mix:
+        write_mix_splits(target, [c.identifier for c in raw.cases], [c["case"] for c in plan["cases"]])
+    return target
+
+
+def _copy_real_cases(raw: RawDataset, work: Path) -> int:
+    for case in raw.cases:
+        for f in case.image_files:
+            shutil.copy2(f, work / "imagesTr" / Path(f).name)
+        shutil.copy2(case.label_file, work / "labelsTr" / Path(case.label_file).name)
+    return len(raw.cases)
+
+
+def write_mix_splits(target: Path, real_ids: list[str], synthetic_ids: list[str]) -> Path:
+    """5 folds over the real cases (nnU-Net's own split); synthetic cases only ever in ``train``."""
+    from batchgenerators.utilities.file_and_folder_operations import save_json
+    from nnunetv2.utilities.crossval_split import generate_crossval_split
+
+    from nnaug.dataset import preprocessed_root
+
+    splits = generate_crossval_split(sorted(real_ids), seed=12345, n_splits=5)
+    for fold in splits:
+        fold["train"] = list(fold["train"]) + list(synthetic_ids)
+    folder = preprocessed_root() / target.name
+    folder.mkdir(parents=True, exist_ok=True)
+    save_json(splits, str(folder / "splits_final.json"), sort_keys=False)
+    return folder / "splits_final.json"
+
+
+def _contact_sheet(raw: RawDataset, work: Path, identifiers: list[str]) -> None:
+    from nnaug.dataset import Case, to_model_range
+    from nnaug.visualize import contact_sheet
+
+    images, labels = [], []
+    for identifier in identifiers:
+        files = [str(work / "imagesTr" / f"{identifier}_{k:04d}{raw.file_ending}") for k in range(len(raw.channels_per_file))]
+        image, label, _ = raw.read_case(Case(identifier, files, str(work / "labelsTr" / f"{identifier}{raw.file_ending}")))
+        images.append(to_model_range(image, raw.intensity_mode))
+        labels.append(label)
+    contact_sheet(np.stack(images), np.stack(labels), work / "contact_sheet.png")

@@ -1,0 +1,166 @@
+"""JDM: samplers, mask-conditioned sampling, training end to end, and resume after SIGKILL."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from nnaug.jdm.model import SCHEDULER_CONFIG, JDMArchitecture
+from nnaug.jdm.sampling import JDMGenerator, make_scheduler, sample
+from nnaug.masks import decode_channels, encode_labels
+
+
+class OracleUNet(torch.nn.Module):
+    """The exact epsilon-predictor for data that is a single point x* (so every sampler must return x*)."""
+
+    def __init__(self, target: torch.Tensor, learned_variance: bool = True):
+        super().__init__()
+        self.target = target
+        self.alphas_cumprod = make_scheduler("ddpm", SCHEDULER_CONFIG).alphas_cumprod
+        self.config = SimpleNamespace(sample_size=target.shape[-1])
+        self.learned_variance = learned_variance
+        self.device = torch.device("cpu")
+
+    def forward(self, x, t):
+        ab = self.alphas_cumprod[int(t)]
+        eps = (x - ab.sqrt() * self.target) / (1 - ab).sqrt()
+        v = torch.zeros_like(eps)
+        return SimpleNamespace(sample=torch.cat([eps, v], 1) if self.learned_variance else eps)
+
+
+def _point(image_channels=3, labels=None, size=16):
+    torch.manual_seed(0)
+    image = torch.rand(1, image_channels, size, size) * 1.6 - 0.8
+    if labels is None:
+        labels = torch.zeros(1, size, size, dtype=torch.long)
+        labels[:, 4:10, 3:12] = 1
+    return image, labels
+
+
+@pytest.mark.parametrize("sampler,steps", [("ddpm", 50), ("ddim", 25), ("dpmsolver++", 25), ("unipc", 20)])
+def test_samplers_recover_a_point_mass(sampler, steps):
+    image, labels = _point()
+    target = torch.cat([image, encode_labels(labels, 1)], 1)
+    x = sample(OracleUNet(target), make_scheduler(sampler, SCHEDULER_CONFIG), [1, 2], steps, 3, 1)
+    assert x.shape == (2, 4, 16, 16)
+    assert (x - target).abs().max() < 0.05, (sampler, (x - target).abs().max())
+
+
+@pytest.mark.parametrize("num_classes", [1, 2])
+def test_mask_conditioned_sampling_returns_exactly_the_given_mask(num_classes):
+    size = 16
+    oracle_labels = torch.zeros(1, size, size, dtype=torch.long)
+    oracle_labels[:, 2:6, 2:6] = num_classes  # the model "believes" in another mask
+    image, _ = _point(labels=oracle_labels)
+    target = torch.cat([image, encode_labels(oracle_labels, num_classes)], 1)
+    given = torch.zeros(3, size, size, dtype=torch.long)
+    given[0, 8:14, 8:14] = 1
+    given[1, 0:5, 10:16] = num_classes
+    given[2, 3:9, 1:7] = 1
+    gen = JDMGenerator(Path("."), {"image_channels": 3, "mask_channels": num_classes, "resolution": size},
+                       OracleUNet(target), SCHEDULER_CONFIG)
+    for sampler in ("ddpm", "ddim", "dpmsolver++"):
+        images, labels = gen.sample([5, 6, 7], labels=given, sampler=sampler, steps=10)
+        assert torch.equal(labels, given), sampler
+        assert set(labels.unique().tolist()) <= set(range(num_classes + 1))
+        assert images.shape == (3, 3, size, size) and images.abs().max() <= 1
+
+
+def test_decode_gives_only_valid_labels():
+    channels = torch.randn(4, 3, 8, 8)
+    labels = decode_channels(channels)
+    assert set(labels.unique().tolist()) <= {0, 1, 2, 3}
+    assert torch.equal(decode_channels(encode_labels(labels, 3)), labels)
+
+
+def test_seed_gives_same_pair_in_any_batch_position():
+    unet = JDMArchitecture(resolution=16, image_channels=3, mask_channels=1, channels=(32, 32),
+                           attention_resolutions=()).build_unet().eval()
+    gen = JDMGenerator(Path("."), {"image_channels": 3, "mask_channels": 1, "resolution": 16}, unet, SCHEDULER_CONFIG)
+    a_img, a_lab = gen.sample([11, 12], sampler="ddpm", steps=4)
+    b_img, b_lab = gen.sample([13, 11, 14], sampler="ddpm", steps=4)
+    torch.testing.assert_close(a_img[0], b_img[1], atol=1e-4, rtol=0)
+    assert not torch.allclose(a_img[0], a_img[1])
+
+
+# ----------------------------------------------------------------------------- training
+TINY = ["--preset", "tiny", "--resolution", "16", "--channels", "32,32", "--attention-resolutions", "8", "--cpu"]
+
+
+def _history(folder: Path) -> list[float]:
+    return [h[1] for h in json.loads((folder / "training_log.json").read_text())]
+
+
+@pytest.mark.slow
+def test_train_jdm_on_example_dataset(nnunet_env, run_cli):
+    from diffusers import UNet2DModel
+
+    assert run_cli("example-dataset", "-d", 999).exit_code == 0
+    result = run_cli("train-generator", "999", "--model", "jdm", "--preset", "tiny", "--steps", 50, "--cpu")
+    assert result.exit_code == 0, result.output
+    folder = nnunet_env["results"] / "nnaug" / "Dataset999_nnaugExample" / "generators" / "jdm_tiny"
+    losses = _history(folder)
+    assert len(losses) == 50
+    assert sum(losses[-10:]) / 10 < sum(losses[:10]) / 10
+    unet = UNet2DModel.from_pretrained(str(folder))
+    assert unet.config.in_channels == 5 and unet.config.out_channels == 10  # RGB + 2 classes, learned variance
+    info = json.loads((folder / "nnaug.json").read_text())
+    assert info["model"] == "jdm" and info["steps_trained"] == 50 and info["label_values"] == [0, 1, 2]
+    assert info["source_dataset"] == "Dataset999_nnaugExample" and len(info["source_fingerprint"]) == 64
+    assert (folder / "scheduler_config.json").is_file() and (folder / "loss_curve.png").is_file()
+    assert list((folder / "samples").glob("*.png")) and list((folder / "checkpoints").glob("step_*"))
+    # a second run into the same folder refuses without --resume/--overwrite
+    again = run_cli("train-generator", "999", "--model", "jdm", "--preset", "tiny", "--steps", 50, "--cpu")
+    assert again.exit_code == 2 and "--resume" in again.stderr
+
+
+@pytest.mark.slow
+def test_train_jdm_on_converted_kvasir(shared_data, nnunet_env, run_cli):
+    assert run_cli("convert", shared_data / "kvasir-seg-80", "-d", 501, "--name", "Kvasir").exit_code == 0
+    result = run_cli("train-generator", "501", "--model", "jdm", "--preset", "tiny", "--steps", 50, "--cpu",
+                     "--output", nnunet_env["results"] / "gen")
+    assert result.exit_code == 0, result.output
+    losses = _history(nnunet_env["results"] / "gen")
+    assert sum(losses[-10:]) / 10 < sum(losses[:10]) / 10
+
+
+def _train_cmd(output: Path, extra=()) -> list[str]:
+    return [sys.executable, "-m", "nnaug_cli.main", "train-generator", "999", "--model", "jdm", *TINY,
+            "--steps", "16", "--checkpoint-every", "4", "--output", str(output), *extra]
+
+
+@pytest.mark.slow
+def test_sigkill_and_resume_matches_uninterrupted_run(nnunet_env, run_cli, tmp_path):
+    from safetensors.torch import load_file
+
+    assert run_cli("example-dataset", "-d", 999, "--num-cases", 8).exit_code == 0
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    subprocess.run(_train_cmd(straight), env=env, check=True, capture_output=True, timeout=600)
+
+    proc = subprocess.Popen(_train_cmd(killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while not (killed / "checkpoints" / "step_0000008").is_dir():
+        assert proc.poll() is None and time.time() < deadline, "training ended before it could be killed"
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)  # somewhere after step 8: mid-step or mid-checkpoint
+    proc.wait()
+    assert not (killed / "nnaug.json").exists() or json.loads((killed / "nnaug.json").read_text())["steps_trained"] < 16
+    resumed = subprocess.run(_train_cmd(killed, ["--resume"]), env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+
+    a = load_file(straight / "diffusion_pytorch_model.safetensors")
+    b = load_file(killed / "diffusion_pytorch_model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=1e-5)
+    assert json.loads((killed / "nnaug.json").read_text())["steps_trained"] == 16
+    assert not list((killed / "checkpoints").glob(".*tmp"))  # no half-written checkpoint left behind

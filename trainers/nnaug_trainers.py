@@ -1,0 +1,140 @@
+"""nnaug's nnU-Net trainers: pretrain on synthetic data, fine-tune on real data.
+
+Found by nnU-Net through ``nnUNet_extTrainer`` (``export nnUNet_extTrainer=$(nnaug trainers-path)``),
+which imports this module by its bare name — hence the ``nnaug_`` prefix. Each class overrides as
+little as it can; the library logic is in :mod:`nnaug.pretraining`. See docs/trainers.md.
+
+* ``nnUNetTrainer_nnaugPretrainFinetune`` — on the REAL dataset: pretrains on all cases of the
+  synthetic dataset (fold ``all``, cached and shared by every fold), loads those weights like
+  ``-pretrained_weights`` does, then fine-tunes on the fold — one process, one output folder.
+* ``nnUNetTrainer_nnaugFinetune`` — the fine-tuning schedule only, for ``-pretrained_weights``.
+* ``nnUNetTrainer_nnaugPretrain`` — the pretraining phase on its own (what the first one runs).
+* ``nnUNetTrainer_nnaug`` — real-only baseline with the fine-tuning schedule.
+* ``*_5epochs`` — short fixed schedules (5 epochs x 10 iterations per phase) for tests and the example.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from os.path import join
+
+import torch
+from nnunetv2.run.load_pretrained_weights import load_pretrained_weights
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+from nnaug import pretraining as _pt
+from nnaug.errors import NnaugError
+
+_FINETUNE = _pt.Schedule(num_epochs=150, initial_lr=1e-2)  # thesis: 150 epochs at 1e-2 (polyps)
+_PRETRAIN = _pt.Schedule(num_epochs=1000, initial_lr=1e-2)  # nnU-Net's default training, as its docs pretrain
+_SHORT = _pt.Schedule(num_epochs=5, initial_lr=1e-2, num_iterations_per_epoch=10, num_val_iterations_per_epoch=2)
+
+
+class _NnaugTrainer(nnUNetTrainer):
+    """Schedule from class defaults (+ NNAUG_* variables), atomic checkpoints, and a record of the cases used."""
+
+    nnaug_phase = "finetune"
+    nnaug_defaults = _FINETUNE
+    nnaug_env_overrides = True  # the *_5epochs variants keep their fixed schedule
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.nnaug_schedule().apply(self)
+        self.nnaug_extra_record = {}
+        self.print_to_log_file(f"nnaug: {self.__class__.__name__}: {self.nnaug_schedule().describe()}")
+
+    @classmethod
+    def nnaug_schedule(cls) -> _pt.Schedule:
+        if cls.nnaug_env_overrides:
+            return _pt.schedule_from_env(cls.nnaug_phase, cls.nnaug_defaults)
+        return cls.nnaug_defaults
+
+    def get_tr_and_val_datasets(self):
+        dataset_tr, dataset_val = super().get_tr_and_val_datasets()
+        self.nnaug_cases = (list(dataset_tr.identifiers), list(dataset_val.identifiers))
+        return dataset_tr, dataset_val
+
+    def on_train_start(self):
+        resumed = self.current_epoch > 0
+        super().on_train_start()
+        extra = dict(self.nnaug_extra_record)
+        if resumed:  # --c: keep what the first start recorded about the initial weights
+            previous = _pt.load_json_or_none(join(self.output_folder, _pt.TRAINING_RECORD)) or {}
+            extra = {**{k: previous[k] for k in ("pretrained_weights", "pretraining") if k in previous}, **extra}
+        elif "-pretrained_weights" in sys.argv[:-1] and "pretrained_weights" not in extra:
+            extra["pretrained_weights"] = os.path.abspath(sys.argv[sys.argv.index("-pretrained_weights") + 1])
+        record = _pt.training_record(self, *self.nnaug_cases, self.nnaug_schedule(), extra)
+        _pt.write_json_atomic(join(self.output_folder, _pt.TRAINING_RECORD), record)
+
+    def save_checkpoint(self, filename: str) -> None:
+        # written beside and renamed into place: a killed run never leaves a truncated checkpoint
+        partial = filename + ".partial"
+        super().save_checkpoint(partial)
+        if os.path.isfile(partial):
+            os.replace(partial, filename)
+
+
+class nnUNetTrainer_nnaugFinetune(_NnaugTrainer):
+    """Fine-tuning schedule (150 epochs, lr 1e-2; NNAUG_FINETUNE_*), for ``-pretrained_weights CHECKPOINT``."""
+
+
+class nnUNetTrainer_nnaug(_NnaugTrainer):
+    """Real-only baseline: the fine-tuning schedule from random initialisation (compare with the pretrained run)."""
+
+
+class nnUNetTrainer_nnaugPretrain(_NnaugTrainer):
+    """The pretraining phase: nnU-Net's default schedule (1000 epochs, lr 1e-2; NNAUG_PRETRAIN_*), run on fold ``all``."""
+
+    nnaug_phase = "pretrain"
+    nnaug_defaults = _PRETRAIN
+
+
+class nnUNetTrainer_nnaugPretrainFinetune(nnUNetTrainer_nnaugFinetune):
+    """Pretrain on the synthetic dataset (cached per synthetic dataset + plans), then fine-tune on this fold."""
+
+    nnaug_pretrain_trainer = nnUNetTrainer_nnaugPretrain
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device('cuda')):
+        if "-pretrained_weights" in sys.argv:  # checked before anything is written
+            raise NnaugError(f"{self.__class__.__name__} makes its own pretrained weights: use "
+                             "-tr nnUNetTrainer_nnaugFinetune with -pretrained_weights")
+        super().__init__(plans, configuration, fold, dataset_json, device)
+
+    def on_train_start(self):
+        if self.current_epoch == 0:  # a fresh fine-tuning; --c from a fine-tuning checkpoint skips this
+            checkpoint, made = _pt.ensure_pretrained(self, self.nnaug_pretrain_trainer)
+            if not self.was_initialized:
+                self.initialize()
+            load_pretrained_weights(self.network, str(checkpoint), verbose=False)
+            self.print_to_log_file(f"nnaug: phase 2/2: fine-tuning {self.plans_manager.dataset_name} fold {self.fold} "
+                                   f"from {checkpoint} ({self.nnaug_schedule().describe()})")
+            self.nnaug_extra_record = {"pretrained_weights": str(checkpoint),
+                                       "pretraining": {k: v for k, v in made.items() if k != "identifiers"}}
+        else:
+            self.print_to_log_file(f"nnaug: continuing the fine-tuning at epoch {self.current_epoch} "
+                                   "(the pretrained weights are already in this checkpoint)")
+        super().on_train_start()
+
+
+# ----------------------------------------------------------------------------- short schedules
+class nnUNetTrainer_nnaugPretrain_5epochs(nnUNetTrainer_nnaugPretrain):
+    nnaug_defaults = _SHORT
+    nnaug_env_overrides = False
+
+
+class nnUNetTrainer_nnaugFinetune_5epochs(nnUNetTrainer_nnaugFinetune):
+    nnaug_defaults = _SHORT
+    nnaug_env_overrides = False
+
+
+class nnUNetTrainer_nnaug_5epochs(nnUNetTrainer_nnaug):
+    nnaug_defaults = _SHORT
+    nnaug_env_overrides = False
+
+
+class nnUNetTrainer_nnaugPretrainFinetune_5epochs(nnUNetTrainer_nnaugPretrainFinetune):
+    nnaug_defaults = _SHORT
+    nnaug_env_overrides = False
+    nnaug_pretrain_trainer = nnUNetTrainer_nnaugPretrain_5epochs
