@@ -1,0 +1,31 @@
+"""``nnaug demo`` and ``nnaug trainers-path``."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.command()
+@click.option("--workdir", type=click.Path(path_type=Path), default=Path("nnaug-demo"), show_default=True,
+              help="Folder for the demo's own nnUNet_raw / nnUNet_preprocessed / nnUNet_results.")
+@click.option("--generator-steps", type=int, default=200, show_default=True)
+@click.option("--ratio", type=float, default=2.0, show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--overwrite", is_flag=True, help="Start over if the work folder is not empty.")
+def demo(workdir, generator_steps, ratio, device, overwrite):
+    """Run the whole pipeline on the built-in example dataset (minutes on a CPU)."""
+    from nnaug.demo import run_demo
+
+    run_demo(workdir, generator_steps=generator_steps, ratio=ratio, overwrite=overwrite, device=device)
+
+
+@click.command("trainers-path")
+def trainers_path():
+    """Print the folder for nnUNet_extTrainer: export nnUNet_extTrainer=$(nnaug trainers-path)."""
+    from nnaug.pretraining import trainers_path as path
+
+    click.echo(path())
+
+
+COMMANDS = [demo, trainers_path]
