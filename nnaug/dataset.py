@@ -361,6 +361,14 @@ def file_sha256(path: Path | str) -> str:
     return digest.hexdigest()
 
 
+def write_json_atomic(path: Path | str, content: dict) -> None:
+    """Write JSON to a temp file beside ``path`` and rename it: readers never see half a file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(content, indent=2))
+    os.replace(tmp, path)
+
+
 # ----------------------------------------------------------------------------- intensities
 def to_model_range(image: np.ndarray, mode: str) -> np.ndarray:
     """Image [C, H, W] -> float32 in [-1, 1].

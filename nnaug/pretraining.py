@@ -37,7 +37,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Iterator
 
-from nnaug.dataset import find_raw_dataset, parse_dataset_id, raw_root
+from nnaug.dataset import (find_raw_dataset, parse_dataset_id, preprocessed_root, raw_root, results_root,
+                           write_json_atomic)
 from nnaug.errors import NnaugError
 
 PROVENANCE_FILE = "nnaug_provenance.json"
@@ -178,13 +179,6 @@ def check_compatible(real_json: dict, synthetic_json: dict, real_name: str, synt
 
 
 # ----------------------------------------------------------------------------- small file helpers
-def write_json_atomic(path: Path | str, content: dict) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(content, indent=2, sort_keys=False))
-    os.replace(tmp, path)
-
-
 def load_json_or_none(path: Path) -> dict | None:
     try:
         return json.loads(Path(path).read_text())
@@ -220,20 +214,6 @@ def pretrain_plans_identifier(plans_identifier: str, source_dataset: str) -> str
     source_id = parse_dataset_id(source_dataset)
     suffix = f"{source_id:03d}" if source_id is not None else source_dataset
     return f"{plans_identifier}_nnaugFrom{suffix}"
-
-
-def _preprocessed_root() -> Path:
-    value = os.environ.get("nnUNet_preprocessed")
-    if not value:
-        raise NnaugError("nnUNet_preprocessed is not set: export nnUNet_preprocessed=/path/to/nnUNet_preprocessed")
-    return Path(value)
-
-
-def _results_root() -> Path:
-    value = os.environ.get("nnUNet_results")
-    if not value:
-        raise NnaugError("nnUNet_results is not set: export nnUNet_results=/path/to/nnUNet_results")
-    return Path(value)
 
 
 def raw_signature(folder: Path) -> str:
@@ -287,7 +267,7 @@ def prepare_synthetic(source_dataset: str, synthetic_folder: Path, plans_identif
 
     synthetic = synthetic_folder.name
     synthetic_id = parse_dataset_id(synthetic)
-    pre = _preprocessed_root()
+    pre = preprocessed_root()
     source_plans_file = pre / source_dataset / f"{plans_identifier}.json"
     if not source_plans_file.is_file():
         raise NnaugError(f"{source_plans_file} not found: run nnUNetv2_plan_and_preprocess -d {source_dataset} first")
@@ -331,7 +311,7 @@ def prepare_synthetic(source_dataset: str, synthetic_folder: Path, plans_identif
 def pretrain_output_folder(synthetic_dataset: str, trainer_class_name: str, plans_identifier: str,
                            configuration: str) -> Path:
     """Where nnU-Net puts the pretraining run (fold ``all``); its checkpoint_final.pth is the cache."""
-    return _results_root() / synthetic_dataset / f"{trainer_class_name}__{plans_identifier}__{configuration}" / "fold_all"
+    return results_root() / synthetic_dataset / f"{trainer_class_name}__{plans_identifier}__{configuration}" / "fold_all"
 
 
 def ensure_pretrained(finetune_trainer, pretrain_class) -> tuple[Path, dict]:
@@ -358,7 +338,7 @@ def ensure_pretrained(finetune_trainer, pretrain_class) -> tuple[Path, dict]:
     schedule = pretrain_class.nnaug_schedule()
     out = pretrain_output_folder(synthetic, pretrain_class.__name__, target_plans, configuration)
     final = out / "checkpoint_final.pth"
-    lock = _preprocessed_root() / synthetic / f".nnaug_{target_plans}_{configuration}.lock"
+    lock = preprocessed_root() / synthetic / f".nnaug_{target_plans}_{configuration}.lock"
     log(f"nnaug: phase 1/2: pretraining on {synthetic} with {pretrain_class.__name__} ({schedule.describe()}), "
         f"plans {target_plans}, output {out}")
 
@@ -406,7 +386,7 @@ def _run_pretraining(finetune_trainer, pretrain_class, synthetic: str, plans_ide
         return
     checkpoint = out / "checkpoint_latest.pth"
     resume = checkpoint.is_file()
-    pre = _preprocessed_root() / synthetic
+    pre = preprocessed_root() / synthetic
     plans = load_json(str(pre / f"{plans_identifier}.json"))
     plans["continue_training"] = resume
     dataset_json = load_json(str(pre / "dataset.json"))

@@ -9,10 +9,10 @@ import json
 import time
 from pathlib import Path
 
-from nnaug.dataset import PairDataset, check_dataset, fingerprint, load_raw_dataset, results_root
+from nnaug.dataset import PairDataset, check_dataset, fingerprint, load_raw_dataset, results_root, write_json_atomic
 from nnaug.errors import NnaugError
 from nnaug.masks import num_mask_channels
-from nnaug.training import TrainConfig, Trainer, latest_checkpoint, prepare_output, write_json_atomic
+from nnaug.training import TrainConfig, Trainer, latest_checkpoint, prepare_output
 
 MODELS = ("jdm", "siamese")
 RUN_CONFIG = "train_config.json"  # written at start so --resume rebuilds the same model

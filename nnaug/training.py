@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from nnaug.dataset import write_json_atomic
 from nnaug.errors import NnaugError
 
 CHECKPOINTS = "checkpoints"
@@ -220,9 +221,3 @@ class Trainer:
                 "updated": time.strftime("%Y-%m-%dT%H:%M:%S")}
         write_json_atomic(self.output / "nnaug.json", info)
         (self.output / "training_log.json").write_text(json.dumps(self.history))
-
-
-def write_json_atomic(path: Path, content: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(content, indent=2))
-    os.replace(tmp, path)
