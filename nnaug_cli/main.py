@@ -24,9 +24,9 @@ def cli():
 
 
 def _register() -> None:
-    from nnaug_cli import data_commands, generator_commands, pipeline_commands, synthesize_command
+    from nnaug_cli import data_commands, generator_commands, pipeline_commands, report_command, synthesize_command
 
-    for module in (data_commands, generator_commands, synthesize_command, pipeline_commands):
+    for module in (data_commands, generator_commands, synthesize_command, pipeline_commands, report_command):
         for command in module.COMMANDS:
             cli.add_command(command)
 

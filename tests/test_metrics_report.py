@@ -1,0 +1,166 @@
+"""FID/KID with a fixed-seed random InceptionV3, memorisation, and `nnaug report` on a fake results tree (fast)."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from conftest import assert_one_line_error
+from nnaug.errors import NnaugError
+
+
+@pytest.fixture(scope="module")
+def random_weights(tmp_path_factory):
+    from nnaug.metrics import make_random_inception_weights
+
+    return make_random_inception_weights(tmp_path_factory.mktemp("inception") / "random_inception.pth", seed=0)
+
+
+@pytest.fixture
+def report_cli(run_cli):
+    from nnaug_cli.main import cli
+    from nnaug_cli.report_command import report
+
+    if "report" not in cli.commands:  # until nnaug_cli/main.py registers it
+        cli.add_command(report)
+    return run_cli
+
+
+def _images(n, size, seed):
+    from nnaug.example import make_case
+
+    rng = np.random.default_rng(seed)
+    return np.stack([make_case(rng, size)[0] for _ in range(n)])  # uint8 [N, 3, H, W]
+
+
+def test_fid_kid_real_vs_real_below_real_vs_noise(random_weights):
+    from nnaug.metrics import fid_kid
+
+    a, b = _images(10, 32, 1), _images(10, 32, 2)
+    noise = np.random.default_rng(3).integers(0, 256, a.shape).astype(np.uint8)
+    same = fid_kid(a, b, inception_weights=random_weights)
+    far = fid_kid(a, noise, inception_weights=random_weights)
+    assert set(same) >= {"fid", "kid_mean", "kid_std", "extractor"}
+    assert np.isfinite(same["fid"]) and same["fid"] >= 0
+    assert far["fid"] > 10 * max(same["fid"], 0.1), (same, far)
+    assert far["kid_mean"] > same["kid_mean"] + 0.01, (same, far)
+
+
+def test_no_weights_no_cache_is_one_line_error(tmp_path, monkeypatch):
+    from nnaug.metrics import fid_kid, inception_cache_path
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    assert str(inception_cache_path()).startswith(str(tmp_path))
+    imgs = _images(4, 32, 0)
+    with pytest.raises(NnaugError) as info:
+        fid_kid(imgs, imgs)
+    message = str(info.value)
+    assert "\n" not in message and "--inception-weights" in message and str(inception_cache_path()) in message
+
+
+def _fake_synthetic(nnunet_env, real, copy_of: list[str]):
+    """Dataset998_nnaugExampleSynth: example cases, some of them byte copies of real cases, + provenance."""
+    from nnaug.example import write_example_dataset
+
+    synth = write_example_dataset(dataset_id=998, name="nnaugExampleSynth", num_cases=6, size=32, seed=7)
+    for i, case in enumerate(copy_of):
+        shutil.copy(real / "imagesTr" / f"{case}_0000.png", synth / "imagesTr" / f"example_{i:03d}_0000.png")
+        shutil.copy(real / "labelsTr" / f"{case}.png", synth / "labelsTr" / f"example_{i:03d}.png")
+    provenance = {"source_dataset": real.name, "generator": "/tmp/gen", "generator_model": "jdm", "ratio": 0.75,
+                  "num_cases": 6, "mode": "joint", "sampler": "ddim", "steps": 10,
+                  "cases": [{"case": f"example_{i:03d}", "seed": i} for i in range(6)]}
+    (synth / "nnaug_provenance.json").write_text(json.dumps(provenance))
+    return synth
+
+
+def test_memorisation_finds_the_copied_case(nnunet_env, tmp_path):
+    from nnaug.example import write_example_dataset
+    from nnaug.metrics import memorisation
+
+    real = write_example_dataset(dataset_id=997, name="nnaugExample", num_cases=8, size=32, seed=0)
+    synth = _fake_synthetic(nnunet_env, real, ["example_005"])
+    png = tmp_path / "pairs.png"
+    rows = memorisation(synth.name, real.name, top=3, out_png=png)
+    assert len(rows) == 6
+    first = rows[0]
+    assert first["case"] == "example_000" and first["nearest_by_image"] == "example_005"
+    assert first["nearest_by_mask"] == "example_005"
+    assert first["image_distance"] == pytest.approx(0.0, abs=1e-6) and first["mask_distance"] == pytest.approx(0.0)
+    assert all(r["image_distance"] > 1e-3 for r in rows[1:]) and first["image_metric"] == "rms-32px"
+    assert png.is_file() and png.stat().st_size > 0
+
+
+def _summary(fg: float, per_label: dict[str, float]) -> dict:
+    """Shaped like nnU-Net's validation/summary.json (only the keys the report reads, plus some)."""
+    return {"foreground_mean": {"Dice": fg, "IoU": fg * 0.8, "FN": 1, "FP": 1, "TN": 1, "TP": 1},
+            "mean": {k: {"Dice": v, "IoU": v * 0.8} for k, v in per_label.items()},
+            "metric_per_case": []}
+
+
+def _fake_results(results, dataset: str):
+    written = {}
+    for trainer, folds in (("nnUNetTrainer_nnaug_5epochs", {0: 0.61, 1: 0.63}),
+                           ("nnUNetTrainer_nnaugPretrainFinetune_5epochs", {0: 0.71, 1: 0.69})):
+        for fold, fg in folds.items():
+            folder = results / dataset / f"{trainer}__nnUNetPlans__2d" / f"fold_{fold}"
+            (folder / "validation").mkdir(parents=True)
+            per_label = {"1": fg - 0.05, "2": fg + 0.05}
+            (folder / "validation" / "summary.json").write_text(json.dumps(_summary(fg, per_label)))
+            if "Pretrain" in trainer:
+                (folder / "nnaug_training.json").write_text(json.dumps(
+                    {"trainer": trainer, "pretraining": {"synthetic_dataset": "Dataset998_nnaugExampleSynth"}}))
+            written[(trainer, fold)] = (fg, per_label)
+    return written
+
+
+def test_report_on_fake_results_tree(nnunet_env, report_cli, random_weights, tmp_path, monkeypatch):
+    from nnaug.example import write_example_dataset
+
+    real = write_example_dataset(dataset_id=997, name="nnaugExample", num_cases=8, size=32, seed=0)
+    _fake_synthetic(nnunet_env, real, [])
+    written = _fake_results(nnunet_env["results"], real.name)
+    labels = {v: k for k, v in json.loads((real / "dataset.json").read_text())["labels"].items()}
+
+    result = report_cli("report", "997", "--inception-weights", random_weights, "--folds", "0,1")
+    assert result.exit_code == 0, result.output
+    assert "Dataset998_nnaugExampleSynth" in result.stdout and "pretrain→fine-tune" in result.stdout
+    folder = nnunet_env["results"] / "nnaug" / real.name
+    report = json.loads((folder / "report.json").read_text())
+    assert (folder / "report.md").read_text() in result.stdout
+    assert (folder / "report.png").stat().st_size > 0
+    (syn,) = report["synthetic"]
+    assert syn["dataset"] == "Dataset998_nnaugExampleSynth" and syn["ratio"] == 0.75 and syn["generator"] == "jdm"
+    assert np.isfinite(syn["fid"]) and syn["fid"] >= 0 and np.isfinite(syn["kid_mean"])
+    assert syn["fidelity"]["weights"] == str(random_weights)
+    assert syn["mask_consistency_dice"] is None and "no trained real-only model" in syn["mask_consistency_note"]
+    assert len(report["dice"]) == 4
+    for row in report["dice"]:
+        fg, per_label = written[(row["trainer"], row["fold"])]
+        assert row["foreground_dice"] == fg
+        assert row["dice"] == {labels[int(k)]: v for k, v in per_label.items()}
+        assert row["kind"] == ("pretrain→fine-tune" if "Pretrain" in row["trainer"] else "real-only")
+        if "Pretrain" in row["trainer"]:
+            assert row["pretrained_on"] == "Dataset998_nnaugExampleSynth"
+    means = {s["trainer"]: s["foreground_dice"] for s in report["dice_summary"]}
+    assert means["nnUNetTrainer_nnaug_5epochs"] == pytest.approx(0.62)
+    assert means["nnUNetTrainer_nnaugPretrainFinetune_5epochs"] == pytest.approx(0.70)
+
+    # only fold 1; no weights anywhere -> FID/KID shown as n/a, the Dice still reported
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))
+    result = report_cli("report", real.name, "--folds", "1")
+    assert result.exit_code == 0, result.output
+    report = json.loads((folder / "report.json").read_text())
+    assert {r["fold"] for r in report["dice"]} == {1}
+    assert report["synthetic"][0]["fid"] is None and "n/a (no Inception weights" in result.stdout
+
+
+def test_report_errors_are_one_line(nnunet_env, report_cli, tmp_path, monkeypatch):
+    from nnaug.example import write_example_dataset
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))
+    assert_one_line_error(report_cli("report", "Dataset555_Missing"), "Dataset555_Missing")
+    write_example_dataset(dataset_id=997, name="nnaugExample", num_cases=4, size=32, seed=0)
+    assert_one_line_error(report_cli("report", "997", "--fidelity"), "--inception-weights")
+    assert_one_line_error(report_cli("report", "997", "--folds", "a,b"), "--folds")
