@@ -81,6 +81,12 @@ def train_generator(dataset: str, model: str = "jdm", preset: str = "tiny", outp
     raw = load_raw_dataset(dataset)
     summary = check_dataset(raw, progress=progress)
     output = Path(output) if output else default_output(raw.name, model, preset)
+    if not resume:
+        settings = resolve_settings(model, preset, overrides or {})
+        if model == "siamese":
+            from nnaug.siamese.train import check_settings
+
+            check_settings(settings)
     prepare_output(output, resume=resume, overwrite=overwrite)
     if resume:
         saved = json.loads((output / RUN_CONFIG).read_text())
@@ -90,7 +96,6 @@ def train_generator(dataset: str, model: str = "jdm", preset: str = "tiny", outp
         if overrides and overrides.get("steps"):
             settings["steps"] = int(overrides["steps"])
     else:
-        settings = resolve_settings(model, preset, overrides or {})
         write_json_atomic(output / RUN_CONFIG, {"model": model, "preset": preset, "source_dataset": raw.name,
                                                 "settings": settings})
     config = train_config_from(settings)

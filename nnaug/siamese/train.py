@@ -86,6 +86,13 @@ class SiameseModel(torch.nn.Module):
         return images.float(), labels.long()
 
 
+def check_settings(settings: dict) -> None:
+    """Problems a user can fix before anything is written (run by train-generator first)."""
+    if settings.get("backbone") == "sd15" and not settings.get("base_model"):
+        raise NnaugError("--backbone sd15 needs --base-model DIR: a local diffusers Stable Diffusion 1.5 folder "
+                         "(unet/, vae/, text_encoder/, tokenizer/, scheduler/)")
+
+
 def build_siamese_model(settings: dict, raw, image_channels: int, mask_channels: int) -> SiameseModel:
     """The trainable Siamese-Diffusion module for ``settings`` (preset + overrides)."""
     from nnaug.siamese.backbone import build_pixel, load_sd15
@@ -105,9 +112,7 @@ def build_siamese_model(settings: dict, raw, image_channels: int, mask_channels:
             dhi_channels=tuple(settings.get("dhi_channels") or (16, 32)),
         )
     elif backbone == "sd15":
-        if not settings.get("base_model"):
-            raise NnaugError("--backbone sd15 needs --base-model DIR: a local diffusers Stable Diffusion 1.5 folder "
-                             "(unet/, vae/, text_encoder/, tokenizer/, scheduler/)")
+        check_settings(settings)
         components = load_sd15(settings["base_model"], mask_channels=mask_channels, image_channels=image_channels,
                                resolution=resolution, prompt=settings.get("prompt") or DEFAULT_PROMPT,
                                prompt_dropout=float(settings.get("prompt_dropout", 0.05)),
