@@ -33,8 +33,8 @@ class SynthesisOptions:
     generator: Path | None = None
     mode: str | None = None  # joint | mask-conditioned (default: joint when the generator can)
     masks: str = "train"  # train | augmented
-    sampler: str = "dpmsolver++"
-    steps: int = 25
+    sampler: str = "ddim"
+    steps: int = 50
     batch_size: int = 8
     seed: int = 0
     output_id: int | None = None

@@ -91,7 +91,7 @@ class JDMModel(torch.nn.Module):
         """Joint samples (image and mask together) for the training contact sheet."""
         from nnaug.jdm.sampling import make_scheduler, sample
 
-        scheduler = make_scheduler("dpmsolver++", self.scheduler_config)
+        scheduler = make_scheduler("ddim", self.scheduler_config)
         was_training = self.unet.training
         self.unet.eval()
         try:

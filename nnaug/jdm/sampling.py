@@ -28,10 +28,14 @@ def make_scheduler(name: str, config: dict):
     base = {k: v for k, v in config.items() if k not in ("variance_type", "clip_sample", "clip_sample_range")}
     if name == "ddim":
         return DDIMScheduler.from_config({**base, "clip_sample": True, "set_alpha_to_one": True})
+    # The multistep solvers predict x0 without clipping; at the top of the schedule (alpha_bar ~ 4e-5)
+    # a slightly wrong epsilon gives x0 far outside [-1, 1]. Dynamic thresholding to the data range
+    # plays the role of DDPM/DDIM's clip_sample.
+    clip = {"thresholding": True, "sample_max_value": 1.0, "dynamic_thresholding_ratio": 0.995}
     if name == "dpmsolver++":
-        return DPMSolverMultistepScheduler.from_config({**base, "algorithm_type": "dpmsolver++", "solver_order": 2})
+        return DPMSolverMultistepScheduler.from_config({**base, **clip, "algorithm_type": "dpmsolver++", "solver_order": 2})
     if name == "unipc":
-        return UniPCMultistepScheduler.from_config({**base, "solver_order": 2})
+        return UniPCMultistepScheduler.from_config({**base, **clip, "solver_order": 2, "predict_x0": True})
     raise NnaugError(f"unknown sampler '{name}': choose one of {', '.join(SAMPLERS)}")
 
 
