@@ -55,7 +55,7 @@ def main() -> None:
             break
         n = len(list((out / "labelsTr").iterdir()))
         rows.append([batch, n / seconds, seconds, mem.mib])
-    print(f"nnaug synthesize, generator {folder} ({info['resolution']} px), {args.mode}, dpmsolver++ {args.steps} steps, "
+    print(f"nnaug synthesize, generator {folder} ({info['resolution']} px), {args.mode}, {opts.sampler} {args.steps} steps, "
           f"{args.cases} cases per run, device {device}, threads {torch.get_num_threads()}")
     print_table(["batch size", "cases/s", "wall s", "peak memory above start (MiB)"], rows)
 
