@@ -20,6 +20,18 @@ def shared_data() -> Path:
     return folder
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny tensors gain nothing from intra-op threads, and on a busy 2-core machine OpenMP's
+    spinning threads made tiny-model tests 10x slower; restores the setting afterwards."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def nnunet_env(tmp_path, monkeypatch) -> dict[str, Path]:
     """Fresh nnUNet_raw / nnUNet_preprocessed / nnUNet_results folders for one test."""

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import pytest
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 import torch
 from diffusers import ControlNetModel, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
 
@@ -11,16 +13,6 @@ from nnaug.siamese.dhi import DenseHintInput, PatchMerge, default_dhi_channels
 from nnaug.siamese.sampling import sample_images
 
 S = 16
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors gain nothing from intra-op threads, and on a busy 2-core machine OpenMP's
-    spinning threads made these tests 10x slower; restore the setting afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny_pixel(image_channels=3, mask_channels=1, seed=0) -> SiameseComponents:

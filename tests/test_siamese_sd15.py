@@ -7,6 +7,8 @@ import string
 from pathlib import Path
 
 import pytest
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
@@ -19,16 +21,6 @@ from nnaug.siamese.sampling import sample_images
 
 S = 32  # image side; the tiny VAE halves it (one PatchMerge in the DHI)
 TOKENS = 16
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors gain nothing from intra-op threads, and on a busy 2-core machine OpenMP's
-    spinning threads made these tests 10x slower; restore the setting afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def write_tokenizer(folder: Path) -> None:
