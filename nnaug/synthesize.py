@@ -134,12 +134,12 @@ def synthesize(dataset: str, opts: SynthesisOptions, progress: bool = True) -> P
 
     batches = [list(range(s, min(s + opts.batch_size, plan["num_cases"])))
                for s in range(0, plan["num_cases"], opts.batch_size)]
-    mine = [b for k, b in enumerate(batches) if k % shard_count == shard_index and not _done(work, k)]
+    mine = [(k, b) for k, b in enumerate(batches) if k % shard_count == shard_index and not _done(work, k)]
     if mine and not opts.merge:
         device = opts.device or ("cuda" if torch.cuda.is_available() else "cpu")
         generator = load_generator(generator_dir, device=device)
         real_labels = PairDataset(raw, info["resolution"], progress=False).labels if mode == "mask-conditioned" else None
-        _generate(raw, info, generator, plan, batches, mine, real_labels, opts, summary, work, progress)
+        _generate(raw, info, generator, plan, mine, real_labels, opts, summary, work, progress)
     if not all(_done(work, k) for k in range(len(batches))):
         if opts.merge:
             missing = [k for k in range(len(batches)) if not _done(work, k)]
@@ -179,7 +179,7 @@ def _done(work: Path, batch_index: int) -> bool:
     return (work / PROGRESS / f"batch_{batch_index:06d}.done").exists()
 
 
-def _generate(raw, info, generator, plan, batches, mine, real_labels, opts, summary, work: Path, progress: bool):
+def _generate(raw, info, generator, plan, mine, real_labels, opts, summary, work: Path, progress: bool):
     import torch
     import torch.nn.functional as F
     from tqdm.auto import tqdm
@@ -187,9 +187,9 @@ def _generate(raw, info, generator, plan, batches, mine, real_labels, opts, summ
     out_h, out_w = summary.median_shape
     first_props = raw.read_case(raw.cases[0])[2]
     real_index = {c.identifier: i for i, c in enumerate(raw.cases)}
-    bar = tqdm(total=sum(len(b) for b in mine), desc=f"synthesizing {work.name[1:].removesuffix('.partial')}",
+    bar = tqdm(total=sum(len(b) for _, b in mine), desc=f"synthesizing {work.name[1:].removesuffix('.partial')}",
                unit="case", disable=None if progress else True)
-    for batch in mine:
+    for batch_index, batch in mine:
         cases = [plan["cases"][i] for i in batch]
         seeds = [c["seed"] for c in cases]
         labels = None
@@ -210,9 +210,9 @@ def _generate(raw, info, generator, plan, batches, mine, real_labels, opts, summ
             write_case(work, case["case"], pixels, label.astype(np.uint8), raw.file_ending, raw.channels_per_file,
                        raw.reader_writer, first_props)
         if plan["mode"] == "mask-conditioned" and plan["masks"] == "augmented":
-            (work / PROGRESS / f"batch_{batches.index(batch):06d}.json").write_text(
+            (work / PROGRESS / f"batch_{batch_index:06d}.json").write_text(
                 json.dumps({c["case"]: c.get("augmentation") for c in cases}))
-        (work / PROGRESS / f"batch_{batches.index(batch):06d}.done").touch()
+        (work / PROGRESS / f"batch_{batch_index:06d}.done").touch()
         bar.update(len(batch))
     bar.close()
 

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from nnaug.jdm.model import SCHEDULER_CONFIG, JDMArchitecture
-from nnaug.jdm.sampling import JDMGenerator, make_scheduler, sample
+from nnaug.jdm.sampling import JDMGenerator, sample
+from nnaug.samplers import make_scheduler
 from nnaug.masks import decode_channels, encode_labels
 
 

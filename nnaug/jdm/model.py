@@ -89,7 +89,8 @@ class JDMModel(torch.nn.Module):
     @torch.no_grad()
     def preview(self, labels: torch.Tensor, seeds: list[int]):
         """Joint samples (image and mask together) for the training contact sheet."""
-        from nnaug.jdm.sampling import make_scheduler, sample
+        from nnaug.jdm.sampling import sample
+        from nnaug.samplers import make_scheduler
 
         scheduler = make_scheduler("ddim", self.scheduler_config)
         was_training = self.unet.training

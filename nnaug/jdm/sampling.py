@@ -12,32 +12,8 @@ from pathlib import Path
 
 import torch
 
-from nnaug.errors import NnaugError
 from nnaug.masks import decode_channels, encode_labels
-
-SAMPLERS = ("ddpm", "ddim", "dpmsolver++", "unipc")
-
-
-def make_scheduler(name: str, config: dict):
-    """A diffusers scheduler for ``name`` built from the generator's training scheduler config."""
-    from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler
-
-    config = {k: v for k, v in dict(config).items() if not k.startswith("_")}
-    if name == "ddpm":  # ancestral, with the learned variance
-        return DDPMScheduler.from_config(config)
-    base = {k: v for k, v in config.items() if k not in ("variance_type", "clip_sample", "clip_sample_range")}
-    if name == "ddim":
-        return DDIMScheduler.from_config({**base, "clip_sample": True, "set_alpha_to_one": True})
-    # The multistep solvers predict x0 without clipping; at the top of the schedule (alpha_bar ~ 4e-5)
-    # a slightly wrong epsilon gives x0 far outside [-1, 1]. Dynamic thresholding to the data range
-    # plays the role of DDPM/DDIM's clip_sample.
-    clip = {"thresholding": True, "sample_max_value": 1.0, "dynamic_thresholding_ratio": 0.995}
-    if name == "dpmsolver++":
-        return DPMSolverMultistepScheduler.from_config({**base, **clip, "algorithm_type": "dpmsolver++", "solver_order": 2})
-    if name == "unipc":
-        return UniPCMultistepScheduler.from_config({**base, **clip, "solver_order": 2, "predict_x0": True})
-    raise NnaugError(f"unknown sampler '{name}': choose one of {', '.join(SAMPLERS)}")
-
+from nnaug.samplers import make_scheduler
 
 def _per_sample_noise(shape, generators, device) -> torch.Tensor:
     return torch.stack([torch.randn(shape, generator=g) for g in generators]).to(device)

@@ -11,27 +11,7 @@ from pathlib import Path
 import torch
 
 from nnaug.errors import NnaugError
-
-SAMPLERS = ("ddim", "dpmsolver++", "ddpm", "unipc")
-_DDPM_ONLY = ("variance_type", "clip_sample", "clip_sample_range", "set_alpha_to_one", "thresholding")
-
-
-def make_scheduler(name: str, config: dict):
-    """A diffusers sampling scheduler for ``name`` from the generator's training scheduler config."""
-    from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler
-
-    config = {k: v for k, v in dict(config).items() if not k.startswith("_")}
-    if name == "ddim":
-        return DDIMScheduler.from_config(config)
-    if name == "ddpm":
-        return DDPMScheduler.from_config(config)
-    base = {k: v for k, v in config.items() if k not in _DDPM_ONLY}
-    if name == "dpmsolver++":
-        return DPMSolverMultistepScheduler.from_config({**base, "algorithm_type": "dpmsolver++", "solver_order": 2})
-    if name == "unipc":
-        return UniPCMultistepScheduler.from_config({**base, "solver_order": 2})
-    raise NnaugError(f"unknown sampler '{name}': choose one of {', '.join(SAMPLERS)}")
-
+from nnaug.samplers import make_scheduler
 
 class SiameseGenerator:
     """Mask-conditioned image sampling from a folder written by ``train-generator --model siamese``."""
@@ -68,7 +48,8 @@ class SiameseGenerator:
         if labels.dim() != 3 or labels.shape[-1] != self.resolution or labels.shape[-2] != self.resolution:
             raise NnaugError(f"masks must be [B, {self.resolution}, {self.resolution}] for this generator, "
                              f"got {tuple(labels.shape)}")
-        scheduler = make_scheduler(sampler, self.components.scheduler_config)
+        scheduler = make_scheduler(sampler, self.components.scheduler_config,
+                                   clip_x0=self.components.backbone == "pixel")  # latents are not clipped
         images = sample_images(self.components, labels, seeds, scheduler, num_inference_steps=int(steps),
                                guidance_scale=guidance_scale)
         return images.float().cpu(), labels.cpu()

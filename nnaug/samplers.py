@@ -1,0 +1,33 @@
+"""Sampling schedulers by name, built from a generator's training noise schedule (both generators).
+
+``clip_x0`` is for models that work in pixel space, where data lies in [-1, 1]: DDPM/DDIM clip
+their x0 estimate, and the multistep solvers (DPM-Solver++, UniPC), which would otherwise use an
+unclipped x0, get dynamic thresholding to that range — at the top of the schedule
+(alpha_bar ~ 4e-5) a slightly wrong epsilon gives x0 far outside it. Latent models pass False.
+"""
+from __future__ import annotations
+
+from nnaug.errors import NnaugError
+
+SAMPLERS = ("ddim", "dpmsolver++", "ddpm", "unipc")
+_DDPM_ONLY = ("variance_type", "clip_sample", "clip_sample_range", "set_alpha_to_one", "thresholding")
+
+
+def make_scheduler(name: str, config: dict, clip_x0: bool = True):
+    """A diffusers scheduler for ``name``; ``ddpm`` keeps the config's variance type (e.g. learned range)."""
+    from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler
+
+    config = {k: v for k, v in dict(config).items() if not k.startswith("_")}
+    base = {k: v for k, v in config.items() if k not in _DDPM_ONLY}
+    clip = {"clip_sample": clip_x0, "clip_sample_range": 1.0}
+    threshold = {"thresholding": True, "sample_max_value": 1.0, "dynamic_thresholding_ratio": 0.995} if clip_x0 else {}
+    if name == "ddpm":
+        return DDPMScheduler.from_config({**config, **clip})
+    if name == "ddim":
+        return DDIMScheduler.from_config({**base, **clip, "set_alpha_to_one": True})
+    if name == "dpmsolver++":
+        return DPMSolverMultistepScheduler.from_config({**base, **threshold, "algorithm_type": "dpmsolver++",
+                                                        "solver_order": 2})
+    if name == "unipc":
+        return UniPCMultistepScheduler.from_config({**base, **threshold, "solver_order": 2, "predict_x0": True})
+    raise NnaugError(f"unknown sampler '{name}': choose one of {', '.join(SAMPLERS)}")
