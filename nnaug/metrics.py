@@ -2,10 +2,12 @@
 
 * :func:`fid_kid` — FID and KID between two image sets with torch-fidelity's InceptionV3
   (weights from torch-fidelity's usual cache, or a file given explicitly; never downloaded here).
+* :func:`synthetic_fidelity` — FID/KID of a synthetic dataset against its real training images.
 * :func:`make_random_inception_weights` — a fixed-seed random InceptionV3 saved as a weights file,
   a stand-in for tests and benchmarks (its numbers are only comparable with each other).
 * :func:`mask_consistency` — Dice between each synthetic mask and what a real-trained nnU-Net
-  predicts on the synthetic image (nnU-Net's own ``nnUNetPredictor``).
+  predicts on the synthetic image (nnU-Net's own ``nnUNetPredictor``); :func:`segmentation_dice`
+  is the same for any raw dataset (held-out test Dice).
 * :func:`memorisation` — the nearest real training case of each synthetic case, by mask and by image.
 """
 from __future__ import annotations
@@ -250,6 +252,27 @@ def uint8_images(images: list[np.ndarray]) -> np.ndarray:
     return np.stack([np.moveaxis(to_uint8_rgb(img), -1, 0) for img in images])
 
 
+def synthetic_fidelity(real, synthetic, inception_weights: str | Path | None = None,
+                       max_images: int | None = None) -> dict:
+    """FID/KID of a synthetic raw dataset's synthetic cases against the real dataset's training images.
+
+    Both sets are compared at the synthetic images' size (the real images are resized to it);
+    ``max_images`` spreads a deterministic subset over each set. Returns :func:`fid_kid`'s dict + ``resolution``.
+    """
+    real, synthetic = _as_raw(real), _as_raw(synthetic)
+    syn_cases = _select_cases(synthetic, synthetic_identifiers(synthetic), max_images)
+    real_cases = _select_cases(real, None, max_images)
+    if not syn_cases:
+        raise NnaugError(f"{synthetic.name} has no synthetic cases")
+    _, first_label, _ = synthetic.read_case(syn_cases[0])
+    size = tuple(first_label.shape)
+    syn_images, _ = load_cases(synthetic, syn_cases, size)
+    real_images, _ = load_cases(real, real_cases, size)
+    result = fid_kid(uint8_images(real_images), uint8_images(syn_images), inception_weights=inception_weights)
+    result["resolution"] = list(size)
+    return result
+
+
 # ----------------------------------------------------------------------------- mask consistency
 def dice_per_label(reference: np.ndarray, prediction: np.ndarray, labels: list[int] | None = None) -> dict[int, float]:
     """Dice per foreground label present in either map (both empty for a label: not counted)."""
@@ -272,9 +295,23 @@ def mask_consistency(synthetic_folder, model_training_output_dir, folds=(0,), de
     """Dice between each synthetic mask and a real-trained nnU-Net's prediction on the synthetic image.
 
     ``synthetic_folder``: the synthetic raw dataset (folder, name or ID); ``model_training_output_dir``:
-    ``$nnUNet_results/<Dataset>/<Trainer>__<Plans>__<config>``. Prediction is nnU-Net's own
-    ``nnUNetPredictor`` (no mirroring, tile step 0.5, the ensemble of ``folds``). Per case: mean
-    foreground Dice over the labels present in the mask or the prediction (1.0 when both are empty).
+    ``$nnUNet_results/<Dataset>/<Trainer>__<Plans>__<config>``. Only the synthetic cases of a
+    ``--mix`` dataset are checked. See :func:`segmentation_dice` for the prediction and the Dice.
+    """
+    raw = _as_raw(synthetic_folder)
+    return segmentation_dice(raw, model_training_output_dir, folds, device, synthetic_identifiers(raw), max_cases,
+                             checkpoint_name, progress, desc=f"mask consistency {raw.name}")
+
+
+def segmentation_dice(dataset, model_training_output_dir, folds=(0,), device: str = "cpu",
+                      identifiers: list[str] | None = None, max_cases: int | None = None,
+                      checkpoint_name: str = "checkpoint_final.pth", progress: bool = False, desc: str = "Dice") -> dict:
+    """Dice between the labels of a raw dataset's cases and a trained nnU-Net's predictions on their images.
+
+    Prediction is nnU-Net's own ``nnUNetPredictor`` (no mirroring, tile step 0.5, the ensemble of
+    ``folds``; ``"all"`` for fold_all). Per case: mean foreground Dice over the labels present in the
+    label or the prediction (1.0 when both are empty). Used for mask consistency (synthetic cases)
+    and for held-out test Dice (benchmarks/downstream.py).
     Returns ``dict(mean_dice=, per_case={case: dice}, folds=, model=)``.
     """
     import torch
@@ -290,8 +327,8 @@ def mask_consistency(synthetic_folder, model_training_output_dir, folds=(0,), de
                          "train those folds first or choose others with --folds")
     if not os.environ.get("nnUNet_extTrainer"):  # nnaug's trainer classes must resolve by name
         os.environ["nnUNet_extTrainer"] = trainers_path()
-    raw = _as_raw(synthetic_folder)
-    cases = _select_cases(raw, synthetic_identifiers(raw), max_cases)
+    raw = _as_raw(dataset)
+    cases = _select_cases(raw, identifiers, max_cases)
     if not cases:
         raise NnaugError(f"{raw.name} has no cases to check")
 
@@ -310,7 +347,7 @@ def mask_consistency(synthetic_folder, model_training_output_dir, folds=(0,), de
     per_case = {}
     from tqdm.auto import tqdm
 
-    for case in tqdm(cases, desc=f"mask consistency {raw.name}", disable=None if progress else True, leave=False):
+    for case in tqdm(cases, desc=desc, disable=None if progress else True, leave=False):
         image, props = rw.read_images(case.image_files)
         label, _ = rw.read_seg(case.label_file)
         with contextlib.redirect_stdout(io.StringIO()):

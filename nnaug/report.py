@@ -127,23 +127,6 @@ def find_real_only_model(dataset_name: str, folds: list[int] | None = None) -> t
     return model_dir, available
 
 
-# ----------------------------------------------------------------------------- fidelity
-def _fidelity(real, synthetic, weights: Path, max_images: int | None) -> dict:
-    from nnaug.metrics import _select_cases, fid_kid, load_cases, synthetic_identifiers, uint8_images
-
-    syn_cases = _select_cases(synthetic, synthetic_identifiers(synthetic), max_images)
-    real_cases = _select_cases(real, None, max_images)
-    if not syn_cases:
-        raise NnaugError(f"{synthetic.name} has no synthetic cases")
-    _, first_label, _ = synthetic.read_case(syn_cases[0])
-    size = tuple(first_label.shape)  # the generator's resolution: real images are resized to it
-    syn_images, _ = load_cases(synthetic, syn_cases, size)
-    real_images, _ = load_cases(real, real_cases, size)
-    result = fid_kid(uint8_images(real_images), uint8_images(syn_images), inception_weights=weights)
-    result["resolution"] = list(size)
-    return result
-
-
 # ----------------------------------------------------------------------------- the report
 def build_report(dataset: str, inception_weights: str | Path | None = None, folds: list[int] | None = None,
                  max_images: int | None = None, fidelity: bool | None = None, mask_check: bool = True,
@@ -154,7 +137,7 @@ def build_report(dataset: str, inception_weights: str | Path | None = None, fold
     cache) and notes 'n/a' otherwise; True requires them (one-line error without); False skips.
     """
     from nnaug.dataset import load_raw_dataset
-    from nnaug.metrics import mask_consistency, resolve_inception_weights
+    from nnaug.metrics import mask_consistency, resolve_inception_weights, synthetic_fidelity
     from nnaug.pretraining import read_provenance
 
     real = load_raw_dataset(dataset)
@@ -174,7 +157,7 @@ def build_report(dataset: str, inception_weights: str | Path | None = None, fold
         if weights is not None:
             if progress:
                 print(f"nnaug: FID/KID {real.name} vs {folder.name} ...", file=sys.stderr, flush=True)
-            row["fidelity"] = _fidelity(real, syn, weights, max_images)
+            row["fidelity"] = synthetic_fidelity(real, syn, weights, max_images)
             row["fid"], row["kid_mean"], row["kid_std"] = (row["fidelity"][k] for k in ("fid", "kid_mean", "kid_std"))
         else:
             row["fid"] = row["kid_mean"] = row["kid_std"] = None

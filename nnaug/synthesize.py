@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -33,8 +33,8 @@ class SynthesisOptions:
     generator: Path | None = None
     mode: str | None = None  # joint | mask-conditioned (default: joint when the generator can)
     masks: str = "train"  # train | augmented
-    sampler: str = "ddim"
-    steps: int = 50
+    sampler: str | None = None  # None: the generator's default (DEFAULT_SAMPLING)
+    steps: int | None = None
     batch_size: int = 8
     seed: int = 0
     output_id: int | None = None
@@ -45,6 +45,11 @@ class SynthesisOptions:
     merge: bool = False
     augmentation: MaskAugmentation = MaskAugmentation()
     device: str | None = None
+
+
+# Per generator model: the JDM samples as the thesis did, ancestrally with its learned variance
+# (respaced DDPM, reference §1); Siamese-Diffusion with its published DDIM 50 (η = 0).
+DEFAULT_SAMPLING = {"jdm": ("ddpm", 100), "siamese": ("ddim", 50)}
 
 
 def case_seed(global_seed: int, index: int) -> int:
@@ -111,7 +116,7 @@ def synthesize(dataset: str, opts: SynthesisOptions, progress: bool = True) -> P
 
     if not opts.ratio > 0:
         raise NnaugError(f"--ratio must be > 0 (synthetic cases per real case, e.g. 5.0 for 500 %), got {opts.ratio}")
-    if opts.steps < 1 or opts.batch_size < 1:
+    if (opts.steps is not None and opts.steps < 1) or opts.batch_size < 1:
         raise NnaugError("--steps and --batch-size must be at least 1")
     raw = load_raw_dataset(dataset)
     summary = check_dataset(raw, progress=progress)
@@ -119,6 +124,8 @@ def synthesize(dataset: str, opts: SynthesisOptions, progress: bool = True) -> P
     info = read_info(generator_dir)
     _check_compatible(raw, info, generator_dir)
     mode = opts.mode or ("joint" if info["model"] == "jdm" else "mask-conditioned")
+    sampler, steps = DEFAULT_SAMPLING.get(info["model"], ("ddim", 50))
+    opts = replace(opts, sampler=opts.sampler or sampler, steps=opts.steps or steps)
     if mode == "joint" and info["model"] != "jdm":
         raise NnaugError(f"a {info['model']} generator cannot sample masks: use --mode mask-conditioned")
     if opts.masks not in ("train", "augmented"):

@@ -64,3 +64,11 @@ def assert_one_line_error(result, *fragments: str) -> str:
     for fragment in fragments:
         assert fragment in errors[0], (fragment, errors[0])
     return errors[0]
+
+
+@pytest.fixture(scope="session")
+def random_weights(tmp_path_factory):
+    """A fixed-seed random InceptionV3 weights file, loaded through the same path as real weights."""
+    from nnaug.metrics import make_random_inception_weights
+
+    return make_random_inception_weights(tmp_path_factory.mktemp("inception") / "random_inception.pth", seed=0)

@@ -55,6 +55,24 @@ def test_samplers_recover_a_point_mass(sampler, steps):
     assert (x - target).abs().max() < 0.05, (sampler, (x - target).abs().max())
 
 
+def test_ddim_step_rederives_epsilon_from_the_clipped_x0():
+    """improved-diffusion's ddim_sample: x_prev = sqrt(a')·clip(x0) + sqrt(1-a')·eps(x_t, clip(x0))."""
+    scheduler = make_scheduler("ddim", SCHEDULER_CONFIG)
+    scheduler.set_timesteps(10)
+    t, prev = scheduler.timesteps[0], scheduler.timesteps[1]
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, 8, 8)
+    eps = 3 * torch.randn_like(x)  # an overshooting epsilon, as an under-trained model gives: x0 far outside [-1, 1]
+    a, a_prev = scheduler.alphas_cumprod[t].double(), scheduler.alphas_cumprod[prev].double()
+    x0 = (x.double() - (1 - a).sqrt() * eps.double()) / a.sqrt()
+    assert x0.abs().max() > 1
+    x0 = x0.clamp(-1, 1)
+    expected = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * (x.double() - a.sqrt() * x0) / (1 - a).sqrt()
+    raw_eps = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps.double()  # diffusers' default, told apart here
+    assert not torch.allclose(raw_eps, expected, atol=1e-3)
+    assert torch.allclose(scheduler.step(eps, t, x).prev_sample.double(), expected, atol=1e-5)
+
+
 @pytest.mark.parametrize("num_classes", [1, 2])
 def test_mask_conditioned_sampling_returns_exactly_the_given_mask(num_classes):
     size = 16

@@ -11,23 +11,6 @@ from conftest import assert_one_line_error
 from nnaug.errors import NnaugError
 
 
-@pytest.fixture(scope="module")
-def random_weights(tmp_path_factory):
-    from nnaug.metrics import make_random_inception_weights
-
-    return make_random_inception_weights(tmp_path_factory.mktemp("inception") / "random_inception.pth", seed=0)
-
-
-@pytest.fixture
-def report_cli(run_cli):
-    from nnaug_cli.main import cli
-    from nnaug_cli.report_command import report
-
-    if "report" not in cli.commands:  # until nnaug_cli/main.py registers it
-        cli.add_command(report)
-    return run_cli
-
-
 def _images(n, size, seed):
     from nnaug.example import make_case
 
@@ -115,7 +98,7 @@ def _fake_results(results, dataset: str):
     return written
 
 
-def test_report_on_fake_results_tree(nnunet_env, report_cli, random_weights, tmp_path, monkeypatch):
+def test_report_on_fake_results_tree(nnunet_env, run_cli, random_weights, tmp_path, monkeypatch):
     from nnaug.example import write_example_dataset
 
     real = write_example_dataset(dataset_id=997, name="nnaugExample", num_cases=8, size=32, seed=0)
@@ -123,7 +106,7 @@ def test_report_on_fake_results_tree(nnunet_env, report_cli, random_weights, tmp
     written = _fake_results(nnunet_env["results"], real.name)
     labels = {v: k for k, v in json.loads((real / "dataset.json").read_text())["labels"].items()}
 
-    result = report_cli("report", "997", "--inception-weights", random_weights, "--folds", "0,1")
+    result = run_cli("report", "997", "--inception-weights", random_weights, "--folds", "0,1")
     assert result.exit_code == 0, result.output
     assert "Dataset998_nnaugExampleSynth" in result.stdout and "pretrain→fine-tune" in result.stdout
     folder = nnunet_env["results"] / "nnaug" / real.name
@@ -149,18 +132,18 @@ def test_report_on_fake_results_tree(nnunet_env, report_cli, random_weights, tmp
 
     # only fold 1; no weights anywhere -> FID/KID shown as n/a, the Dice still reported
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))
-    result = report_cli("report", real.name, "--folds", "1")
+    result = run_cli("report", real.name, "--folds", "1")
     assert result.exit_code == 0, result.output
     report = json.loads((folder / "report.json").read_text())
     assert {r["fold"] for r in report["dice"]} == {1}
     assert report["synthetic"][0]["fid"] is None and "n/a (no Inception weights" in result.stdout
 
 
-def test_report_errors_are_one_line(nnunet_env, report_cli, tmp_path, monkeypatch):
+def test_report_errors_are_one_line(nnunet_env, run_cli, tmp_path, monkeypatch):
     from nnaug.example import write_example_dataset
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))
-    assert_one_line_error(report_cli("report", "Dataset555_Missing"), "Dataset555_Missing")
+    assert_one_line_error(run_cli("report", "Dataset555_Missing"), "Dataset555_Missing")
     write_example_dataset(dataset_id=997, name="nnaugExample", num_cases=4, size=32, seed=0)
-    assert_one_line_error(report_cli("report", "997", "--fidelity"), "--inception-weights")
-    assert_one_line_error(report_cli("report", "997", "--folds", "a,b"), "--folds")
+    assert_one_line_error(run_cli("report", "997", "--fidelity"), "--inception-weights")
+    assert_one_line_error(run_cli("report", "997", "--folds", "a,b"), "--folds")

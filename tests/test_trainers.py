@@ -138,7 +138,8 @@ def test_file_lock_makes_the_second_process_wait(tmp_path, capsys):
 
 # ----------------------------------------------------------------------------- slow: a real run
 @pytest.mark.slow
-def test_pretrain_finetune_run_reuse_resume_and_predict(nnunet_env, monkeypatch, tmp_path):
+def test_pretrain_finetune_run_report_reuse_resume_and_predict(nnunet_env, monkeypatch, tmp_path, run_cli,
+                                                               random_weights):
     import torch
     from nnunetv2.experiment_planning.plan_and_preprocess_api import extract_fingerprints, plan_experiments, preprocess
 
@@ -184,6 +185,20 @@ def test_pretrain_finetune_run_reuse_resume_and_predict(nnunet_env, monkeypatch,
     assert (fold0 / "progress.png").is_file() and (fold0 / "checkpoint_final.pth").is_file()
     assert not list(results.rglob("*.partial")) and not list(results.rglob("checkpoint_latest.pth"))
 
+    # nnaug report reads what nnU-Net wrote: the Dice of summary.json, and FID/KID of the synthetic set
+    result = run_cli("report", "998", "--inception-weights", random_weights, "--folds", "0")
+    assert result.exit_code == 0, result.output
+    summary = json.loads((fold0 / "validation" / "summary.json").read_text())
+    report = json.loads((results / "nnaug" / real.name / "report.json").read_text())
+    (row,) = report["dice"]
+    assert (row["trainer"], row["fold"], row["kind"]) == (trainer, 0, "pretrain→fine-tune")
+    assert row["foreground_dice"] == summary["foreground_mean"]["Dice"]
+    labels = json.loads((real / "dataset.json").read_text())["labels"]
+    assert row["dice"] == {name: summary["mean"][str(value)]["Dice"] for name, value in labels.items() if value}
+    assert f"{dice:.4f}" in result.stdout
+    (syn,) = report["synthetic"]
+    assert syn["dataset"] == synthetic.name and syn["fid"] >= 0 and syn["kid_mean"] == syn["kid_mean"]  # not NaN
+
     # another fold reuses the cached pretraining (in-process: nnU-Net's own trainer construction)
     from nnunetv2.run.run_training import get_trainer_from_args
 
@@ -220,5 +235,20 @@ def test_pretrain_finetune_run_reuse_resume_and_predict(nnunet_env, monkeypatch,
     predictor.initialize_from_trained_model_folder(str(model), use_folds=(0,))
     out = tmp_path / "pred"
     out.mkdir()  # predict_from_files_sequential does not create it
-    predictor.predict_from_files_sequential([[str(real / "imagesTr" / "example_000_0000.png")]], str(out))
+    predictor.predict_from_files_sequential([[str(real / "imagesTr" / "example_000_0000.png")],
+                                             [str(synthetic / "imagesTr" / "synth_000000_0000.png")]], str(out))
     assert (out / "example_000.png").is_file()
+
+    # mask consistency = Dice of that same prediction against the synthetic mask, for every synthetic case
+    import numpy as np
+    from PIL import Image
+
+    from nnaug.metrics import mask_consistency
+
+    consistency = mask_consistency(synthetic, model, folds=(0,))
+    assert sorted(consistency["per_case"]) == synth_ids
+    predicted = np.asarray(Image.open(out / "synth_000000.png"))
+    mask = np.asarray(Image.open(synthetic / "labelsTr" / "synth_000000.png"))
+    dices = [2 * ((predicted == v) & (mask == v)).sum() / ((predicted == v).sum() + (mask == v).sum())
+             for v in (1, 2) if (predicted == v).any() or (mask == v).any()]
+    assert consistency["per_case"]["synth_000000"] == pytest.approx(float(np.mean(dices)) if dices else 1.0, abs=1e-6)

@@ -86,8 +86,8 @@ class JDMGenerator:
         config = dict(DDPMScheduler.load_config(str(folder)))
         return cls(folder, info, unet, config)
 
-    def sample(self, seeds: list[int], labels: torch.Tensor | None = None, sampler: str = "dpmsolver++",
-               steps: int = 25) -> tuple[torch.Tensor, torch.Tensor]:
+    def sample(self, seeds: list[int], labels: torch.Tensor | None = None, sampler: str = "ddpm",
+               steps: int = 100) -> tuple[torch.Tensor, torch.Tensor]:
         """(images [B, C, S, S] in [-1, 1], labels [B, S, S] holding label values 0..K)."""
         scheduler = make_scheduler(sampler, self.scheduler_config)
         known = None if labels is None else encode_labels(labels.to(self.unet.device), self.mask_channels)

@@ -194,9 +194,12 @@ class SiameseComponents(nn.Module):
         return self._noise_scheduler
 
     def make_scheduler(self, scheduler_class=None):
-        """A sampling scheduler of any diffusers class built from the training schedule (default DDIM)."""
+        """A sampling scheduler of any diffusers class built from the training schedule (default: nnaug's DDIM,
+        x0 clipped to [-1, 1] in pixel space, see :mod:`nnaug.samplers`)."""
         if scheduler_class is None:
-            from diffusers import DDIMScheduler as scheduler_class
+            from nnaug.samplers import make_scheduler
+
+            return make_scheduler("ddim", self.scheduler_config, clip_x0=self.backbone == "pixel")
         return scheduler_class.from_config(self.scheduler_config)
 
     def train(self, mode: bool = True):
