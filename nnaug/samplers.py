@@ -1,8 +1,8 @@
 """Sampling schedulers by name, built from a generator's training noise schedule (both generators).
 
-``clip_x0`` is for models that work in pixel space, where data lies in [-1, 1]: DDPM/DDIM clip
+``clip_x0`` is for models that work in pixel space, where data lies in [-1, 1]. DDPM/DDIM clip
 their x0 estimate (DDIM then re-derives epsilon from the clipped x0, as improved-diffusion's
-``ddim_sample`` does: :class:`ClippedDDIMScheduler`), and the multistep solvers (DPM-Solver++, UniPC), which would otherwise use an
+``ddim_sample`` does). The multistep solvers (DPM-Solver++, UniPC), which would otherwise use an
 unclipped x0, get dynamic thresholding to that range — at the top of the schedule
 (alpha_bar ~ 4e-5) a slightly wrong epsilon gives x0 far outside it. Latent models pass False.
 """
