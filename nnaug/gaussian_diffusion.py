@@ -293,8 +293,12 @@ class GaussianDiffusion:
             x0, means=out["mean"], log_scales=0.5 * out["log_variance"])) / math.log(2.0)
         return torch.where(t.to(kl.device) == 0, decoder_nll, kl)
 
-    def training_losses(self, model_output: Tensor, x0: Tensor, xt: Tensor, t: Tensor, noise: Tensor) -> dict:
+    def training_losses(self, model_output: Tensor, x0: Tensor, xt: Tensor, t: Tensor, noise: Tensor,
+                        prediction: str = "epsilon", learned_variance: bool = True,
+                        snr_gamma: float | None = None) -> dict:
         """Hybrid loss ``L_simple + lambda * L_vlb`` of Nichol & Dhariwal 2021 (section 3.1), per sample.
+
+        The defaults are the thesis' (and improved-diffusion's) setting:
 
         * ``mse`` = mean over non-batch dims of ``(noise - eps)^2`` (Ho et al. eq. 14);
         * ``vb`` = :meth:`vb_terms_bpd` evaluated with ``eps`` *detached* (a stop-gradient on the
@@ -303,12 +307,34 @@ class GaussianDiffusion:
           and ``lambda = 1/1000``);
         * ``loss`` = ``mse + vb``.
 
+        Options for faster learning: ``prediction="v"`` regresses ``v = sqrt(abar) eps - sqrt(1 - abar) x0``
+        (Salimans & Ho 2022) instead of epsilon; ``learned_variance=False`` drops ``L_vlb`` and the
+        variance channels (``model_output`` is then ``[B, C, ...]``); ``snr_gamma`` weights ``mse``
+        by min-SNR-gamma (Hang et al. 2023: ``min(SNR, gamma) / SNR`` for epsilon,
+        ``min(SNR, gamma) / (SNR + 1)`` for v), so the easy low-noise steps stop dominating.
+
         ``xt`` must be ``q_sample(x0, t, noise)``. Returns ``dict(loss=, mse=, vb=)`` of shape ``[B]``.
         """
         if noise.shape != x0.shape:
             raise ValueError(f"noise shape {tuple(noise.shape)} != x0 shape {tuple(x0.shape)}")
-        eps, v = self._split(model_output, xt)
-        mse = mean_flat((noise - eps) ** 2)
+        if prediction not in ("epsilon", "v"):
+            raise ValueError(f"prediction must be 'epsilon' or 'v', got {prediction!r}")
+        if learned_variance:
+            pred, v = self._split(model_output, xt)
+        else:
+            if model_output.shape != xt.shape:
+                raise ValueError(f"model_output must have shape {tuple(xt.shape)}, got {tuple(model_output.shape)}")
+            pred, v = model_output, None
+        sqrt_ab, sqrt_1m_ab = self._ex(self.sqrt_alphas_cumprod, t, xt), self._ex(self.sqrt_one_minus_alphas_cumprod, t, xt)
+        target = noise if prediction == "epsilon" else sqrt_ab * noise - sqrt_1m_ab * x0
+        mse = mean_flat((target - pred) ** 2)
+        if snr_gamma is not None:
+            snr = self.extract(self.alphas_cumprod / (1.0 - self.alphas_cumprod), t, (t.shape[0],), dtype=mse.dtype)
+            snr = snr.to(mse.device)
+            mse = mse * torch.minimum(snr, torch.full_like(snr, snr_gamma)) / (snr if prediction == "epsilon" else snr + 1)
+        if v is None:
+            return {"loss": mse, "mse": mse, "vb": torch.zeros_like(mse)}
+        eps = pred if prediction == "epsilon" else sqrt_ab * pred + sqrt_1m_ab * xt
         frozen = torch.cat([eps.detach(), v], dim=1)
         vb = self.vb_terms_bpd(frozen, x0, xt, t, clip_denoised=False) * (self.num_timesteps / 1000.0)
         return {"loss": mse + vb, "mse": mse, "vb": vb}

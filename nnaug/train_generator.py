@@ -56,14 +56,17 @@ def train_config_from(settings: dict) -> TrainConfig:
 
 def build_model(model: str, settings: dict, raw, image_channels: int, mask_channels: int):
     if model == "jdm":
-        from nnaug.jdm.model import JDMArchitecture, JDMModel
+        from nnaug.jdm.model import OBJECTIVE_PAPER, JDMArchitecture, JDMModel, scheduler_config
 
+        objective = {**OBJECTIVE_PAPER, **{k: settings[k] for k in OBJECTIVE_PAPER if k in settings}}
         arch = JDMArchitecture(resolution=int(settings["resolution"]), image_channels=image_channels,
                                mask_channels=mask_channels, channels=tuple(settings["channels"]),
                                layers_per_block=int(settings["layers_per_block"]),
                                attention_resolutions=tuple(settings["attention_resolutions"]),
-                               attention_head_dim=int(settings["attention_head_dim"]))
-        return JDMModel(arch.build_unet(), image_channels, mask_channels)
+                               attention_head_dim=int(settings["attention_head_dim"]),
+                               learned_variance=bool(objective["learned_variance"]))
+        return JDMModel(arch.build_unet(), image_channels, mask_channels, scheduler_config(**objective),
+                        snr_gamma=objective["snr_gamma"])
     from nnaug.siamese.train import build_siamese_model
 
     return build_siamese_model(settings, raw, image_channels, mask_channels)

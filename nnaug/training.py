@@ -37,6 +37,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     warmup_steps: int = 0
     ema_decay: float = 0.9999
+    ema_warmup: bool = False  # decay 1 - (1 + step)^-3/4, capped at ema_decay: short runs forget their start
     use_ema: bool = True
     checkpoint_every: int = 250
     seed: int = 0
@@ -107,7 +108,8 @@ class Trainer:
                                     num_training_steps=config.steps)
         self.model, self.optimizer, self.lr_schedule = self.accelerator.prepare(model, optimizer, lr_schedule)
         self.params = params
-        self.ema = EMAModel(params, decay=config.ema_decay) if config.use_ema else None
+        self.ema = EMAModel(params, decay=config.ema_decay, use_ema_warmup=config.ema_warmup,
+                            power=3 / 4) if config.use_ema else None
         if self.ema is not None:
             self.ema.to(self.accelerator.device)
         self.step = 0

@@ -25,7 +25,18 @@ def _ints(value: str | None):
 @click.option("--channels", help="UNet widths per level, e.g. 64,128,256.")
 @click.option("--layers-per-block", type=int)
 @click.option("--attention-resolutions", help="Feature-map sizes with self-attention, e.g. 16,8 (jdm).")
+@click.option("--warmup-steps", type=click.IntRange(min=0), help="Linear lr warm-up steps.")
 @click.option("--ema-decay", type=float)
+@click.option("--ema-warmup/--no-ema-warmup", default=None,
+              help="EMA decay that grows with the step count (1 - (1+step)^-3/4, capped at --ema-decay).")
+@click.option("--prediction", type=click.Choice(["epsilon", "v"]), default=None,
+              help="jdm: what the UNet predicts (paper: epsilon; tiny/small: v).")
+@click.option("--learned-variance/--fixed-variance", default=None,
+              help="jdm: learned-range variance and the hybrid loss (paper), or fixed variance and MSE only.")
+@click.option("--snr-gamma", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="jdm: min-SNR-gamma loss weighting (tiny/small: 5).")
+@click.option("--noise-schedule", type=click.Choice(["linear", "cosine"]), default=None,
+              help="jdm: beta schedule over T = 1000 steps (paper: linear; tiny/small: cosine).")
 @click.option("--ema/--no-ema", "use_ema", default=None, help="Keep an EMA of the weights (exported weights are the EMA).")
 @click.option("--augment/--no-augment", default=None, help="Random flips and rot90, identical for image and mask.")
 @click.option("--checkpoint-every", type=int, help="Steps between checkpoints, contact sheets and loss curves.")

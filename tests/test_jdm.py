@@ -20,21 +20,24 @@ from nnaug.masks import decode_channels, encode_labels
 
 
 class OracleUNet(torch.nn.Module):
-    """The exact epsilon-predictor for data that is a single point x* (so every sampler must return x*)."""
+    """The exact predictor for data that is a single point x* (so every sampler must return x*)."""
 
-    def __init__(self, target: torch.Tensor, learned_variance: bool = True):
+    def __init__(self, target: torch.Tensor, learned_variance: bool = True, prediction_type: str = "epsilon"):
         super().__init__()
         self.target = target
         self.alphas_cumprod = make_scheduler("ddpm", SCHEDULER_CONFIG).alphas_cumprod
         self.config = SimpleNamespace(sample_size=target.shape[-1])
-        self.learned_variance = learned_variance
+        self.learned_variance, self.prediction_type = learned_variance, prediction_type
         self.device = torch.device("cpu")
+        self.calls: list[int] = []
 
     def forward(self, x, t):
+        self.calls.append(int(t))
         ab = self.alphas_cumprod[int(t)]
         eps = (x - ab.sqrt() * self.target) / (1 - ab).sqrt()
+        out = eps if self.prediction_type == "epsilon" else ab.sqrt() * eps - (1 - ab).sqrt() * self.target
         v = torch.zeros_like(eps)
-        return SimpleNamespace(sample=torch.cat([eps, v], 1) if self.learned_variance else eps)
+        return SimpleNamespace(sample=torch.cat([out, v], 1) if self.learned_variance else out)
 
 
 def _point(image_channels=3, labels=None, size=16):
@@ -47,12 +50,72 @@ def _point(image_channels=3, labels=None, size=16):
 
 
 @pytest.mark.parametrize("sampler,steps", [("ddpm", 50), ("ddim", 25), ("dpmsolver++", 25), ("unipc", 20)])
-def test_samplers_recover_a_point_mass(sampler, steps):
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_samplers_recover_a_point_mass(sampler, steps, prediction_type):
     image, labels = _point()
     target = torch.cat([image, encode_labels(labels, 1)], 1)
-    x = sample(OracleUNet(target), make_scheduler(sampler, SCHEDULER_CONFIG), [1, 2], steps, 3, 1)
+    config = {**SCHEDULER_CONFIG, "prediction_type": prediction_type}
+    x = sample(OracleUNet(target, prediction_type=prediction_type), make_scheduler(sampler, config), [1, 2], steps, 3, 1)
     assert x.shape == (2, 4, 16, 16)
     assert (x - target).abs().max() < 0.05, (sampler, (x - target).abs().max())
+
+
+def test_last_ddpm_step_adds_no_noise():
+    """Respaced DDPM ends at t = 9 > 0; its last step must return the x0 estimate, as improved-diffusion."""
+    image, labels = _point()
+    target = torch.cat([image, encode_labels(labels, 1)], 1)
+    scheduler = make_scheduler("ddpm", SCHEDULER_CONFIG)
+    oracle = OracleUNet(target)
+    x = sample(oracle, scheduler, [1, 2], 100, 3, 1)
+    assert oracle.calls[-1] > 0  # the last step starts above t = 0 ...
+    assert (x - target).abs().max() < 1e-4  # ... and still lands exactly on x* (noise would be ~1e-2)
+
+
+@pytest.mark.parametrize("steps", [30, 7])
+def test_ddim_visits_exactly_the_scheduled_timesteps(steps):
+    image, labels = _point()
+    target = torch.cat([image, encode_labels(labels, 1)], 1)
+    scheduler = make_scheduler("ddim", SCHEDULER_CONFIG)
+    oracle = OracleUNet(target)
+    seen = []
+    sample(oracle, scheduler, [3], steps, 3, 1, on_step=lambda t, x: seen.append(t))
+    scheduled = [int(t) for t in scheduler.timesteps]
+    assert oracle.calls == scheduled and len(scheduled) == steps and scheduled[0] == 999
+    assert seen == scheduled[1:] + [-1]
+    assert any(a - b != 1000 // steps for a, b in zip(scheduled, scheduled[1:]))  # t - T//n would miss these
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "dpmsolver++", "unipc"])
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_deterministic_solvers_keep_the_mask_on_its_noising_path(sampler, prediction_type):
+    """With the mask channels of the output set to the oracle's, every solver (UniPC's corrector too)
+    moves them along sqrt(abar_t) m + sqrt(1 - abar_t) z with one z per sample, at every step."""
+    size, seeds = 16, [4, 9]
+    believed = torch.zeros(1, size, size, dtype=torch.long)
+    believed[:, 2:6, 2:6] = 1  # the model's own mask differs from the given one
+    image, _ = _point(labels=believed)
+    target = torch.cat([image, encode_labels(believed, 1)], 1)
+    given = torch.zeros(2, size, size, dtype=torch.long)
+    given[0, 8:14, 8:14] = 1
+    given[1, 0:5, 3:16] = 1
+    m = encode_labels(given, 1).float()
+    z = []
+    for s in seeds:  # the sampler's per-sample draws: initial noise first, then the mask noise
+        g = torch.Generator().manual_seed(s)
+        torch.randn((4, size, size), generator=g)
+        z.append(torch.randn((1, size, size), generator=g))
+    z = torch.stack(z)
+    config = {**SCHEDULER_CONFIG, "prediction_type": prediction_type}
+    scheduler = make_scheduler(sampler, config)
+    ab = scheduler.alphas_cumprod
+    errors = []
+
+    def check(t_next, x):
+        expected = m if t_next < 0 else ab[t_next].sqrt() * m + (1 - ab[t_next]).sqrt() * z
+        errors.append(float((x[:, 3:] - expected).abs().max()))
+
+    sample(OracleUNet(target, prediction_type=prediction_type), scheduler, seeds, 12, 3, 1, known_mask=m, on_step=check)
+    assert len(errors) == 12 and max(errors) < 1e-3, (sampler, errors)
 
 
 def test_ddim_step_rederives_epsilon_from_the_clipped_x0():
@@ -86,7 +149,7 @@ def test_mask_conditioned_sampling_returns_exactly_the_given_mask(num_classes):
     given[2, 3:9, 1:7] = 1
     gen = JDMGenerator(Path("."), {"image_channels": 3, "mask_channels": num_classes, "resolution": size},
                        OracleUNet(target), SCHEDULER_CONFIG)
-    for sampler in ("ddpm", "ddim", "dpmsolver++"):
+    for sampler in ("ddpm", "ddim", "dpmsolver++", "unipc"):
         images, labels = gen.sample([5, 6, 7], labels=given, sampler=sampler, steps=10)
         assert torch.equal(labels, given), sampler
         assert set(labels.unique().tolist()) <= set(range(num_classes + 1))

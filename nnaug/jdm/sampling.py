@@ -1,10 +1,20 @@
 """Sampling the JDM with diffusers schedulers: joint pairs, or images for given masks.
 
-Mask-conditioned sampling is thesis Algorithm 2 done right (RePaint-style replacement): after
-every reverse step the mask channels are replaced by the given mask forward-noised to the level
-the step just reached, q(m_{t'} | m_0) with t' the *next* timestep; after the last step they are
-exactly the given mask. Each sample has its own seed (its initial noise, ancestral noise and mask
-noise come from a generator of its own), so a seed gives the same pair whatever batch it is in.
+Mask-conditioned sampling keeps the mask channels on the given mask's forward-noising path:
+
+* deterministic solvers (DDIM, DPM-Solver++, UniPC): one mask noise ``z`` per sample for the whole
+  run. The mask channels start at ``sqrt(abar_T) m + sqrt(1 - abar_T) z``, and the model output's
+  mask channels are replaced by what a perfect model would predict on that path (epsilon: ``z``;
+  v: ``sqrt(abar_t) z - sqrt(1 - abar_t) m``; x0: ``m``). Each solver's own update (its history,
+  UniPC's corrector included) then moves the mask channels along exactly
+  ``sqrt(abar_t) m + sqrt(1 - abar_t) z``, and the image channels are denoised next to a mask
+  that is consistent at every step.
+* ancestral DDPM: RePaint-style replacement (thesis Algorithm 2): after every step the mask
+  channels are the mask forward-noised with fresh noise to the level just reached.
+
+After the last step the mask channels are exactly the given mask. Each sample has its own seed
+(its initial noise, ancestral noise and mask noise come from a generator of its own), so a seed
+gives the same pair whatever batch it is in.
 """
 from __future__ import annotations
 
@@ -15,18 +25,38 @@ import torch
 from nnaug.masks import decode_channels, encode_labels
 from nnaug.samplers import make_scheduler
 
+
 def _per_sample_noise(shape, generators, device) -> torch.Tensor:
     return torch.stack([torch.randn(shape, generator=g) for g in generators]).to(device)
 
 
+def on_mask_path(mask: torch.Tensor, noise: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
+    """``q(m_t | m_0)`` for a given noise draw: ``sqrt(abar_t) m + sqrt(1 - abar_t) z``."""
+    return alpha_bar.sqrt() * mask + (1 - alpha_bar).sqrt() * noise
+
+
+def oracle_mask_output(mask: torch.Tensor, noise: torch.Tensor, alpha_bar: torch.Tensor,
+                       prediction_type: str) -> torch.Tensor:
+    """What a perfect model predicts for the mask channels on the path of ``noise``."""
+    if prediction_type == "epsilon":
+        return noise
+    if prediction_type == "v_prediction":
+        return alpha_bar.sqrt() * noise - (1 - alpha_bar).sqrt() * mask
+    if prediction_type == "sample":
+        return mask
+    raise ValueError(f"unknown prediction_type {prediction_type}")
+
+
 @torch.no_grad()
 def sample(unet, scheduler, seeds: list[int], num_steps: int, image_channels: int, mask_channels: int,
-           known_mask: torch.Tensor | None = None, progress: bool = False) -> torch.Tensor:
+           known_mask: torch.Tensor | None = None, progress: bool = False, on_step=None) -> torch.Tensor:
     """Run the reverse process; returns x0 ``[B, C_img + C_mask, S, S]`` in [-1, 1].
 
     ``known_mask`` ([B, C_mask, S, S] in {-1, 1}) switches to mask-conditioned sampling.
     The scheduler is configured here for ``num_steps`` steps (any count the scheduler allows).
+    ``on_step(t_next, x)``, if given, sees the state after every step (tests follow the mask path).
     """
+    from diffusers import DDPMScheduler
     from tqdm.auto import tqdm
 
     device = unet.device
@@ -38,21 +68,28 @@ def sample(unet, scheduler, seeds: list[int], num_steps: int, image_channels: in
     scheduler.set_timesteps(num_steps, device=device)
     timesteps = scheduler.timesteps
     learned_variance = getattr(scheduler.config, "variance_type", None) in ("learned", "learned_range")
+    ancestral = isinstance(scheduler, DDPMScheduler)  # adds fresh noise every step: replacement instead
+    prediction_type = scheduler.config.prediction_type
     if known_mask is not None:
         known_mask = known_mask.to(device=device, dtype=x.dtype)
-        x[:, image_channels:] = _noised(known_mask, alphas_cumprod[timesteps[0]], generators, device)
+        mask_noise = _per_sample_noise(known_mask.shape[1:], generators, device)
+        x[:, image_channels:] = on_mask_path(known_mask, mask_noise, alphas_cumprod[timesteps[0]])
+    extra = {"generator": generators} if _takes_generator(scheduler) else {}
     for i, t in enumerate(tqdm(timesteps, desc="sampling", leave=False, disable=not progress)):
         model_in = scheduler.scale_model_input(x, t)
         out = unet(model_in, t).sample.float()
         if not learned_variance:
-            out = out[:, :channels]  # epsilon only: these schedulers use their own variance
-        extra = {"generator": generators} if _takes_generator(scheduler) else {}
+            out = out[:, :channels]  # the prediction only: these schedulers use their own variance
+        if known_mask is not None and not ancestral:
+            out[:, image_channels:channels] = oracle_mask_output(known_mask, mask_noise, alphas_cumprod[t],
+                                                                 prediction_type)
         x = scheduler.step(out, t, x, return_dict=True, **extra).prev_sample
-        if known_mask is not None:
-            if i + 1 < len(timesteps):
-                x[:, image_channels:] = _noised(known_mask, alphas_cumprod[timesteps[i + 1]], generators, device)
-            else:
-                x[:, image_channels:] = known_mask
+        last = i + 1 == len(timesteps)
+        if known_mask is not None and (ancestral or last):
+            x[:, image_channels:] = known_mask if last else on_mask_path(
+                known_mask, _per_sample_noise(known_mask.shape[1:], generators, device), alphas_cumprod[timesteps[i + 1]])
+        if on_step is not None:
+            on_step(-1 if last else int(timesteps[i + 1]), x)
     return x.clamp(-1, 1)
 
 
@@ -60,11 +97,6 @@ def _takes_generator(scheduler) -> bool:
     import inspect
 
     return "generator" in inspect.signature(scheduler.step).parameters
-
-
-def _noised(mask: torch.Tensor, alpha_bar: torch.Tensor, generators, device) -> torch.Tensor:
-    noise = _per_sample_noise(mask.shape[1:], generators, device)
-    return alpha_bar.sqrt() * mask + (1 - alpha_bar).sqrt() * noise
 
 
 class JDMGenerator:
