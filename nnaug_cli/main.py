@@ -29,6 +29,7 @@ def _register() -> None:
     for module in (data_commands, generator_commands, synthesize_command, pipeline_commands, report_command):
         for command in module.COMMANDS:
             cli.add_command(command)
+    cli.add_command(__import__("nnaug_cli.sweep_command", fromlist=["sweep"]).sweep)
 
 
 _register()

@@ -10,14 +10,20 @@ little as it can; the library logic is in :mod:`nnaug.pretraining`. See docs/tra
 * ``nnUNetTrainer_nnaugFinetune`` — the fine-tuning schedule only, for ``-pretrained_weights``.
 * ``nnUNetTrainer_nnaugPretrain`` — the pretraining phase on its own (what the first one runs).
 * ``nnUNetTrainer_nnaug`` — real-only baseline with the fine-tuning schedule.
-* ``*_5epochs`` — short fixed schedules (5 epochs x 10 iterations per phase) for tests and the example.
+* ``*_5epochs`` — short fixed schedules (5 epochs x 10 iterations per phase) for tests and the example;
+  ``nnUNetTrainer_nnaug_10epochs`` is the real-only run as long as pretraining + fine-tuning of those.
+
+``NNAUG_SEED`` (an integer), when set, seeds Python's, NumPy's and torch's generators as a trainer
+is made (``nnaug sweep`` sets it per repeat); nnU-Net itself does not seed its training.
 """
 from __future__ import annotations
 
 import os
+import random
 import sys
 from os.path import join
 
+import numpy as np
 import torch
 from nnunetv2.run.load_pretrained_weights import load_pretrained_weights
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
@@ -30,6 +36,20 @@ _PRETRAIN = _pt.Schedule(num_epochs=1000, initial_lr=1e-2)  # nnU-Net's default 
 _SHORT = _pt.Schedule(num_epochs=5, initial_lr=1e-2, num_iterations_per_epoch=10, num_val_iterations_per_epoch=2)
 
 
+def _seed_from_env() -> int | None:
+    """``NNAUG_SEED``: seed random, numpy and torch (weights, patch sampling, augmentation with nnUNet_n_proc_DA=0)."""
+    text = os.environ.get("NNAUG_SEED", "").strip()
+    if not text:
+        return None
+    if not text.isdigit():
+        raise NnaugError(f"NNAUG_SEED must be a non-negative integer, got '{text}': fix or unset it")
+    seed = int(text)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return seed
+
+
 class _NnaugTrainer(nnUNetTrainer):
     """Schedule from class defaults (+ NNAUG_* variables), atomic checkpoints, and a record of the cases used."""
 
@@ -39,6 +59,7 @@ class _NnaugTrainer(nnUNetTrainer):
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device('cuda')):
+        self.nnaug_seed = _seed_from_env()
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.nnaug_schedule().apply(self)
         self.nnaug_extra_record = {}
@@ -64,6 +85,8 @@ class _NnaugTrainer(nnUNetTrainer):
             extra = {**{k: previous[k] for k in ("pretrained_weights", "pretraining") if k in previous}, **extra}
         elif "-pretrained_weights" in sys.argv[:-1] and "pretrained_weights" not in extra:
             extra["pretrained_weights"] = os.path.abspath(sys.argv[sys.argv.index("-pretrained_weights") + 1])
+        if self.nnaug_seed is not None:
+            extra["seed"] = self.nnaug_seed
         record = _pt.training_record(self, *self.nnaug_cases, self.nnaug_schedule(), extra)
         _pt.write_json_atomic(join(self.output_folder, _pt.TRAINING_RECORD), record)
 
@@ -131,6 +154,13 @@ class nnUNetTrainer_nnaugFinetune_5epochs(nnUNetTrainer_nnaugFinetune):
 
 class nnUNetTrainer_nnaug_5epochs(nnUNetTrainer_nnaug):
     nnaug_defaults = _SHORT
+    nnaug_env_overrides = False
+
+
+class nnUNetTrainer_nnaug_10epochs(nnUNetTrainer_nnaug):
+    """Real-only for as many iterations as the _5epochs pretraining + fine-tuning (compute-matched baseline)."""
+
+    nnaug_defaults = _pt.Schedule(num_epochs=10, initial_lr=1e-2, num_iterations_per_epoch=10, num_val_iterations_per_epoch=2)
     nnaug_env_overrides = False
 
 

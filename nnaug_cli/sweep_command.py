@@ -1,0 +1,108 @@
+"""``nnaug sweep``."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from nnaug.errors import NnaugError
+
+
+class OneLineErrors(click.Command):
+    """Click's own usage errors (bad type, out of range, unknown option) as one ``nnaug: error:`` line, exit 2."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.UsageError as exc:
+            raise NnaugError(f"{info_name}: {exc.format_message()}") from None
+
+
+class FloatList(click.ParamType):
+    """Comma-separated numbers >= ``minimum``, e.g. ``1,2.5,5``."""
+
+    name = "LIST"
+
+    def __init__(self, minimum: float = 0.0):
+        self.minimum = minimum
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, list):
+            return value
+        parts = [p.strip() for p in str(value).split(",")]
+        numbers = []
+        for part in parts:
+            try:
+                number = float(part)
+            except ValueError:
+                self.fail(f"{part!r} is not a number (give comma-separated numbers, e.g. 1,2.5,5)", param, ctx)
+            if not number >= self.minimum or number == float("inf"):
+                self.fail(f"{part} is not a ratio >= {self.minimum:g}", param, ctx)
+            numbers.append(number)
+        return numbers
+
+
+class FoldList(click.ParamType):
+    """Comma-separated nnU-Net folds, e.g. ``0,1,2`` or ``all``."""
+
+    name = "FOLDS"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, list):
+            return value
+        folds = []
+        for part in (p.strip() for p in str(value).split(",")):
+            if part == "all":
+                folds.append("all")
+            elif part.isdigit() and int(part) < 5:
+                folds.append(int(part))
+            else:
+                self.fail(f"{part!r} is not a fold (0-4, or all with --test)", param, ctx)
+        return folds
+
+
+@click.command(cls=OneLineErrors)
+@click.argument("dataset")
+@click.option("--ratios", type=FloatList(0.0), default="1,2.5,5", show_default=True,
+              help="Synthetic cases per real case, comma-separated; one pretrain arm each (0 = the real-only arm, always run).")
+@click.option("--seeds", type=click.IntRange(min=1, max=1000), default=3, show_default=True,
+              help="How often each arm is trained (NNAUG_SEED = 0..n-1).")
+@click.option("--generator", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Generator folder. Default: the latest generator trained on DATASET.")
+@click.option("--test", "test", default=None, metavar="DATASET",
+              help="Held-out raw dataset (ID or name) to score every arm on. Default: nnU-Net's 5-fold CV on the real cases.")
+@click.option("--folds", type=FoldList(), default=None,
+              help="Folds to train: CV default 0,1,2,3,4; with --test default all (several: their ensemble predicts).")
+@click.option("--budget", type=click.Choice(["tiny", "small", "gpu"]), default="small", show_default=True,
+              help="tiny: nnaug's _5epochs trainers (tests, the example); small: 15+15 epochs x 25 iterations (CPU); "
+                   "gpu: 100 x 250 pretraining + 150 x 250 fine-tuning.")
+@click.option("--device", type=click.Choice(["cpu", "cuda", "mps"]), default=None,
+              help="For nnUNetv2_train, synthesis and prediction. Default: cuda if available, else cpu.")
+@click.option("--compute-matched/--no-compute-matched", default=True, show_default=True,
+              help="Also train real-only as long as pretraining + fine-tuning together.")
+@click.option("--inception-weights", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="InceptionV3 weights for FID/KID/FRD. Default: torch-fidelity's cache, if present (else n/a).")
+@click.option("--mode", type=click.Choice(["joint", "mask-conditioned"]), default=None,
+              help="Synthesis mode (default: joint for JDM, mask-conditioned otherwise).")
+@click.option("--masks", type=click.Choice(["train", "augmented"]), default="train", show_default=True,
+              help="mask-conditioned synthesis: the training masks, or augmented copies.")
+@click.option("--sampler", type=click.Choice(["ddim", "dpmsolver++", "ddpm", "unipc"]), default=None,
+              help="Synthesis sampler (default: the generator's, as nnaug synthesize).")
+@click.option("--steps", type=click.IntRange(min=1), default=None, help="Synthesis sampling steps.")
+@click.option("--overwrite", is_flag=True,
+              help="Train this sweep's arms again (its real-only arms and this generator's pretrain arms).")
+def sweep(dataset, **options):
+    """Which synthetic ratio helps on DATASET: real-only vs pretrain -> fine-tune per ratio, seeds, 95 % CIs.
+
+    Trains every arm x seed with nnUNetv2_train (each into its own nnUNet_results under
+    $nnUNet_results/nnaug/<Dataset>/sweep/), evaluates, and writes sweep.md, sweep.json and
+    sweep.png. Run the same command again to continue after a stop: finished runs are skipped.
+    """
+    from nnaug.sweep import run_sweep, to_markdown
+
+    result = run_sweep(dataset, **options)
+    click.echo("")
+    click.echo(to_markdown(result))
+
+
+COMMANDS = [sweep]

@@ -1,0 +1,261 @@
+"""nnaug sweep: inputs, the statistics and report layer, and (slow) the whole sweep with a kill in the middle."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import assert_one_line_error
+from nnaug.example import write_example_dataset
+from nnaug.sweep import (BUDGETS, Arm, latest_sweep_markdown, make_arms, per_case_from_metrics, summarise,
+                         to_markdown, write_outputs)
+
+
+# ----------------------------------------------------------------------------- fast
+def test_bad_inputs_are_one_line_errors(nnunet_env, run_cli):
+    assert_one_line_error(run_cli("sweep", "999", "--ratios", "1,x"), "--ratios", "'x' is not a number")
+    assert_one_line_error(run_cli("sweep", "999", "--ratios", "-1"), "--ratios")
+    assert_one_line_error(run_cli("sweep", "999", "--ratios", "0"), "at least one ratio > 0")
+    assert_one_line_error(run_cli("sweep", "999", "--seeds", "0"), "--seeds")
+    assert_one_line_error(run_cli("sweep", "999", "--folds", "5"), "--folds")
+    assert_one_line_error(run_cli("sweep", "999", "--budget", "huge"), "--budget")
+    assert_one_line_error(run_cli("sweep", "999", "--no-such-option"), "--no-such-option")
+    assert_one_line_error(run_cli("sweep", "999"), "no dataset with ID 999")
+    write_example_dataset(999, num_cases=6)
+    assert_one_line_error(run_cli("sweep", "999", "--folds", "all", "--device", "cpu"), "--folds all", "--test")
+    assert_one_line_error(run_cli("sweep", "999", "--test", "999", "--device", "cpu"), "training dataset itself")
+    write_example_dataset(998, "Other", num_cases=4)
+    folder = nnunet_env["raw"] / "Dataset998_Other"
+    meta = json.loads((folder / "dataset.json").read_text())
+    meta["labels"] = {"background": 0, "round": 1, "lobed": 2, "extra": 3}
+    (folder / "dataset.json").write_text(json.dumps(meta))
+    assert_one_line_error(run_cli("sweep", "999", "--test", "998", "--device", "cpu"), "Dataset998_Other", "labels")
+    assert_one_line_error(run_cli("sweep", "999", "--device", "cpu", "--folds", "0"), "no generator trained on")
+    import torch
+
+    if not torch.cuda.is_available():
+        assert_one_line_error(run_cli("sweep", "999", "--device", "cuda"), "--device cuda")
+
+
+def test_budgets_and_arms(monkeypatch):
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+
+    from nnaug.pretraining import trainers_path
+
+    monkeypatch.setenv("nnUNet_extTrainer", trainers_path())
+    tiny = BUDGETS["tiny"]
+    for kind in ("real-only", "compute-matched", "pretrain"):  # the fixed schedules are what the classes run
+        schedule = recursive_find_trainer_class_by_name(tiny.trainer(kind)).nnaug_schedule()
+        assert (schedule.num_epochs, schedule.num_iterations_per_epoch) == tiny.phases(kind)[-1][1:]
+    assert tiny.matched_epochs == 10 and tiny.env("pretrain") == {}
+    small = BUDGETS["small"]
+    assert small.matched_epochs == 30
+    assert small.env("compute-matched")["NNAUG_FINETUNE_EPOCHS"] == "30"
+    assert small.env("pretrain")["NNAUG_PRETRAIN_EPOCHS"] == "15"
+    assert BUDGETS["gpu"].matched_epochs == 250
+    arms = make_arms(small, [1.0, 2.5], compute_matched=True)
+    assert [a.name for a in arms] == ["real-only", "real-only-matched", "pretrain-r1", "pretrain-r2.5"]
+    assert [a.shared for a in arms] == [True, True, False, False]
+    assert [a.name for a in make_arms(small, [5.0], compute_matched=False)] == ["real-only", "pretrain-r5"]
+
+
+def test_per_case_dice_from_nnunet_metrics():
+    names = {"1": "round", "2": "lobed"}
+    rows = [{"reference_file": "/x/case_a.png", "metrics": {"1": {"Dice": 0.5}, "2": {"Dice": float("nan")}}},
+            {"reference_file": "/x/case_b.png", "metrics": {"1": {"Dice": float("nan")}, "2": {"Dice": float("nan")}}},
+            {"reference_file": "/x/case_c.png", "metrics": {"1": {"Dice": 0.2}, "2": {"Dice": 0.6}}}]
+    out = per_case_from_metrics(rows, names, ".png")
+    assert out["case_a"] == {"labels": {"round": 0.5, "lobed": None}, "foreground": 0.5}  # absent in both: left out
+    assert out["case_b"]["foreground"] == 1.0  # nothing to find and nothing found
+    assert out["case_c"]["foreground"] == pytest.approx(0.4)
+
+
+def _fake_result(tmp_path, effect: float, noise: float, seed: int = 0) -> dict:
+    """A sweep result built from made-up per-case Dice through the same summary and outputs as a real sweep."""
+    rng = np.random.default_rng(seed)
+    budget = BUDGETS["small"]
+    arms = make_arms(budget, [1.0, 5.0], compute_matched=True)
+    seeds, cases = [0, 1, 2], [f"case_{i:02d}" for i in range(30)]
+    difficulty = rng.uniform(0.4, 0.9, len(cases))
+    shift = {"real-only": 0.0, "real-only-matched": 0.0, "pretrain-r1": 0.0, "pretrain-r5": effect}
+    results = {}
+    for arm in arms:
+        results[arm.name] = {}
+        for s in seeds:
+            run = rng.normal(0, noise)
+            results[arm.name][s] = {
+                c: {"labels": {"polyp": float(np.clip(d + shift[arm.name] + run + rng.normal(0, 0.02), 0, 1))},
+                    "foreground": float(np.clip(d + shift[arm.name] + run + rng.normal(0, 0.02), 0, 1))}
+                for c, d in zip(cases, difficulty)}
+    stats = summarise(arms, results, seeds, ["polyp"])
+    return {"dataset": "Dataset501_Fake", "folder": str(tmp_path), "base_folder": str(tmp_path),
+            "generator": {"folder": "/g", "model": "jdm", "checkpoint_sha256": "ab" * 32},
+            "synthesis": {"mode": "joint", "sampler": "ddpm", "steps": 100},
+            "budget": {"name": "small", "about": budget.about, "matched_epochs": 30}, "device": "cpu",
+            "seeds": seeds, "ratios": [1.0, 5.0], "folds": ["all"],
+            "evaluation": {"mode": "test", "test_dataset": "Dataset502_Held", "num_cases": len(stats["cases"])},
+            "labels": ["polyp"], "ci_method": "two-way bootstrap", "finished": "now",
+            "arms": [{**row, "phases": [list(p) for p in arm.phases], "synthetic_dataset": None if not arm.ratio else "S",
+                      "mean_train_seconds": 1.0} for row, arm in zip(stats["arms"], arms)],
+            "differences": stats["differences"],
+            "synthetic": [{"ratio": 1.0, "dataset": "S1", "num_cases": 40, "mask_consistency": 0.8,
+                           "fidelity": {"fid": 12.0, "kid_mean": 0.01, "kid_std": 0.001, "frd": 3.5}},
+                          {"ratio": 5.0, "dataset": "S5", "num_cases": 200, "mask_consistency": 0.7,
+                           "fidelity_note": "n/a (no weights)"}]}
+
+
+def test_summary_pairs_arms_and_flags_intervals_that_include_zero(tmp_path, nnunet_env):
+    result = _fake_result(tmp_path, effect=0.1, noise=0.005)
+    by = {(d["arm"], d["reference"]): d for d in result["differences"]}
+    assert set(by) == {("real-only-matched", "real-only"), ("pretrain-r1", "real-only"), ("pretrain-r5", "real-only"),
+                       ("pretrain-r1", "real-only-matched"), ("pretrain-r5", "real-only-matched")}
+    big = by[("pretrain-r5", "real-only")]["foreground"]
+    assert big["low"] > 0.05 and not big["includes_zero"] and big["n_seeds"] == 3 and big["n_cases"] == 30
+    none = by[("pretrain-r1", "real-only")]["foreground"]
+    assert none["includes_zero"] and none["low"] < 0 < none["high"]
+    for arm in result["arms"]:
+        fg = arm["foreground"]
+        assert fg["low"] <= fg["mean"] <= fg["high"] and len(arm["per_seed_foreground"]) == 3
+        assert set(arm["labels"]) == {"polyp"}
+    text = to_markdown(result)
+    assert "includes 0" in text and "pretrain-r1 vs real-only" in text
+    assert f"{big['mean']:+.4f} [{big['low']:+.4f}, {big['high']:+.4f}]" in text
+    assert "| 1 | S1 | 40 | 12.00 | 0.0100 ± 0.0010 | 3.50 | 0.8000 |" in text
+    assert "| 5 | S5 | 200 | n/a | n/a | n/a | 0.7000 |" in text
+
+    # run-to-run noise as large as the effect: the same mean difference no longer excludes 0
+    noisy = _fake_result(tmp_path, effect=0.1, noise=0.2, seed=1)
+    diff = {(d["arm"], d["reference"]): d for d in noisy["differences"]}[("pretrain-r5", "real-only")]["foreground"]
+    assert diff["high"] - diff["low"] > 3 * (big["high"] - big["low"])
+
+    latest = {k: nnunet_env["results"] / "latest" / f"sweep.{k}" for k in ("md", "json", "png")}
+    paths = write_outputs(result, tmp_path / "sweep", latest)
+    assert len(paths) == 6 and all(p.is_file() for p in paths)
+    assert (tmp_path / "sweep" / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads(latest["json"].read_text())["differences"] == result["differences"]
+    assert not list((tmp_path / "sweep").glob(".*tmp"))
+    assert latest_sweep_markdown("Dataset501_Fake") is None  # nothing at the dataset's own place yet
+
+
+# ----------------------------------------------------------------------------- slow: the whole sweep
+def _wait_for(predicate, proc, what: str, timeout: float = 1200.0) -> None:
+    deadline = time.time() + timeout
+    while not predicate():
+        assert proc.poll() is None, f"the sweep exited ({proc.returncode}) before {what}"
+        assert time.time() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.5)
+
+
+def _sweep(*args) -> list[str]:
+    return [str(Path(sys.executable).parent / "nnaug"), "sweep", "999", "--budget", "tiny", "--device", "cpu",
+            "--folds", "0", *map(str, args)]
+
+
+@pytest.mark.slow
+def test_sweep_whole_run_kill_resume_and_two_generators(nnunet_env, tmp_path, random_weights):
+    import psutil
+
+    from nnaug.train_generator import train_generator
+
+    env = {**os.environ, "nnUNet_def_n_proc": "1"}
+    for var in [v for v in env if v.startswith("NNAUG_")]:
+        env.pop(var)
+    write_example_dataset(999, num_cases=10)
+    generators = nnunet_env["results"] / "nnaug" / "Dataset999_nnaugExample" / "generators"
+    gen_a = train_generator("999", preset="tiny", output=generators / "a", overrides={"steps": 20}, progress=False, cpu=True)
+    command = _sweep("--ratios", "1,2", "--seeds", "2", "--generator", gen_a, "--inception-weights", random_weights)
+
+    # 1. run until the first arm is done and the second is mid-training, then SIGKILL the sweep
+    base = nnunet_env["results"] / "nnaug" / "Dataset999_nnaugExample" / "sweep" / "cv_tiny"
+    first = base / "real-only" / "seed_0"
+    first_ckpt = first / "Dataset999_nnaugExample" / "nnUNetTrainer_nnaug_5epochs__nnUNetPlans__2d" / "fold_0" / "checkpoint_final.pth"
+    second = base / "real-only-matched" / "seed_0" / "Dataset999_nnaugExample" / "nnUNetTrainer_nnaug_10epochs__nnUNetPlans__2d" / "fold_0"
+
+    def second_mid_training() -> bool:
+        logs = list(second.glob("training_log_*.txt"))
+        return bool(logs) and ": Epoch 2" in logs[0].read_text()
+
+    with open(tmp_path / "run1.log", "w") as out:
+        proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            _wait_for(lambda: (first / "nnaug_sweep_arm.json").is_file(), proc, "the first arm to finish")
+            _wait_for(second_mid_training, proc, "the second arm to be mid-training")
+            children = psutil.Process(proc.pid).children(recursive=True)
+            assert any("nnUNetv2_train" in " ".join(c.cmdline()) for c in children)
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    _, alive = psutil.wait_procs(children, timeout=60)  # nnUNetv2_train goes with the sweep (parent-death signal)
+    assert not alive, [c.cmdline() for c in alive]
+    assert not (second / "checkpoint_final.pth").exists()
+    stamp = first_ckpt.stat().st_mtime_ns
+
+    # 2. the same command: finishes, skips the finished arm, continues the killed one with --c
+    run2 = subprocess.run(command, env=env, capture_output=True, text=True, timeout=3600)
+    assert run2.returncode == 0, run2.stdout[-4000:] + run2.stderr[-4000:]
+    assert "[1/8] real-only seed 0: done, skipped" in run2.stdout
+    assert "nnUNetv2_train Dataset999_nnaugExample 2d 0 -tr nnUNetTrainer_nnaug_10epochs -device cpu --c" in run2.stdout
+    assert first_ckpt.stat().st_mtime_ns == stamp  # not retrained
+    gen_folder = next(p for p in base.iterdir() if p.is_dir() and p.name.startswith("a-"))
+    result = json.loads((gen_folder / "sweep.json").read_text())
+    assert "real-only seed 0 fold 0" not in result["trained_this_run"]
+    assert "real-only-matched seed 0 fold 0" in result["trained_this_run"] and len(result["trained_this_run"]) == 7
+
+    # the arms, seeds and statistics
+    assert [a["arm"] for a in result["arms"]] == ["real-only", "real-only-matched", "pretrain-r1", "pretrain-r2"]
+    assert result["seeds"] == [0, 1] and result["labels"] == ["round", "lobed"]
+    n_cases = result["evaluation"]["num_cases"]
+    assert n_cases == 2 and result["evaluation"]["mode"] == "cross-validation"  # fold 0 of 10 cases
+    for arm in result["arms"]:
+        fg = arm["foreground"]
+        assert (fg["n_seeds"], fg["n_cases"]) == (2, n_cases) and fg["low"] <= fg["mean"] <= fg["high"]
+        values = [result["per_case"][arm["arm"]][s][c]["foreground"] for s in ("0", "1") for c in result["per_case"][arm["arm"]][s]]
+        assert fg["mean"] == pytest.approx(np.mean(values)) and len(values) == 2 * n_cases
+        assert set(arm["labels"]) == {"round", "lobed"}
+    diffs = {(d["arm"], d["reference"]): d["foreground"] for d in result["differences"]}
+    assert len(diffs) == 5
+    for (arm, ref), d in diffs.items():
+        a = np.array([[result["per_case"][arm][s][c]["foreground"] for c in sorted(result["per_case"][arm][s])] for s in ("0", "1")])
+        b = np.array([[result["per_case"][ref][s][c]["foreground"] for c in sorted(result["per_case"][ref][s])] for s in ("0", "1")])
+        assert d["mean"] == pytest.approx((a - b).mean()) and d["includes_zero"] == (d["low"] <= 0 <= d["high"])
+    text = (gen_folder / "sweep.md").read_text()
+    for arm in ("real-only", "real-only-matched", "pretrain-r1", "pretrain-r2"):
+        assert f"| {arm} |" in text
+    assert "Paired differences" in text and "95 % CI" in text
+    assert ("includes 0" in text) == any(d["includes_zero"] for d in diffs.values())
+    for row in result["synthetic"]:
+        assert row["fidelity"]["fid"] >= 0 and 0.0 <= row["mask_consistency"] <= 1.0
+    assert [row["num_cases"] for row in result["synthetic"]] == [10, 20]
+    # every arm and seed in its own nnUNet_results, with its own (seeded) pretraining
+    for ratio, synth in zip(("1", "2"), result["synthetic"]):
+        for seed in (0, 1):
+            root = gen_folder / f"pretrain-r{ratio}" / f"seed_{seed}"
+            assert list(root.glob(f"{synth['dataset']}/*/fold_all/checkpoint_final.pth"))
+            record = json.loads(next(root.glob("Dataset999_*/*/fold_0/nnaug_training.json")).read_text())
+            assert record["seed"] == seed and record["pretraining"]["synthetic_dataset"] == synth["dataset"]
+    assert latest_sweep_markdown("Dataset999_nnaugExample") == text
+    assert (gen_folder / "sweep.png").read_bytes()[:4] == b"\x89PNG"
+
+    # 3. a second generator: its own folder; the real-only runs are shared, the first sweep's results stay
+    gen_b = train_generator("999", preset="tiny", output=generators / "b", overrides={"steps": 10}, progress=False, cpu=True)
+    run3 = subprocess.run(_sweep("--ratios", "1", "--seeds", "1", "--no-compute-matched", "--generator", gen_b,
+                                 "--inception-weights", random_weights), env=env, capture_output=True, text=True, timeout=3600)
+    assert run3.returncode == 0, run3.stdout[-4000:] + run3.stderr[-4000:]
+    assert "[1/2] real-only seed 0: done, skipped" in run3.stdout
+    gen_b_folder = next(p for p in base.iterdir() if p.is_dir() and p.name.startswith("b-"))
+    result_b = json.loads((gen_b_folder / "sweep.json").read_text())
+    assert result_b["trained_this_run"] == ["pretrain-r1 seed 0 fold 0"]
+    assert result_b["synthetic"][0]["dataset"] != result["synthetic"][0]["dataset"]  # made by the other generator
+    assert (gen_folder / "sweep.md").read_text() == text and json.loads((gen_folder / "sweep.json").read_text()) == result
+    assert latest_sweep_markdown("Dataset999_nnaugExample") == (gen_b_folder / "sweep.md").read_text()
+    assert math.isfinite(result_b["arms"][1]["foreground"]["mean"])
