@@ -1,99 +1,118 @@
-"""Mask-conditioned JDM sampling: seconds per image and closeness to 1000-step ancestral sampling.
+"""JDM samplers x network evaluations: s/image, mask consistency, KID and FRD, against DDPM 1000.
 
-On one trained generator, the same masks are completed by every sampler. Closeness is KID between
-each sample set and the 1000-step DDPM set (torch-fidelity; a local InceptionV3 weights file when
-given, else a fixed-seed randomly initialised extractor — the table says which), plus the mean Dice
-between requested and returned masks (must be 1.0).
+For every (sampler, steps) row, ``nnaug synthesize`` writes a synthetic dataset from the same
+generator, seeds and masks, as a user would get it. Each set is scored by
 
-    python benchmarks/jdm_sampling.py [--generator DIR] [--inception-weights FILE] [--num 48]
+* mask consistency: Dice between its masks and an nnU-Net trained on the real data predicting its
+  images (nnU-Net's predictor; the same model for every row);
+* KID against the real training images and against the DDPM-1000 set (torch-fidelity; a local
+  InceptionV3 weights file when given, else a fixed-seed random extractor: relative numbers only);
+* FRD against the real images, when ``nnaug.metrics.synthetic_fidelity`` provides it.
 
-Without --generator it trains the tiny preset on the built-in example dataset in a temp folder.
+The cheapest row within 10 % of DDPM 1000 on mask consistency and on KID-vs-real is marked: that is
+how ``nnaug synthesize``'s default sampler is chosen (``DEFAULT_SAMPLING`` in nnaug/synthesize.py).
+
+    python benchmarks/jdm_sampling.py --generator DIR --model-dir NNUNET_TRAINING_OUTPUT [--folds 0]
+        [--mode joint|mask-conditioned] [--ratio 2] [--inception-weights FILE]
+
+The generator's source dataset must be in ``$nnUNet_raw``. Without --generator / --model-dir it
+builds both on the built-in example dataset in a temp folder (tiny JDM preset; nnU-Net
+``nnUNetTrainer_nnaug_5epochs`` fold 0).
 """
 from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import print_table  # noqa: E402
+from _common import nnunet_folders, print_table  # noqa: E402
 
-SETTINGS = [("ddpm", 1000), ("ddpm", 100), ("ddim", 50), ("dpmsolver++", 25), ("unipc", 25), ("dpmsolver++", 10)]
+SETTINGS = [("ddpm", 1000), ("ddpm", 100)] + [(s, n) for n in (50, 25, 15, 10) for s in ("ddim", "dpmsolver++", "unipc")]
+TOLERANCE = 0.10
 
 
-def _default_generator(work: Path, steps: int) -> Path:
-    for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        os.environ[var] = str(work / var)
-        (work / var).mkdir(parents=True, exist_ok=True)
+def _example_setup(work: Path) -> tuple[Path, Path]:
+    """Tiny JDM + 5-epoch real-only nnU-Net on the example dataset."""
+    nnunet_folders(work)
     from nnaug.example import write_example_dataset
+    from nnaug.pretraining import trainers_path
     from nnaug.train_generator import train_generator
 
     write_example_dataset(999)
-    return train_generator("999", model="jdm", preset="tiny", overrides={"steps": steps}, progress=False)
+    generator = train_generator("999", model="jdm", preset="tiny", progress=False)
+    env = {**os.environ, "nnUNet_extTrainer": trainers_path()}
+    bin_dir = Path(sys.executable).parent
+    subprocess.run([str(bin_dir / "nnUNetv2_plan_and_preprocess"), "-d", "999", "-c", "2d", "-np", "2"], env=env,
+                   check=True, capture_output=True)
+    subprocess.run([str(bin_dir / "nnUNetv2_train"), "999", "2d", "0", "-tr", "nnUNetTrainer_nnaug_5epochs",
+                    "-device", "cpu"], env=env, check=True, capture_output=True)
+    return generator, work / "nnUNet_results" / "Dataset999_nnaugExample" / "nnUNetTrainer_nnaug_5epochs__nnUNetPlans__2d"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--generator", type=Path)
+    parser.add_argument("--model-dir", type=Path, help="nnU-Net training output folder of a real-only model")
+    parser.add_argument("--folds", default="0")
+    parser.add_argument("--mode", choices=["joint", "mask-conditioned"], default="joint")
+    parser.add_argument("--ratio", type=float, default=2.0, help="synthetic cases per real case, per row")
     parser.add_argument("--inception-weights", type=Path)
-    parser.add_argument("--num", type=int, default=48, help="masks to complete per sampler")
-    parser.add_argument("--batch-size", type=int, default=48)
-    parser.add_argument("--train-steps", type=int, default=600, help="tiny training steps when no --generator")
+    parser.add_argument("--settings", help="only these rows, e.g. ddpm:1000,ddim:25 (the first is the reference)")
+    parser.add_argument("--device", default="cuda" if __import__("torch").cuda.is_available() else "cpu")
     args = parser.parse_args()
 
-    from nnaug.dataset import PairDataset, load_raw_dataset
-    from nnaug.generators import load_generator, read_info
-    from nnaug.metrics import fid_kid, make_random_inception_weights
-    from nnaug.visualize import to_uint8_rgb
+    from nnaug.dataset import load_raw_dataset
+    from nnaug.generators import read_info
+    from nnaug.metrics import make_random_inception_weights, mask_consistency, synthetic_fidelity
+    from nnaug.synthesize import SynthesisOptions, synthesize
 
     work = Path(tempfile.mkdtemp(prefix="nnaug-bench-"))
-    folder = args.generator or _default_generator(work, args.train_steps)
-    info = read_info(folder)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    generator = load_generator(folder, device=device)
-    raw = load_raw_dataset(info["source_dataset"])
-    pairs = PairDataset(raw, info["resolution"], progress=False)
-    masks = pairs.labels[torch.arange(args.num) % len(pairs.labels)]
-    real = torch.stack([torch.from_numpy(to_uint8_rgb(i.numpy())).permute(2, 0, 1) for i in pairs.images])
-    weights = args.inception_weights
-    extractor = f"InceptionV3 weights {weights}"
+    if args.generator is None or args.model_dir is None:
+        args.generator, args.model_dir = _example_setup(work)
+    settings = SETTINGS if not args.settings else [(s.split(":")[0], int(s.split(":")[1])) for s in args.settings.split(",")]
+    folds = [f if f == "all" else int(f) for f in args.folds.split(",")]
+    info = read_info(args.generator)
+    real = load_raw_dataset(info["source_dataset"])
+    weights, extractor = args.inception_weights, f"InceptionV3 weights {args.inception_weights}"
     if weights is None:
         weights = make_random_inception_weights(work / "random_inception.pth", seed=0)
         extractor = "fixed-seed random InceptionV3 (no weights given): KID values are relative only"
 
-    sets, rows = {}, []
-    for sampler, steps in SETTINGS:
+    rows, folders = [], {}
+    for i, (sampler, steps) in enumerate(settings):
         start = time.perf_counter()
-        images, labels = [], []
-        for s in range(0, args.num, args.batch_size):
-            img, lab = generator.sample(list(range(s, min(s + args.batch_size, args.num))),
-                                        labels=masks[s:s + args.batch_size], sampler=sampler, steps=steps)
-            images.append(img)
-            labels.append(lab)
-        if device == "cuda":
-            torch.cuda.synchronize()
-        seconds = (time.perf_counter() - start) / args.num
-        images, labels = torch.cat(images), torch.cat(labels)
-        fg_req, fg_out = masks > 0, labels > 0
-        dice = float((2 * (fg_req & fg_out).sum() + 1e-8) / (fg_req.sum() + fg_out.sum() + 1e-8))
-        exact = bool(torch.equal(labels, masks))
-        sets[(sampler, steps)] = torch.stack([torch.from_numpy(to_uint8_rgb(i.numpy())).permute(2, 0, 1) for i in images])
-        rows.append([sampler, steps, seconds, dice, exact])
-    reference = sets[SETTINGS[0]]
-    table = []
-    kid_real_1000 = fid_kid(reference, real, inception_weights=weights)["kid_mean"]
-    for (sampler, steps), row in zip(SETTINGS, rows):
-        kid_ref = fid_kid(sets[(sampler, steps)], reference, inception_weights=weights)["kid_mean"] if (sampler, steps) != SETTINGS[0] else 0.0
-        kid_real = fid_kid(sets[(sampler, steps)], real, inception_weights=weights)["kid_mean"]
-        table.append(row[:3] + [1000 / steps, kid_ref, kid_real, kid_real / kid_real_1000] + row[3:])
-    print(f"generator {folder} ({info['steps_trained']} steps, {info['resolution']} px), {args.num} masks, device {device}")
-    print(f"extractor: {extractor}")
-    print_table(["sampler", "steps", "s/image", "fewer evals vs 1000", "KID vs ddpm-1000 set", "KID vs real", "KID vs real / ddpm-1000's", "mask Dice", "mask exact"], table)
+        folder = synthesize(real.name, SynthesisOptions(ratio=args.ratio, generator=args.generator, mode=args.mode,
+                                                        sampler=sampler, steps=steps, output_id=900 + i, overwrite=True,
+                                                        device=args.device), progress=False)
+        seconds = (time.perf_counter() - start) / len(load_raw_dataset(folder).cases)
+        folders[(sampler, steps)] = folder
+        mc = mask_consistency(folder, args.model_dir, folds=folds, device=args.device)["mean_dice"]
+        fid = synthetic_fidelity(real, folder, inception_weights=weights)
+        kid_ref = synthetic_fidelity(folders[settings[0]], folder, inception_weights=weights)["kid_mean"] if i else 0.0
+        rows.append({"sampler": sampler, "steps": steps, "s_per_image": seconds, "mask_consistency": mc,
+                     "kid_real": fid["kid_mean"], "kid_ref": kid_ref, "frd": fid.get("frd")})
+        print(f"{sampler} {steps}: {rows[-1]}", flush=True)
+
+    ref = rows[0]
+    within = [r["mask_consistency"] >= (1 - TOLERANCE) * ref["mask_consistency"]
+              and r["kid_real"] <= (1 + TOLERANCE) * ref["kid_real"] for r in rows]
+    candidates = [i for i, ok in enumerate(within) if ok and rows[i]["steps"] <= 25]
+    best = min(candidates, key=lambda i: rows[i]["steps"], default=None)
+    table = [[r["sampler"], r["steps"], ref["steps"] / r["steps"], r["s_per_image"], r["mask_consistency"],
+              r["mask_consistency"] / ref["mask_consistency"], r["kid_real"], r["kid_ref"],
+              r["frd"] if r["frd"] is not None else "n/a", "yes" if ok else "no", "<- cheapest" if i == best else ""]
+             for i, (r, ok) in enumerate(zip(rows, within))]
+    print(f"\ngenerator {args.generator} ({info.get('steps_trained')} steps, {info['resolution']} px, "
+          f"{info.get('settings', {}).get('prediction', 'epsilon')}-prediction), mode {args.mode}, "
+          f"{len(load_raw_dataset(folders[settings[0]]).cases)} cases per row, device {args.device}")
+    print(f"mask consistency: nnU-Net {args.model_dir} folds {folds}; extractor: {extractor}")
+    print_table(["sampler", "steps (NFE)", "fewer evals vs ref", "s/image", "mask consistency", "MC / ref",
+                 "KID vs real", "KID vs ref set", "FRD vs real", f"within {TOLERANCE:.0%} of ref", ""], table)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ def _run(cmd: list[str], env: dict) -> None:
         raise NnaugError(f"`{' '.join(cmd)}` failed with exit code {result.returncode} (its output is above)")
 
 
-def run_demo(workdir: Path, generator_steps: int = 200, ratio: float = 2.0, overwrite: bool = False,
+def run_demo(workdir: Path, generator_steps: int | None = None, ratio: float = 2.0, overwrite: bool = False,
              device: str = "cpu") -> dict:
     from nnaug.example import write_example_dataset
     from nnaug.pretraining import trainers_path
@@ -54,7 +54,7 @@ def run_demo(workdir: Path, generator_steps: int = 200, ratio: float = 2.0, over
     write_example_dataset(DATASET_ID)
     timings["example dataset"] = time.time() - t
 
-    t = _step(f"2/6 train the JDM generator (tiny preset, {generator_steps} steps)")
+    t = _step(f"2/6 train the JDM generator (tiny preset{f', {generator_steps} steps' if generator_steps else ''})")
     generator = train_generator(str(DATASET_ID), model="jdm", preset="tiny", overrides={"steps": generator_steps},
                                 cpu=device == "cpu")
     timings["train generator"] = time.time() - t

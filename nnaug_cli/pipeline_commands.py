@@ -9,8 +9,9 @@ import click
 @click.command()
 @click.option("--workdir", type=click.Path(path_type=Path), default=Path("nnaug-demo"), show_default=True,
               help="Folder for the demo's own nnUNet_raw / nnUNet_preprocessed / nnUNet_results.")
-@click.option("--generator-steps", type=int, default=200, show_default=True)
-@click.option("--ratio", type=float, default=2.0, show_default=True)
+@click.option("--generator-steps", type=click.IntRange(min=1), default=None,
+              help="JDM training steps (default: the tiny preset's, 700).")
+@click.option("--ratio", type=click.FloatRange(min=0, min_open=True), default=2.0, show_default=True)
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--overwrite", is_flag=True, help="Start over if the work folder is not empty.")
 def demo(workdir, generator_steps, ratio, device, overwrite):

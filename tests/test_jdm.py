@@ -193,7 +193,9 @@ def test_train_jdm_on_example_dataset(nnunet_env, run_cli):
     assert len(losses) == 50
     assert sum(losses[-10:]) / 10 < sum(losses[:10]) / 10
     unet = UNet2DModel.from_pretrained(str(folder))
-    assert unet.config.in_channels == 5 and unet.config.out_channels == 10  # RGB + 2 classes, learned variance
+    assert unet.config.in_channels == 5 and unet.config.out_channels == 5  # RGB + 2 classes, fixed variance
+    scheduler = json.loads((folder / "scheduler_config.json").read_text())
+    assert scheduler["prediction_type"] == "v_prediction" and scheduler["beta_schedule"] == "squaredcos_cap_v2"
     info = json.loads((folder / "nnaug.json").read_text())
     assert info["model"] == "jdm" and info["steps_trained"] == 50 and info["label_values"] == [0, 1, 2]
     assert info["source_dataset"] == "Dataset999_nnaugExample" and len(info["source_fingerprint"]) == 64
@@ -246,3 +248,36 @@ def test_sigkill_and_resume_matches_uninterrupted_run(nnunet_env, run_cli, tmp_p
         torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=1e-5)
     assert json.loads((killed / "nnaug.json").read_text())["steps_trained"] == 16
     assert not list((killed / "checkpoints").glob(".*tmp"))  # no half-written checkpoint left behind
+
+
+# ----------------------------------------------------------------------------- objectives
+def test_v_prediction_loss_is_zero_for_the_true_v_and_min_snr_weights_the_rest():
+    from nnaug.gaussian_diffusion import GaussianDiffusion
+    from nnaug.jdm.model import scheduler_config
+
+    diffusion = GaussianDiffusion.from_scheduler(make_scheduler("ddpm", scheduler_config(prediction="v", noise_schedule="cosine")))
+    torch.manual_seed(0)
+    x0, noise = torch.rand(4, 3, 8, 8) * 2 - 1, torch.randn(4, 3, 8, 8)
+    t = torch.tensor([0, 10, 500, 999])
+    xt = diffusion.q_sample(x0, t, noise)
+    ab = diffusion.alphas_cumprod[t].float().view(-1, 1, 1, 1)
+    v = ab.sqrt() * noise - (1 - ab).sqrt() * x0
+    exact = diffusion.training_losses(v, x0, xt, t, noise, prediction="v", learned_variance=False, snr_gamma=5.0)
+    assert exact["loss"].abs().max() < 1e-10
+    off = diffusion.training_losses(v + 1, x0, xt, t, noise, prediction="v", learned_variance=False, snr_gamma=5.0)
+    snr = (ab / (1 - ab)).view(-1).double()
+    torch.testing.assert_close(off["loss"].double(), torch.minimum(snr, torch.full_like(snr, 5.0)) / (snr + 1),
+                               rtol=1e-5, atol=1e-6)
+    assert off["loss"][0] < off["loss"][2]  # the nearly clean t = 0 no longer dominates
+
+
+def test_paper_objective_is_still_the_thesis_setting():
+    from nnaug.jdm.model import OBJECTIVE_PAPER, PRESETS, SCHEDULER_CONFIG
+    from nnaug.train_generator import build_model
+
+    paper = build_model("jdm", PRESETS["paper"] | {"resolution": 32, "channels": (32, 32), "attention_resolutions": ()},
+                        None, 3, 2)
+    assert paper.scheduler_config == SCHEDULER_CONFIG and paper.learned_variance and paper.prediction == "epsilon"
+    assert paper.unet.config.out_channels == 10 and paper.snr_gamma is None
+    tiny = build_model("jdm", PRESETS["tiny"] | OBJECTIVE_PAPER, None, 3, 2)  # the paper objective on any preset
+    assert tiny.scheduler_config == SCHEDULER_CONFIG and tiny.unet.config.out_channels == 10

@@ -21,9 +21,9 @@ from nnaug.masks import decode_channels, encode_labels
 OBJECTIVE_PAPER = dict(prediction="epsilon", learned_variance=True, snr_gamma=None, noise_schedule="linear")
 OBJECTIVE_FAST = dict(prediction="v", learned_variance=False, snr_gamma=5.0, noise_schedule="cosine")
 PRESETS = {
-    "tiny": dict(resolution=32, channels=(32, 64, 128), layers_per_block=1, attention_resolutions=(8,),
-                 attention_head_dim=32, steps=1200, batch_size=16, lr=2e-3, warmup_steps=50, ema_decay=0.999,
-                 ema_warmup=True, checkpoint_every=400, **OBJECTIVE_FAST),
+    "tiny": dict(resolution=32, channels=(32, 64, 64), layers_per_block=1, attention_resolutions=(8,),
+                 attention_head_dim=32, steps=700, batch_size=16, lr=2e-3, warmup_steps=50, ema_decay=0.999,
+                 ema_warmup=True, checkpoint_every=350, **OBJECTIVE_FAST),
     "small": dict(resolution=128, channels=(64, 64, 128, 256, 256), layers_per_block=2, attention_resolutions=(16, 8),
                   attention_head_dim=64, steps=20000, batch_size=16, lr=5e-4, warmup_steps=500, ema_decay=0.9995,
                   ema_warmup=True, checkpoint_every=1000, **OBJECTIVE_FAST),
