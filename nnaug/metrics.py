@@ -1,14 +1,17 @@
-"""Fidelity metrics for synthetic datasets: FID/KID, mask consistency, memorisation.
+"""Fidelity metrics for synthetic datasets: FRD, FID/KID, mask consistency, memorisation.
 
 * :func:`fid_kid` — FID and KID between two image sets with torch-fidelity's InceptionV3
-  (weights from torch-fidelity's usual cache, or a file given explicitly; never downloaded here).
-* :func:`synthetic_fidelity` — FID/KID of a synthetic dataset against its real training images.
+  (weights from a file given explicitly, else torch-fidelity's cache, downloaded there on first
+  use as torch-fidelity does; offline, a one-line error says where to put the file).
+* :func:`synthetic_fidelity` — FRD (:mod:`nnaug.frd`, no weights needed) and FID/KID of a synthetic
+  dataset against its real training images.
 * :func:`make_random_inception_weights` — a fixed-seed random InceptionV3 saved as a weights file,
   a stand-in for tests and benchmarks (its numbers are only comparable with each other).
 * :func:`mask_consistency` — Dice between each synthetic mask and what a real-trained nnU-Net
   predicts on the synthetic image (nnU-Net's own ``nnUNetPredictor``); :func:`segmentation_dice`
   is the same for any raw dataset (held-out test Dice).
-* :func:`memorisation` — the nearest real training case of each synthetic case, by mask and by image.
+* :func:`memorisation` — the nearest real training case of each synthetic case, by mask and by image;
+  :func:`memorisation_summary` adds the real–real nearest distances and the copy warning threshold.
 """
 from __future__ import annotations
 
@@ -43,25 +46,87 @@ def inception_cache_path() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(_inception_url())
 
 
-def resolve_inception_weights(inception_weights: str | Path | None = None, required: bool = True) -> Path | None:
-    """The InceptionV3 weights file to use: the explicit file, else torch-fidelity's cached download.
+INCEPTION_URL_ENV = "NNAUG_INCEPTION_URL"
+"""Environment variable: download the InceptionV3 weights from this URL instead (a mirror, or a
+``file://`` URL); the file still lands at :func:`inception_cache_path`."""
 
-    With neither: a one-line :class:`NnaugError` if ``required``, else None. Nothing is downloaded.
+
+def inception_download_url() -> str:
+    return os.environ.get(INCEPTION_URL_ENV) or _inception_url()
+
+
+def inception_unavailable_message(reason: str) -> str:
+    """One line: why there are no InceptionV3 weights, and the two ways to provide them."""
+    return (f"no InceptionV3 weights for FID/KID ({reason}): pass --inception-weights FILE, or copy "
+            f"{os.path.basename(_inception_url())} (from {_inception_url()}) to {inception_cache_path()}")
+
+
+def download_inception_weights(url: str | None = None, timeout: float = 30.0, progress: bool = True) -> Path:
+    """Download torch-fidelity's InceptionV3 weights into its cache (:func:`inception_cache_path`), as
+    torch-fidelity itself does on first use. Written to a temp file and renamed: an interrupted
+    download never leaves a broken file in the cache. Raises a one-line :class:`NnaugError` on failure
+    (e.g. offline) that says how to provide the file instead.
+    """
+    import shutil
+    import sys
+    import urllib.error
+    import urllib.request
+
+    url = url or inception_download_url()
+    target = inception_cache_path()
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.partial")
+    if progress:
+        print(f"nnaug: downloading the InceptionV3 weights for FID/KID from {url} to {target} ...",
+              file=sys.stderr, flush=True)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as out:
+            shutil.copyfileobj(response, out, 1 << 20)
+        if tmp.stat().st_size == 0:
+            raise OSError("the download was empty")
+        os.replace(tmp, target)
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        tmp.unlink(missing_ok=True)
+        reason = getattr(exc, "reason", None) or exc
+        raise NnaugError(inception_unavailable_message(f"download from {url} failed: {reason}")) from None
+    return target
+
+
+def inception_weights_or_reason(inception_weights: str | Path | None = None,
+                                download: bool = True) -> tuple[Path | None, str | None]:
+    """(weights file, None), or (None, one-line message) when there are none.
+
+    Order: the explicit file (a missing one is an error, not a fallback), torch-fidelity's cached
+    download, then — with ``download`` — a download into that cache.
     """
     if inception_weights is not None:
         path = Path(inception_weights).expanduser()
         if not path.is_file():
             raise NnaugError(f"Inception weights file {path} not found: pass an existing file with --inception-weights")
-        return path
+        return path, None
     cached = inception_cache_path()
     if cached.is_file():
-        return cached
-    if required:
-        raise NnaugError(
-            f"no InceptionV3 weights for FID/KID (nothing is downloaded): pass --inception-weights FILE, or put "
-            f"{os.path.basename(_inception_url())} (from {_inception_url()}) at {cached}"
-        )
-    return None
+        return cached, None
+    if not download:
+        return None, inception_unavailable_message(f"none cached at {cached}, and downloading is off")
+    try:
+        return download_inception_weights(), None
+    except NnaugError as exc:
+        return None, str(exc)
+
+
+def resolve_inception_weights(inception_weights: str | Path | None = None, required: bool = True,
+                              download: bool = True) -> Path | None:
+    """The InceptionV3 weights file to use: the explicit file, else torch-fidelity's cache (downloaded
+    there on first use when ``download`` and the network is there).
+
+    With none: a one-line :class:`NnaugError` that names ``--inception-weights`` and the cache path
+    if ``required``, else None.
+    """
+    path, reason = inception_weights_or_reason(inception_weights, download=download)
+    if path is None and required:
+        raise NnaugError(reason)
+    return path
 
 
 def make_random_inception_weights(path: str | Path, seed: int = 0) -> Path:
@@ -140,19 +205,19 @@ def _tensor_dataset(images):
 
 
 def fid_kid(images_a, images_b, inception_weights: str | Path | None = None, kid_subset_size: int | None = None,
-            batch_size: int = 32, device: str | None = None) -> dict:
+            batch_size: int = 32, device: str | None = None, download: bool = True) -> dict:
     """FID and KID between two image sets with torch-fidelity (InceptionV3, 2048-d pool features).
 
     Images: uint8 RGB, [N, 3, H, W] or [N, H, W, 3] arrays or tensors (grayscale is replicated to 3
     channels); within one set all images have the same size (torch-fidelity resizes to 299).
-    Weights: ``inception_weights`` (a file), else torch-fidelity's cache (see :func:`inception_cache_path`);
-    with neither a one-line :class:`NnaugError` — the network is never tried.
+    Weights: ``inception_weights`` (a file), else torch-fidelity's cache (see :func:`inception_cache_path`),
+    downloaded there first when missing and ``download``; with none a one-line :class:`NnaugError`.
     KID uses subsets of ``kid_subset_size`` (default: min(len(a), len(b), 1000)).
     Returns ``dict(fid=, kid_mean=, kid_std=, extractor=, weights=, n_a=, n_b=)``.
     """
     import torch
 
-    weights = resolve_inception_weights(inception_weights, required=True)
+    weights = resolve_inception_weights(inception_weights, required=True, download=download)
     a, b = to_uint8_batch(images_a), to_uint8_batch(images_b)
     if len(a) < 2 or len(b) < 2:
         raise NnaugError(f"FID/KID need at least 2 images per set (got {len(a)} and {len(b)})")
@@ -253,23 +318,86 @@ def uint8_images(images: list[np.ndarray]) -> np.ndarray:
 
 
 def synthetic_fidelity(real, synthetic, inception_weights: str | Path | None = None,
-                       max_images: int | None = None) -> dict:
-    """FID/KID of a synthetic raw dataset's synthetic cases against the real dataset's training images.
+                       max_images: int | None = None, *, fid: bool | None = None, frd: bool | None = None,
+                       frd_roi=("image", "mask"), frd_image_types=None, frd_features=None,
+                       download: bool = True, progress: bool = False) -> dict:
+    """FRD and FID/KID of a synthetic raw dataset's synthetic cases against the real dataset's training images.
 
-    Both sets are compared at the synthetic images' size (the real images are resized to it);
-    ``max_images`` spreads a deterministic subset over each set. Returns :func:`fid_kid`'s dict + ``resolution``.
+    Both sets are compared at the synthetic images' size (the real images and masks are resized to
+    it); ``max_images`` spreads a deterministic subset over each set. For a ``--mix`` dataset only
+    the synthetic cases (listed in its provenance) are used.
+
+    FRD (:func:`nnaug.frd.frd`, real images as the reference set): ``frd`` is the whole image as ROI,
+    ``frd_roi`` the masks' foreground as ROI (which of the two: ``frd_roi``, a subset of
+    ``("image", "mask")``); ``frd_image_types`` / ``frd_features``: frd-score's feature subset.
+    FID/KID (:func:`fid_kid`): weights as :func:`resolve_inception_weights` finds them (downloaded into
+    torch-fidelity's cache when ``download`` and online).
+    ``fid`` / ``frd``: None computes the metric when it can and otherwise leaves it None with a
+    one-line ``fid_note`` / ``frd_note``; True makes that a one-line :class:`NnaugError`; False skips it.
+    Returns ``dict(frd=, frd_roi=, frd_details={roi: frd()'s dict}, fid=, kid_mean=, kid_std=, extractor=,
+    weights=, kid_subset_size=, n_real=, n_synthetic=, resolution=)`` (+ ``*_note`` for what is missing).
     """
+    import sys
+
+    from nnaug.frd import ROI_CHOICES, frd_available
+    from nnaug.frd import frd as frd_distance
+
     real, synthetic = _as_raw(real), _as_raw(synthetic)
     syn_cases = _select_cases(synthetic, synthetic_identifiers(synthetic), max_images)
     real_cases = _select_cases(real, None, max_images)
     if not syn_cases:
         raise NnaugError(f"{synthetic.name} has no synthetic cases")
+    rois = [frd_roi] if isinstance(frd_roi, str) else list(frd_roi)
+    bad = [r for r in rois if r not in ROI_CHOICES]
+    if bad:
+        raise NnaugError(f"FRD ROI {bad[0]!r}: use {' or '.join(ROI_CHOICES)}")
     _, first_label, _ = synthetic.read_case(syn_cases[0])
     size = tuple(first_label.shape)
-    syn_images, _ = load_cases(synthetic, syn_cases, size)
-    real_images, _ = load_cases(real, real_cases, size)
-    result = fid_kid(uint8_images(real_images), uint8_images(syn_images), inception_weights=inception_weights)
-    result["resolution"] = list(size)
+    syn_images, syn_labels = load_cases(synthetic, syn_cases, size)
+    real_images, real_labels = load_cases(real, real_cases, size)
+    real_u8, syn_u8 = uint8_images(real_images), uint8_images(syn_images)
+    result = {"frd": None, "frd_roi": None, "frd_details": {}, "fid": None, "kid_mean": None, "kid_std": None,
+              "n_real": len(real_cases), "n_synthetic": len(syn_cases), "resolution": list(size)}
+
+    if frd is not False:
+        missing = frd_available()
+        if missing is not None:
+            from nnaug.frd import INSTALL_HINT
+
+            if frd:
+                raise NnaugError(f"FRD needs the frd-score package, but {missing}: {INSTALL_HINT}")
+            result["frd_note"] = f"n/a ({missing})"
+        else:
+            for roi in rois:
+                if progress:
+                    print(f"nnaug: FRD ({roi} ROI) {real.name} vs {synthetic.name}: {len(real_cases)} vs "
+                          f"{len(syn_cases)} images at {size[0]}x{size[1]} ...", file=sys.stderr, flush=True)
+                masks = (np.stack(real_labels), np.stack(syn_labels)) if roi == "mask" else (None, None)
+                try:
+                    details = frd_distance(real_u8, syn_u8, masks[0], masks[1], image_types=frd_image_types,
+                                           features=frd_features)
+                except NnaugError as exc:
+                    if frd:
+                        raise
+                    result[f"frd_{roi}_note" if roi == "mask" else "frd_note"] = f"n/a ({exc})"
+                    continue
+                result["frd_details"][roi] = details
+                result["frd" if roi == "image" else "frd_roi"] = details["frd"]
+    else:
+        result["frd_note"] = "skipped (--no-frd)"
+
+    if fid is not False:
+        weights, reason = inception_weights_or_reason(inception_weights, download=download)
+        if weights is None:
+            if fid:
+                raise NnaugError(reason)
+            result["fid_note"] = reason
+        else:
+            if progress:
+                print(f"nnaug: FID/KID {real.name} vs {synthetic.name} ...", file=sys.stderr, flush=True)
+            result.update(fid_kid(real_u8, syn_u8, inception_weights=weights))
+    else:
+        result["fid_note"] = "skipped (--no-fidelity)"
     return result
 
 
@@ -372,6 +500,46 @@ def memorisation(synthetic_raw, real_raw, top: int = 8, out_png=None, size: int 
     image_distance, image_metric`` — sorted by image distance (the most copy-like first). ``out_png``:
     the ``top`` closest pairs as rows ``synthetic | nearest real`` (image and mask overlay each).
     """
+    return _memorisation(synthetic_raw, real_raw, top, out_png, size, inception_weights, max_cases)[0]
+
+
+def memorisation_summary(synthetic_raw, real_raw, top: int = 8, out_png=None, size: int = 32,
+                         inception_weights: str | Path | None = None, max_cases: int | None = None,
+                         percentile: float = 5.0) -> dict:
+    """:func:`memorisation`, plus what it means: how close real images are to each other.
+
+    For every real training case the distance (same metric) to its nearest *other* real case; the
+    ``percentile``-th percentile of those is the threshold: a synthetic image closer to a real one
+    than that is closer than 95 % (for 5) of real images are to any other real image — a likely copy.
+    Returns ``dict(rows=memorisation rows, image_metric=, threshold=, percentile=, n_synthetic=,
+    n_below=, below=[cases], synthetic_quantiles={min,p5,p25,median,p75,max}, real_quantiles={...},
+    synthetic_nearest=[distance per synthetic case], real_nearest=[per real case])``.
+    With fewer than 2 real cases there is no real–real distance: threshold None.
+    """
+    rows, real_nn, n_real = _memorisation(synthetic_raw, real_raw, top, out_png, size, inception_weights, max_cases)
+    syn_d = np.array([r["image_distance"] for r in rows], np.float64)
+    threshold = float(np.percentile(real_nn, percentile)) if len(real_nn) else None
+    below = [r["case"] for r in rows if threshold is not None and r["image_distance"] < threshold]
+
+    def quantiles(values: np.ndarray) -> dict | None:
+        if not len(values):
+            return None
+        q = np.percentile(values, [0, 5, 25, 50, 75, 100])
+        return dict(zip(("min", "p5", "p25", "median", "p75", "max"), (float(v) for v in q)))
+
+    return {"rows": rows, "image_metric": rows[0]["image_metric"], "threshold": threshold, "percentile": percentile,
+            "n_synthetic": len(rows), "n_real": n_real,
+            "n_below": len(below), "below": below, "synthetic_quantiles": quantiles(syn_d),
+            "real_quantiles": quantiles(real_nn), "synthetic_nearest": syn_d.tolist(), "real_nearest": real_nn.tolist()}
+
+
+def _pairwise_l2(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    sq = (a ** 2).sum(1)[:, None] + (b ** 2).sum(1)[None, :] - 2 * a @ b.T
+    return np.sqrt(np.maximum(sq, 0.0))
+
+
+def _memorisation(synthetic_raw, real_raw, top, out_png, size, inception_weights, max_cases):
+    """(memorisation rows, nearest-other-real distance of every real case in the same metric, number of real cases)."""
     syn = _as_raw(synthetic_raw)
     real = _as_raw(real_raw)
     syn_cases = _select_cases(syn, synthetic_identifiers(syn), max_cases)
@@ -398,22 +566,25 @@ def memorisation(synthetic_raw, real_raw, top: int = 8, out_png=None, size: int 
     if inception_weights is not None:
         f_s = inception_features(uint8_images(syn_img), inception_weights)
         f_r = inception_features(uint8_images(real_img), inception_weights)
-        metric = "inception-2048-l2"
+        metric, scale = "inception-2048-l2", 1.0
     else:
         f_s = np.stack(syn_img).reshape(len(syn_cases), -1).astype(np.float64)
         f_r = np.stack(real_img).reshape(len(real_cases), -1).astype(np.float64)
-        metric = f"rms-{size}px"
-    sq = (f_s ** 2).sum(1)[:, None] + (f_r ** 2).sum(1)[None, :] - 2 * f_s @ f_r.T
-    img_dist = np.sqrt(np.maximum(sq, 0.0))
-    if inception_weights is None:
-        img_dist = img_dist / np.sqrt(f_s.shape[1])  # RMS per pixel and channel
+        metric, scale = f"rms-{size}px", 1.0 / np.sqrt(f_s.shape[1])  # RMS per pixel and channel
+    img_dist = _pairwise_l2(f_s, f_r) * scale
+    if len(real_cases) > 1:
+        real_real = _pairwise_l2(f_r, f_r) * scale
+        np.fill_diagonal(real_real, np.inf)
+        real_nn = real_real.min(1)
+    else:
+        real_nn = np.zeros(0)
 
     rows = []
     for i, case in enumerate(syn_cases):
         jm, ji = int(np.argmin(mask_dist[i])), int(np.argmin(img_dist[i]))
         rows.append({"case": case.identifier, "nearest_by_mask": real_cases[jm].identifier,
                      "mask_distance": float(mask_dist[i, jm]), "nearest_by_image": real_cases[ji].identifier,
-                     "image_distance": float(img_dist[i, ji]), "image_metric": metric, "_i": i, "_j": ji})
+                     "image_distance": float(img_dist[i, ji]), "image_metric": metric})
     rows.sort(key=lambda r: (r["image_distance"], r["mask_distance"]))
     if out_png is not None:
         full_syn = _select_cases(syn, [r["case"] for r in rows[:top]])
@@ -422,25 +593,42 @@ def memorisation(synthetic_raw, real_raw, top: int = 8, out_png=None, size: int 
         by_id = {c.identifier: c for c in real_cases}
         pairs = [(c, by_id[rows[order[c.identifier]]["nearest_by_image"]]) for c in full_syn]
         _pairs_png(syn, real, pairs, rows[:top], Path(out_png))
-    for r in rows:
-        r.pop("_i"), r.pop("_j")
-    return rows
+    return rows, real_nn, len(real_cases)
 
 
 def _pairs_png(syn, real, pairs, rows, path: Path, tile: int = 128) -> Path:
-    """Rows of ``synthetic image | synthetic overlay || real image | real overlay``."""
-    from PIL import Image
+    """Rows of ``synthetic image | synthetic overlay || real image | real overlay``, under a header, each
+    row labelled with its rank and image distance."""
+    from PIL import Image, ImageDraw, ImageFont
 
     from nnaug.visualize import overlay, to_uint8_rgb
 
+    try:
+        font = ImageFont.load_default(size=13)
+    except TypeError:  # Pillow < 10.1: the fixed bitmap font
+        font = ImageFont.load_default()
+    thin, wide = np.full((tile, 2, 3), 255, np.uint8), np.full((tile, 14, 3), 255, np.uint8)
     strips = []
-    for (sc, rc), row in zip(pairs, rows):
+    for k, ((sc, rc), row) in enumerate(zip(pairs, rows)):
         (si,), (sl,) = load_cases(syn, [sc], (tile, tile))
         (ri,), (rl,) = load_cases(real, [rc], (tile, tile))
         s_rgb, r_rgb = to_uint8_rgb(si), to_uint8_rgb(ri)
-        gap = np.full((tile, 6, 3), 255, np.uint8)
-        strips.append(np.concatenate([s_rgb, overlay(s_rgb, sl), gap, gap, r_rgb, overlay(r_rgb, rl)], axis=1))
-    sheet = np.concatenate([np.concatenate([s, np.full((4, s.shape[1], 3), 255, np.uint8)]) for s in strips])
+        strip = Image.fromarray(np.concatenate([s_rgb, thin, overlay(s_rgb, sl), wide, r_rgb, thin, overlay(r_rgb, rl)], 1))
+        draw = ImageDraw.Draw(strip)
+        label = f"#{k + 1}  d={row['image_distance']:.4f}"
+        box = draw.textbbox((4, 3), label, font=font)
+        draw.rectangle((box[0] - 3, box[1] - 2, box[2] + 3, box[3] + 2), fill=(255, 255, 255))
+        draw.text((4, 3), label, fill=(20, 20, 20), font=font)
+        strips.append(np.asarray(strip))
+    width = strips[0].shape[1]
+    header = Image.new("RGB", (width, 22), (255, 255, 255))
+    draw = ImageDraw.Draw(header)
+    draw.text((4, 4), "synthetic: image | mask", fill=(20, 20, 20), font=font)
+    draw.text((2 * tile + 2 + 14 + 4, 4), "nearest real: image | mask", fill=(20, 20, 20), font=font)
+    gap = np.full((4, width, 3), 255, np.uint8)
+    sheet = np.concatenate([np.asarray(header)] + [np.concatenate([gap, s]) for s in strips])
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(sheet).save(path)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
+    Image.fromarray(sheet).save(tmp)
+    os.replace(tmp, path)
     return path

@@ -3,7 +3,7 @@
 Reads only what exists: the raw datasets under ``$nnUNet_raw`` (the real one and every dataset
 whose ``nnaug_provenance.json`` names it as source) and nnU-Net's validation ``summary.json`` files
 under ``$nnUNet_results/<Dataset>/<Trainer>__<Plans>__<config>/fold_<f>/``. Never trains.
-Writes ``$nnUNet_results/nnaug/<Dataset>/report.{md,json,png}``.
+Writes ``$nnUNet_results/nnaug/<Dataset>/report.{md,json,html,png}`` and the pictures report.html embeds.
 """
 from __future__ import annotations
 
@@ -128,25 +128,72 @@ def find_real_only_model(dataset_name: str, folds: list[int] | None = None) -> t
 
 
 # ----------------------------------------------------------------------------- the report
+def real_only_validation_dice(model_dir: Path, folds: list) -> dict:
+    """Mean validation foreground Dice (nnU-Net's summary.json) of a model over ``folds``: ``dict(dice=, folds=)``,
+    ``dice`` None when none of those folds has a summary.json."""
+    from nnaug.pretraining import load_json_or_none
+
+    values, used = [], []
+    for fold in folds:
+        summary = load_json_or_none(Path(model_dir) / f"fold_{fold}" / "validation" / "summary.json")
+        try:
+            values.append(float(summary["foreground_mean"]["Dice"]))
+            used.append(fold)
+        except (TypeError, KeyError, ValueError):
+            continue
+    return {"dice": float(np.mean(values)) if values else None, "folds": used}
+
+
+def _warn(message: str) -> None:
+    print(f"nnaug: warning: {message}", file=sys.stderr, flush=True)
+
+
 def build_report(dataset: str, inception_weights: str | Path | None = None, folds: list[int] | None = None,
                  max_images: int | None = None, fidelity: bool | None = None, mask_check: bool = True,
-                 device: str = "cpu", progress: bool = True) -> dict:
+                 device: str = "cpu", progress: bool = True, frd: bool | None = None,
+                 frd_roi=("image", "mask"), frd_image_types=None, frd_features=None,
+                 memorisation: bool = True, download: bool = True) -> dict:
     """Compute the report (a JSON-able dict); :func:`write_report` writes it.
 
-    ``fidelity``: None computes FID/KID when weights exist (``inception_weights`` or torch-fidelity's
-    cache) and notes 'n/a' otherwise; True requires them (one-line error without); False skips.
+    ``fidelity`` (FID/KID): None computes them when InceptionV3 weights can be had
+    (``inception_weights``, torch-fidelity's cache, or a download into it) and otherwise prints one
+    warning line and goes on; True requires them (one-line error without); False skips them.
+    ``frd``: the same for FRD (needs the frd-score package, no weights); ``frd_roi``,
+    ``frd_image_types``, ``frd_features`` as for :func:`nnaug.metrics.synthetic_fidelity`.
+    ``memorisation``: nearest-real distances of every synthetic case (:func:`nnaug.metrics.memorisation_summary`).
+    The pictures (contact sheets, closest pairs) are written into :func:`report_folder` as they are made.
     """
     from nnaug.dataset import load_raw_dataset
-    from nnaug.metrics import mask_consistency, resolve_inception_weights, synthetic_fidelity
+    from nnaug.metrics import (inception_weights_or_reason, mask_consistency, memorisation_summary, synthetic_fidelity,
+                               synthetic_identifiers)
     from nnaug.pretraining import read_provenance
 
     real = load_raw_dataset(dataset)
-    weights = None
-    if fidelity is not False:
-        weights = resolve_inception_weights(inception_weights, required=bool(fidelity) or inception_weights is not None)
+    warnings_: list[str] = []
+    weights, fid_note = None, None
+    if fidelity is False:
+        fid_note = "skipped (--no-fidelity)"
+    elif fidelity or inception_weights is not None:  # demanded, or a file given: resolve now, errors are errors
+        weights, reason = inception_weights_or_reason(inception_weights, download=download)
+        if weights is None:
+            raise NnaugError(reason + " (--fidelity demands FID/KID)")
+    synthetic_folders = find_synthetic_datasets(real.name)
+    if synthetic_folders and fidelity is None and weights is None:
+        weights, reason = inception_weights_or_reason(None, download=download)
+        if weights is None:
+            fid_note = reason
+            message = f"FID/KID skipped, {reason}; the other metrics go on (--fidelity makes this an error)"
+            _warn(message)
+            warnings_.append(message)
+    out = report_folder(real.name)
+    files = {}
+    if synthetic_folders:
+        sheet = _contact_sheet_png(real, None, out / "real_contact_sheet.png")
+        files["real_contact_sheet"] = str(sheet) if sheet else None
     model = find_real_only_model(real.name, folds) if mask_check else None
+    validation = real_only_validation_dice(*model) if model is not None else None
     synthetic_rows = []
-    for folder in find_synthetic_datasets(real.name):
+    for folder in synthetic_folders:
         provenance = read_provenance(folder) or {}
         syn = load_raw_dataset(folder)
         row = {
@@ -154,30 +201,64 @@ def build_report(dataset: str, inception_weights: str | Path | None = None, fold
             "generator": provenance.get("generator_model"), "generator_folder": provenance.get("generator"),
             "mode": provenance.get("mode"), "sampler": provenance.get("sampler"), "steps": provenance.get("steps"),
         }
-        if weights is not None:
-            if progress:
-                print(f"nnaug: FID/KID {real.name} vs {folder.name} ...", file=sys.stderr, flush=True)
-            row["fidelity"] = synthetic_fidelity(real, syn, weights, max_images)
-            row["fid"], row["kid_mean"], row["kid_std"] = (row["fidelity"][k] for k in ("fid", "kid_mean", "kid_std"))
-        else:
-            row["fid"] = row["kid_mean"] = row["kid_std"] = None
+        sheet = folder / "contact_sheet.png"  # what nnaug synthesize wrote; made here for older datasets
+        if not sheet.is_file():
+            sheet = _contact_sheet_png(syn, synthetic_identifiers(syn), out / f"{folder.name}_contact_sheet.png")
+        row["files"] = {"contact_sheet": str(sheet) if sheet else None}
+        fid_wanted = weights is not None
+        fidelity_result = synthetic_fidelity(
+            real, syn, weights, max_images, fid=True if fid_wanted else False, frd=frd, frd_roi=frd_roi,
+            frd_image_types=frd_image_types, frd_features=frd_features, download=False, progress=progress)
+        if not fid_wanted:
+            fidelity_result["fid_note"] = fid_note or fidelity_result.get("fid_note")
+        row["fidelity"] = fidelity_result
+        row["frd"], row["frd_roi"] = fidelity_result["frd"], fidelity_result["frd_roi"]
+        row["fid"], row["kid_mean"], row["kid_std"] = (fidelity_result[k] for k in ("fid", "kid_mean", "kid_std"))
+        if row["fid"] is None:
             row["fidelity_note"] = "skipped (--no-fidelity)" if fidelity is False else NO_WEIGHTS_NOTE
+        for key in ("frd_note", "frd_mask_note"):
+            if key in fidelity_result:
+                row[key] = fidelity_result[key]
+        if memorisation:
+            if progress:
+                print(f"nnaug: memorisation {folder.name} vs {real.name} ...", file=sys.stderr, flush=True)
+            pairs_png = out / f"{folder.name}_memorisation.png"
+            mem = memorisation_summary(syn, real, top=8, max_cases=max_images, out_png=pairs_png)
+            row["memorisation"] = mem
+            row["files"]["memorisation"] = str(pairs_png)
+            if mem["n_below"]:
+                message = (f"{mem['n_below']} of {mem['n_synthetic']} synthetic images of {folder.name} are closer to "
+                           f"a real training image than {100 - mem['percentile']:g} % of real images are to their "
+                           f"nearest other real image ({mem['image_metric']} < {mem['threshold']:.4f}): possible "
+                           f"copies, see the memorisation pairs")
+                _warn(message)
+                warnings_.append(message)
         if model is not None:
             if progress:
                 print(f"nnaug: mask consistency of {folder.name} with {model[0].name} folds {model[1]} ...", file=sys.stderr, flush=True)
             mc = mask_consistency(folder, model[0], folds=model[1], device=device, max_cases=max_images)
             row["mask_consistency_dice"] = mc["mean_dice"]
             row["mask_consistency"] = mc
+            if validation["dice"]:
+                row["mask_consistency_ratio"] = mc["mean_dice"] / validation["dice"]
+            else:
+                row["mask_consistency_ratio"] = None
+                row["mask_consistency_ratio_note"] = (f"n/a (no validation summary.json for {model[0].name} "
+                                                      f"folds {model[1]})")
         else:
-            row["mask_consistency_dice"] = None
+            row["mask_consistency_dice"] = row["mask_consistency_ratio"] = None
             row["mask_consistency_note"] = ("skipped" if not mask_check else
                                             f"n/a (no trained real-only model under $nnUNet_results/{real.name})")
         synthetic_rows.append(row)
     dice_rows = collect_dice(real.name, folds, real.dataset_json)
+    model_info = None
+    if model is not None:
+        model_info = {"folder": str(model[0]), "folds": model[1], "validation_dice": validation["dice"],
+                      "validation_folds": validation["folds"]}
     return {
         "dataset": real.name, "num_real_cases": len(real.cases),
-        "inception_weights": str(weights) if weights is not None else None,
-        "mask_consistency_model": {"folder": str(model[0]), "folds": model[1]} if model is not None else None,
+        "inception_weights": str(weights) if weights is not None else None, "fid_note": fid_note,
+        "mask_consistency_model": model_info, "warnings": warnings_, "files": files,
         "synthetic": synthetic_rows, "dice": dice_rows, "dice_summary": summarise_dice(dice_rows),
     }
 
@@ -197,6 +278,7 @@ def summarise_dice(rows: list[dict]) -> list[dict]:
     return out
 
 
+# ----------------------------------------------------------------------------- text
 def _fmt(value, digits: int = 4) -> str:
     if value is None:
         return "—"
@@ -205,32 +287,72 @@ def _fmt(value, digits: int = 4) -> str:
     return str(value)
 
 
+def fmt_frd(value, note: str | None = None) -> str:
+    if value is None:
+        return note or "n/a"
+    if value == float("-inf"):
+        return "−∞ (identical features)"
+    return f"{value:.2f}"
+
+
+def _fid_cells(r: dict) -> tuple[str, str]:
+    if r["fid"] is not None:
+        return f"{r['fid']:.2f}", f"{r['kid_mean']:.4f} ± {r['kid_std']:.4f}"
+    return r.get("fidelity_note") or "n/a", "n/a"
+
+
+def _mc_cells(r: dict) -> tuple[str, str]:
+    """(mask consistency, its ratio to the real-only model's validation Dice) as table cells; the long
+    reasons stay in report.json and the notes under the table."""
+    if r["mask_consistency_dice"] is None:
+        note = r.get("mask_consistency_note", "n/a")
+        return ("n/a (no real-only model)" if "no trained real-only model" in note else note), "n/a"
+    ratio = r.get("mask_consistency_ratio")
+    return f"{r['mask_consistency_dice']:.4f}", f"{ratio:.2f}" if ratio is not None else "n/a (no validation Dice)"
+
+
+def memorisation_line(r: dict) -> str:
+    m = r.get("memorisation")
+    if not m:
+        return "not computed"
+    q = m["synthetic_quantiles"]
+    text = (f"nearest-real {m['image_metric']} distance: min {q['min']:.4f}, median {q['median']:.4f}; ")
+    if m["threshold"] is None:
+        return text + "threshold n/a (fewer than 2 real cases)"
+    rq = m["real_quantiles"]
+    verdict = (f"**{m['n_below']} of {m['n_synthetic']} below the threshold — possible copies**" if m["n_below"]
+               else f"none of {m['n_synthetic']} below the threshold")
+    return (text + f"real–real nearest: {m['percentile']:g}th percentile {m['threshold']:.4f} (the threshold), "
+            f"median {rq['median']:.4f}; {verdict}")
+
+
 def to_markdown(report: dict) -> str:
     lines = [f"# nnaug report: {report['dataset']}", ""]
     lines += [f"Real dataset: {report['dataset']} ({report['num_real_cases']} cases). "
               f"Inception weights: {report['inception_weights'] or 'none'}.", ""]
+    for w in report.get("warnings", []):
+        lines += [f"> **warning:** {w}", ""]
     lines += ["## Synthetic datasets", ""]
     if report["synthetic"]:
-        lines += ["| synthetic dataset | ratio | cases | generator | FID | KID (mean ± std) | mask-consistency Dice |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += ["| synthetic dataset | ratio | cases | generator | FRD (image) | FRD (mask ROI) | FID | KID (mean ± std) "
+                  "| mask consistency | MC ÷ real-only val. Dice | closest to real / threshold |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in report["synthetic"]:
-            if r["fid"] is not None:
-                fid, kid = f"{r['fid']:.2f}", f"{r['kid_mean']:.4f} ± {r['kid_std']:.4f}"
-            else:
-                fid, kid = r["fidelity_note"], "n/a"
-            mc = _fmt(r["mask_consistency_dice"]) if r["mask_consistency_dice"] is not None else r["mask_consistency_note"]
+            fid, kid = _fid_cells(r)
+            mc, ratio = _mc_cells(r)
+            m = r.get("memorisation")
+            mem = (f"{m['synthetic_quantiles']['min']:.4f} / {_fmt(m['threshold'])}"
+                   + (f" ({m['n_below']} below)" if m["n_below"] else "")) if m else "—"
             lines.append(f"| {r['dataset']} | {_fmt(r['ratio'], 2)} | {_fmt(r['num_cases'])} | {_fmt(r['generator'])} "
-                         f"| {fid} | {kid} | {mc} |")
-        fidelity = [r["fidelity"] for r in report["synthetic"] if "fidelity" in r]
-        if fidelity:
-            f0 = fidelity[0]
-            lines += ["", f"FID/KID: {f0['extractor']}, real vs synthetic images at {f0['resolution'][0]}x"
-                          f"{f0['resolution'][1]} (real resized to the synthetic size), KID subset size "
-                          f"{f0['kid_subset_size']}."]
-        if report["mask_consistency_model"]:
-            m = report["mask_consistency_model"]
-            lines += ["", f"Mask consistency: Dice of each synthetic mask with the prediction of "
-                          f"{Path(m['folder']).name} (folds {', '.join(map(str, m['folds']))}) on its image."]
+                         f"| {fmt_frd(r.get('frd'), r.get('frd_note'))} | {fmt_frd(r.get('frd_roi'), r.get('frd_mask_note'))} "
+                         f"| {fid} | {kid} | {mc} | {ratio} | {mem} |")
+        lines += [""] + _method_notes(report)
+        for r in report["synthetic"]:
+            if r.get("memorisation"):
+                lines += ["", f"Memorisation of {r['dataset']}: {memorisation_line(r)}."]
+                if r.get("files", {}).get("memorisation"):
+                    lines += ["", f"![closest pairs of {r['dataset']}]({Path(r['files']['memorisation']).name}) "
+                                  f"![nearest-real distances of {r['dataset']}]({Path(r['files']['nearest']).name})"]
     else:
         lines.append(f"No synthetic dataset in $nnUNet_raw names {report['dataset']} as its source "
                      "(make one with `nnaug synthesize`).")
@@ -255,36 +377,129 @@ def to_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _method_notes(report: dict) -> list[str]:
+    """One paragraph per metric: how it was computed here (shared by report.md and report.html)."""
+    notes = []
+    frd = next((r["fidelity"]["frd_details"] for r in report["synthetic"] if r.get("fidelity", {}).get("frd_details")), None)
+    if frd:
+        d = next(iter(frd.values()))
+        res = next(r["fidelity"]["resolution"] for r in report["synthetic"] if r.get("fidelity", {}).get("frd_details"))
+        notes.append(f"FRD: Fréchet Radiomics Distance ({d['package']}, FRD{d['version']}: log of the squared Fréchet "
+                     f"distance of z-scored radiomic features, image types {', '.join(d['image_types'])}, feature "
+                     f"classes {', '.join(d['features'])}), real training images as reference, 8-bit grayscale at "
+                     f"{res[0]}x{res[1]}; *image*: the whole image is the ROI, *mask ROI*: the mask's foreground. "
+                     "Lower is better; compare only values made with the same settings.")
+    fidelity = [r["fidelity"] for r in report["synthetic"] if r.get("fid") is not None]
+    if fidelity:
+        f0 = fidelity[0]
+        notes.append(f"FID/KID: {f0['extractor']}, real vs synthetic images at {f0['resolution'][0]}x"
+                     f"{f0['resolution'][1]} (real resized to the synthetic size), KID subset size {f0['kid_subset_size']}.")
+    elif report.get("fid_note"):
+        notes.append(f"FID/KID: {report['fid_note']}.")
+    m = report.get("mask_consistency_model")
+    if m:
+        val = (f"; its own validation foreground Dice is {m['validation_dice']:.4f} (folds "
+               f"{', '.join(map(str, m['validation_folds']))}), and `MC ÷ real-only val. Dice` is mask consistency divided by it "
+               "(about 1: the synthetic pairs are as consistent as real ones are to this model)"
+               if m.get("validation_dice") else "")
+        notes.append(f"Mask consistency (MC): Dice of each synthetic mask with the prediction of {Path(m['folder']).name} "
+                     f"(folds {', '.join(map(str, m['folds']))}) on its image{val}.")
+    else:
+        missing = next((r["mask_consistency_note"] for r in report["synthetic"] if r.get("mask_consistency_note")), None)
+        if missing:
+            notes.append(f"Mask consistency: {missing}.")
+    mem = next((r["memorisation"] for r in report["synthetic"] if r.get("memorisation")), None)
+    if mem:
+        notes.append(f"Memorisation: distance of each synthetic image to its nearest real training image "
+                     f"({mem['image_metric']}: RMS difference of the [-1, 1] images at 32x32); threshold = the "
+                     f"{mem['percentile']:g}th percentile of each real image's distance to its nearest other real image.")
+    return [n for note in notes for n in (note, "")][:-1]
+
+
+# ----------------------------------------------------------------------------- pictures
+def _figure(width: float, height: float):
+    """A matplotlib Figure drawn by the Agg canvas directly: no pyplot, no backend switch."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save_atomic(save, path: Path) -> Path:
+    """``save(tmp_path)`` then rename onto ``path``: a reader never sees half a PNG."""
+    import os
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    save(tmp)
+    os.replace(tmp, path)
+    return path
+
+
 def bar_chart(report: dict, path: Path) -> Path | None:
     """Foreground Dice per fold, one bar per trainer (real-only vs pretrain→fine-tune)."""
     if not report["dice"]:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     models = sorted({(r["trainer"], r["plans"], r["configuration"]) for r in report["dice"]},
                     key=lambda m: (trainer_kind(m[0]) != "real-only", m))
     folds = sorted({r["fold"] for r in report["dice"]}, key=str)
     width = 0.8 / len(models)
-    fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(folds) * len(models) + 2), 4), dpi=100)
+    fig = _figure(max(6.0, 1.1 * len(folds) * len(models) + 2), 4.6)
+    ax = fig.add_subplot()
     for i, model in enumerate(models):
         values = {r["fold"]: r["foreground_dice"] for r in report["dice"]
                   if (r["trainer"], r["plans"], r["configuration"]) == model}
         xs = [k + i * width for k, f in enumerate(folds) if f in values]
-        ax.bar(xs, [values[f] for f in folds if f in values], width, label=f"{model[0]} ({trainer_kind(model[0])})")
+        bars = ax.bar(xs, [values[f] for f in folds if f in values], width, label=f"{model[0]} ({trainer_kind(model[0])})")
+        ax.bar_label(bars, fmt="%.3f", fontsize=8, padding=2)
     ax.set_xticks([k + 0.4 - width / 2 for k in range(len(folds))])
     ax.set_xticklabels([f"fold {f}" for f in folds])
     ax.set_ylabel("foreground Dice (validation)")
-    ax.set_ylim(0, 1)
-    ax.set_title(report["dataset"])
-    ax.legend(fontsize=7, loc="lower right")
+    ax.set_ylim(0, 1.08)
+    ax.set_title(f"{report['dataset']}: validation foreground Dice", fontsize=10)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=1, frameon=False)
+    ax.spines[["top", "right"]].set_visible(False)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save_atomic(fig.savefig, path)
+
+
+def nearest_histogram(memorisation: dict, title: str, path: Path) -> Path:
+    """Histograms of synthetic→nearest-real and real→nearest-other-real distances, with the threshold."""
+    syn = np.asarray(memorisation["synthetic_nearest"], np.float64)
+    real = np.asarray(memorisation["real_nearest"], np.float64)
+    fig = _figure(5.2, 3.9)
+    ax = fig.add_subplot()
+    both = np.concatenate([syn, real]) if len(real) else syn
+    bins = np.linspace(0, max(float(both.max()), 1e-6) * 1.05, 30)
+    if len(real):
+        ax.hist(real, bins=bins, alpha=0.55, color="#4c72b0", label=f"real → nearest other real ({len(real)})")
+    ax.hist(syn, bins=bins, alpha=0.55, color="#dd8452", label=f"synthetic → nearest real ({len(syn)})")
+    if memorisation["threshold"] is not None:
+        ax.axvline(memorisation["threshold"], color="#c44e52", ls="--", lw=1.2,
+                   label=f"threshold ({memorisation['percentile']:g}th pct of real–real) {memorisation['threshold']:.3f}")
+    ax.set_xlabel(f"nearest distance ({memorisation['image_metric']})")
+    ax.set_ylabel("images")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=1, frameon=False)
+    ax.spines[["top", "right"]].set_visible(False)
+    fig.tight_layout()
+    return _save_atomic(fig.savefig, path)
+
+
+def _contact_sheet_png(raw, identifiers: list[str] | None, path: Path, max_cases: int = 16) -> Path | None:
+    from nnaug.metrics import _select_cases, load_cases
+    from nnaug.visualize import contact_sheet
+
+    cases = _select_cases(raw, identifiers)[:max_cases]
+    if not cases:
+        return None
+    _, first_label, _ = raw.read_case(cases[0])
+    side = min(128, int(max(first_label.shape)))
+    images, labels = load_cases(raw, cases, (side, side))
+    return _save_atomic(lambda tmp: contact_sheet(np.stack(images), np.stack(labels), tmp), path)
 
 
 def report_folder(dataset_name: str) -> Path:
@@ -293,19 +508,209 @@ def report_folder(dataset_name: str) -> Path:
     return results_root() / "nnaug" / dataset_name
 
 
+def _json_safe(value):
+    """Non-finite floats (FRD of identical sets is -inf) as strings, so report.json stays strict JSON."""
+    if isinstance(value, float) and not np.isfinite(value):
+        return "nan" if np.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
 def write_report(report: dict) -> dict[str, Path]:
+    """Write report.{json,md,html,png} and the per-dataset pictures into ``$nnUNet_results/nnaug/<Dataset>/``."""
+    import os
+
     from nnaug.dataset import write_json_atomic
 
     folder = report_folder(report["dataset"])
     folder.mkdir(parents=True, exist_ok=True)
-    paths = {"json": folder / "report.json", "md": folder / "report.md"}
-    write_json_atomic(paths["json"], report)
-    (folder / ".report.md.tmp").write_text(to_markdown(report))
-    (folder / ".report.md.tmp").replace(paths["md"])
+    for row in report["synthetic"]:
+        files = row.setdefault("files", {})
+        if row.get("memorisation"):
+            files["nearest"] = str(nearest_histogram(row["memorisation"], f"{row['dataset']} vs {report['dataset']}",
+                                                     folder / f"{row['dataset']}_nearest.png"))
+    paths = {"json": folder / "report.json", "md": folder / "report.md", "html": folder / "report.html"}
     png = bar_chart(report, folder / "report.png")
     if png is not None:
         paths["png"] = png
+        report["files"] = {**report.get("files", {}), "bar_chart": str(png)}
+    write_json_atomic(paths["json"], _json_safe(report))
+    for key, text in (("md", to_markdown(report)), ("html", to_html(report))):
+        tmp = folder / f".report.{key}.{os.getpid()}.tmp"
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, paths[key])
     return paths
+
+
+# ----------------------------------------------------------------------------- HTML
+_CSS = """
+body{font-family:-apple-system,"Segoe UI",Roboto,"DejaVu Sans",Arial,sans-serif;margin:0;background:#f4f5f7;color:#1d2330}
+main{max-width:1120px;margin:0 auto;padding:24px 28px 48px}
+h1{font-size:26px;margin:0 0 4px} h2{font-size:20px;margin:32px 0 10px;border-bottom:2px solid #d9dde5;padding-bottom:4px}
+h3{font-size:16px;margin:18px 0 8px}
+.sub{color:#5b6475;margin:0 0 16px;font-size:14px}
+.warn{background:#fff4d6;border-left:5px solid #e0a100;padding:8px 12px;margin:8px 0;font-size:14px;border-radius:3px}
+.card{background:#fff;border-radius:8px;box-shadow:0 1px 3px rgba(0,0,0,.12);padding:14px 18px;margin:14px 0}
+table{border-collapse:collapse;font-size:13px;width:100%;background:#fff}
+th,td{border:1px solid #dfe3ea;padding:5px 8px;text-align:left;vertical-align:top}
+th{background:#eef1f6;font-weight:600} td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+tr.real-only td:first-child{border-left:4px solid #4c72b0} tr.finetune td:first-child{border-left:4px solid #dd8452}
+.note{color:#5b6475;font-size:12.5px;margin:6px 0}
+.na{color:#8a92a3;font-size:12px}
+.bad{color:#b3261e;font-weight:600} .good{color:#1e7b34}
+img{max-width:100%;height:auto;image-rendering:pixelated;border:1px solid #dfe3ea;border-radius:4px;background:#fff}
+.row{display:flex;gap:16px;flex-wrap:wrap;align-items:flex-start} .row>div{flex:1 1 300px;min-width:0}
+.cap{font-size:12px;color:#5b6475;margin:2px 0 8px}
+.scroll{overflow-x:auto} .chart{max-width:640px;margin:14px 0}
+.alert{border-left:5px solid #b3261e;background:#fdecea;padding:6px 10px;font-size:14px;border-radius:3px}
+.glance{display:flex;gap:12px;flex-wrap:wrap;margin:14px 0}
+.kpi{background:#fff;border-radius:8px;box-shadow:0 1px 3px rgba(0,0,0,.12);padding:10px 16px;min-width:150px}
+.kpi .v{font-size:22px;font-weight:650} .kpi .k{font-size:12px;color:#5b6475}
+"""
+
+
+def _img_tag(path, alt: str) -> str:
+    import base64
+    import html
+
+    if not path or not Path(path).is_file():
+        return f'<p class="na">({html.escape(alt)}: no picture)</p>'
+    data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _at_a_glance(report: dict) -> list[tuple[str, str]]:
+    """A few headline numbers: Dice real-only vs pretrain→fine-tune, and each synthetic dataset's FRD and MC."""
+    items = []
+    real_only = [s["foreground_dice"] for s in report["dice_summary"] if s["kind"] == "real-only"]
+    tuned = [s["foreground_dice"] for s in report["dice_summary"] if s["kind"] == "pretrain→fine-tune"]
+    if real_only:
+        items.append(("real-only validation Dice (best model)", f"{max(real_only):.4f}"))
+    if tuned:
+        items.append(("pretrain→fine-tune validation Dice (best model)", f"{max(tuned):.4f}"))
+    if real_only and tuned:
+        items.append(("Dice gain from synthetic pretraining", f"{max(tuned) - max(real_only):+.4f}"))
+    for r in report["synthetic"][:3]:
+        if r.get("frd") is not None:
+            items.append((f"FRD (image) {r['dataset']}", fmt_frd(r["frd"])))
+        if r.get("mask_consistency_dice") is not None:
+            items.append((f"mask consistency {r['dataset']}", f"{r['mask_consistency_dice']:.3f}"))
+    return items
+
+
+def to_html(report: dict) -> str:
+    """report.html: one self-contained page (CSS inline, pictures embedded as base64 PNG)."""
+    import datetime
+    import html
+
+    e = html.escape
+
+    def cell(text: str, num: bool = False) -> str:
+        na = text.startswith(("n/a", "skipped", "—"))
+        cls = "na" if na else ("num" if num else "")
+        return f'<td class="{cls}">{e(text)}</td>'
+
+    out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+           f"<title>nnaug report: {e(report['dataset'])}</title>", f"<style>{_CSS}</style></head><body><main>",
+           f"<h1>nnaug report: {e(report['dataset'])}</h1>",
+           f'<p class="sub">{report["num_real_cases"]} real training cases · {len(report["synthetic"])} synthetic '
+           f'dataset(s) · {len(report["dice"])} validation summaries · written '
+           f'{datetime.datetime.now().strftime("%Y-%m-%d %H:%M")}</p>']
+    for w in report.get("warnings", []):
+        out.append(f'<div class="warn"><b>warning:</b> {e(w)}</div>')
+
+    glance = _at_a_glance(report)
+    if glance:
+        out.append('<div class="glance">' + "".join(
+            f'<div class="kpi"><div class="v">{e(v)}</div><div class="k">{e(k)}</div></div>' for k, v in glance) + "</div>")
+
+    out.append("<h2>Synthetic datasets</h2>")
+    if report["synthetic"]:
+        out.append('<div class="card"><div class="scroll"><table><tr><th>synthetic dataset</th><th>ratio</th><th>cases</th>'
+                   "<th>generator</th><th>FRD<br>(image)</th><th>FRD<br>(mask ROI)</th><th>FID</th><th>KID<br>(mean ± std)</th>"
+                   "<th>mask<br>consistency</th><th>MC ÷ real-only<br>val. Dice</th><th>closest to real<br>/ threshold</th></tr>")
+        for r in report["synthetic"]:
+            fid, kid = _fid_cells(r)
+            if r["fid"] is None:
+                fid = "n/a (no weights)" if fid.startswith("n/a") else fid
+            mc, ratio = _mc_cells(r)
+            m = r.get("memorisation")
+            if m:
+                mem = f"{m['synthetic_quantiles']['min']:.4f} / {_fmt(m['threshold'])}"
+                mem_cell = (f'<td class="num {"bad" if m["n_below"] else "good"}">{e(mem)}'
+                            + (f"<br>{m['n_below']} below" if m["n_below"] else "<br>none below") + "</td>")
+            else:
+                mem_cell = cell("—")
+            gen = f"{_fmt(r['generator'])}" + (f", {r['sampler']} {r['steps']}" if r.get("sampler") else "")
+            out.append("<tr>" + cell(r["dataset"]) + cell(_fmt(r["ratio"], 2), True) + cell(_fmt(r["num_cases"]), True)
+                       + cell(gen) + cell(fmt_frd(r.get("frd"), r.get("frd_note")), True)
+                       + cell(fmt_frd(r.get("frd_roi"), r.get("frd_mask_note")), True) + cell(fid, True)
+                       + cell(kid, True) + cell(mc, True) + cell(ratio, True) + mem_cell + "</tr>")
+        out.append("</table></div>")
+        out += [f'<p class="note">{e(n).replace("*image*", "<i>image</i>").replace("*mask ROI*", "<i>mask ROI</i>").replace("`", "")}</p>'
+                for n in _method_notes(report) if n]
+        out.append("</div>")
+    else:
+        out.append(f'<p class="note">No synthetic dataset in $nnUNet_raw names {e(report["dataset"])} as its source '
+                   "(make one with <code>nnaug synthesize</code>).</p>")
+
+    out.append("<h2>Segmentation Dice (nnU-Net validation)</h2>")
+    if report["dice"]:
+        labels = sorted({k for r in report["dice"] for k in r["dice"]})
+        out.append('<div class="card">')
+        out.append("<h3>Mean over folds</h3><div class=\"scroll\"><table><tr><th>trainer</th><th>kind</th><th>folds</th>"
+                   "<th>foreground Dice</th>" + "".join(f"<th>{e(k)}</th>" for k in labels) + "</tr>")
+        for s_ in report["dice_summary"]:
+            klass = "finetune" if s_["kind"] != "real-only" else "real-only"
+            out.append(f'<tr class="{klass}">' + cell(s_["trainer"]) + cell(s_["kind"]) + cell(",".join(map(str, s_["folds"])))
+                       + cell(f"{s_['foreground_dice']:.4f}", True)
+                       + "".join(cell(_fmt(s_["dice"].get(k)), True) for k in labels) + "</tr>")
+        out.append('</table></div><div class="chart">')
+        out.append(_img_tag(report.get("files", {}).get("bar_chart"), "foreground Dice per fold"))
+        out.append('<p class="cap">Validation foreground Dice per fold (nnU-Net summary.json).</p></div>')
+        out.append("<h3>Per fold</h3><div class=\"scroll\"><table><tr><th>trainer</th><th>kind</th><th>plans, config</th>"
+                   "<th>fold</th><th>foreground Dice</th>" + "".join(f"<th>{e(k)}</th>" for k in labels)
+                   + "<th>pretrained on</th></tr>")
+        for r in report["dice"]:
+            klass = "finetune" if r["kind"] != "real-only" else "real-only"
+            out.append(f'<tr class="{klass}">' + cell(r["trainer"]) + cell(r["kind"]) + cell(f"{r['plans']}, {r['configuration']}")
+                       + cell(str(r["fold"]), True) + cell(f"{r['foreground_dice']:.4f}", True)
+                       + "".join(cell(_fmt(r["dice"].get(k)), True) for k in labels)
+                       + cell(_fmt(r["pretrained_on"])) + "</tr>")
+        out.append('</table></div><p class="cap">Rows edged blue: real-only; orange: pretrain→fine-tune.</p></div>')
+    else:
+        out.append(f'<p class="note">No validation summary.json under $nnUNet_results/{e(report["dataset"])} yet.</p>')
+
+    for r in report["synthetic"]:
+        files = r.get("files", {})
+        out.append(f"<h2>{e(r['dataset'])}</h2><div class=\"card\"><div class=\"row\"><div>")
+        out.append(f"<h3>Synthetic pairs (image | mask overlay)</h3>{_img_tag(files.get('contact_sheet'), 'synthetic contact sheet')}")
+        out.append("</div><div>")
+        out.append(f"<h3>Real training pairs</h3>{_img_tag(report.get('files', {}).get('real_contact_sheet'), 'real contact sheet')}")
+        out.append("</div></div>")
+        m = r.get("memorisation")
+        if m:
+            out.append("<h3>Memorisation</h3>")
+            line = memorisation_line(r).replace("**", "")
+            out.append(f'<p class="{"alert" if m["n_below"] else "note"}">{e(line)}.</p>')
+            out.append('<div class="row"><div style="flex:1 1 560px">')
+            out.append(_img_tag(files.get("memorisation"), "closest pairs"))
+            out.append('<p class="cap">The most copy-like synthetic cases: synthetic image | its mask || nearest real '
+                       "image | its mask (top row closest).</p></div><div>")
+            out.append(_img_tag(files.get("nearest"), "nearest-real distances"))
+            out.append("<table><tr><th>synthetic</th><th>nearest real</th><th>distance</th><th>mask 1−Dice</th></tr>")
+            for row in m["rows"][:8]:
+                flag = ' class="bad"' if m["threshold"] is not None and row["image_distance"] < m["threshold"] else ""
+                out.append(f"<tr{flag}><td>{e(row['case'])}</td><td>{e(row['nearest_by_image'])}</td>"
+                           f"<td class=\"num\">{row['image_distance']:.4f}</td><td class=\"num\">"
+                           f"{row['mask_distance']:.3f}</td></tr>")
+            out.append("</table></div></div>")
+        out.append("</div>")
+    out.append("</main></body></html>")
+    return "\n".join(out) + "\n"
 
 
 def parse_folds(text: str | None) -> list | None:

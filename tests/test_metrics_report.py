@@ -1,4 +1,8 @@
-"""FID/KID with a fixed-seed random InceptionV3, memorisation, and `nnaug report` on a fake results tree (fast)."""
+"""FID/KID with a fixed-seed random InceptionV3, memorisation, and `nnaug report` on a fake results tree (fast).
+
+No test here touches the network: where no weights file is given, ``NNAUG_INCEPTION_URL`` points the
+first-use download at a file:// URL (a missing file: "offline"; an existing one: a download).
+"""
 from __future__ import annotations
 
 import json
@@ -31,16 +35,23 @@ def test_fid_kid_real_vs_real_below_real_vs_noise(random_weights):
     assert far["kid_mean"] > same["kid_mean"] + 0.01, (same, far)
 
 
+def offline(monkeypatch, tmp_path):
+    """No cached weights, and the first-use download fails at once as it does offline (no network touched)."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    monkeypatch.setenv("NNAUG_INCEPTION_URL", (tmp_path / "offline" / "weights-inception.pth").as_uri())
+
+
 def test_no_weights_no_cache_is_one_line_error(tmp_path, monkeypatch):
     from nnaug.metrics import fid_kid, inception_cache_path
 
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    offline(monkeypatch, tmp_path)
     assert str(inception_cache_path()).startswith(str(tmp_path))
     imgs = _images(4, 32, 0)
     with pytest.raises(NnaugError) as info:
         fid_kid(imgs, imgs)
     message = str(info.value)
     assert "\n" not in message and "--inception-weights" in message and str(inception_cache_path()) in message
+    assert "download from file://" in message and not inception_cache_path().exists()
 
 
 def _fake_synthetic(nnunet_env, real, copy_of: list[str]):
@@ -131,7 +142,7 @@ def test_report_on_fake_results_tree(nnunet_env, run_cli, random_weights, tmp_pa
     assert means["nnUNetTrainer_nnaugPretrainFinetune_5epochs"] == pytest.approx(0.70)
 
     # only fold 1; no weights anywhere -> FID/KID shown as n/a, the Dice still reported
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))
+    offline(monkeypatch, tmp_path)
     result = run_cli("report", real.name, "--folds", "1")
     assert result.exit_code == 0, result.output
     report = json.loads((folder / "report.json").read_text())
@@ -142,7 +153,7 @@ def test_report_on_fake_results_tree(nnunet_env, run_cli, random_weights, tmp_pa
 def test_report_errors_are_one_line(nnunet_env, run_cli, tmp_path, monkeypatch):
     from nnaug.example import write_example_dataset
 
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))
+    offline(monkeypatch, tmp_path)
     assert_one_line_error(run_cli("report", "Dataset555_Missing"), "Dataset555_Missing")
     write_example_dataset(dataset_id=997, name="nnaugExample", num_cases=4, size=32, seed=0)
     assert_one_line_error(run_cli("report", "997", "--fidelity"), "--inception-weights")

@@ -1,0 +1,194 @@
+"""FRD (Fréchet Radiomics Distance) between two image sets, computed by the ``frd-score`` package.
+
+FRD (Konz, Osuala et al., Medical Image Analysis 110, 103943, 2026) fits a Gaussian to
+standardised radiomic features (PyRadiomics: first-order statistics and texture matrices, on
+the original image and on LoG- and wavelet-filtered versions of it) of each image set and
+reports the log of the squared Fréchet distance between the two Gaussians. It needs no network
+weights. nnaug does not re-implement any of it: :func:`frd` writes the images (and masks) as
+8-bit grayscale PNGs into a temporary folder and calls ``frd_score.compute_frd`` on them with
+the package's defaults (FRDv1: ~464 features, z-scored with the first set's statistics).
+
+Lower is better; the value is a log, so it can be negative, and identical feature statistics
+give -inf. Values are comparable only between runs with the same image types, feature classes,
+ROI and resolution.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from nnaug.errors import NnaugError
+
+FRD_VERSION = "v1"
+ROI_CHOICES = ("image", "mask")
+DEFAULT_IMAGE_TYPES = ("Original", "LoG", "Wavelet")
+MIN_ROI_PIXELS = 16
+"""A mask ROI with fewer foreground pixels (at the compared resolution) is left out: PyRadiomics
+resamples to 2 px spacing first, and a ROI of a few pixels has no texture to measure."""
+
+INSTALL_HINT = ('install it with: pip install -c constraints.txt frd-score pyradiomics-bhklab '
+                '(or pip install -c constraints.txt -e . in the nnaug checkout)')
+
+
+def frd_available() -> str | None:
+    """None when ``frd-score`` and its PyRadiomics backend import, else a one-line reason."""
+    try:
+        import frd_score  # noqa: F401
+        import radiomics  # noqa: F401
+        from radiomics import featureextractor  # noqa: F401
+    except Exception as exc:  # ImportError, or a broken build of the C extension
+        return f"frd-score/pyradiomics not importable ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+    return None
+
+
+def frd_package_version() -> str:
+    from importlib import metadata
+
+    try:
+        return f"frd-score {metadata.version('frd-score')}, pyradiomics {metadata.version('pyradiomics-bhklab')}"
+    except metadata.PackageNotFoundError:
+        try:
+            return f"frd-score {metadata.version('frd-score')}"
+        except metadata.PackageNotFoundError:
+            return "frd-score"
+
+
+def _known(kind: str) -> list[str]:
+    import radiomics
+
+    if kind == "image_types":
+        return sorted(radiomics.getImageTypes())
+    return sorted(radiomics.getFeatureClasses())
+
+
+def parse_list(text, what: str, option: str) -> list[str] | None:
+    """``"Original,LoG"`` (or a list) -> a checked list of PyRadiomics names; None/"" -> None (the FRDv1 default)."""
+    if text is None:
+        return None
+    items = [t.strip() for t in (text.split(",") if isinstance(text, str) else text) if str(t).strip()]
+    if not items:
+        return None
+    reason = frd_available()
+    if reason is not None:
+        raise NnaugError(f"{option} needs FRD, but {reason}: {INSTALL_HINT}")
+    known = _known(what)
+    lower = {k.lower(): k for k in known}
+    out = []
+    for item in items:
+        if item.lower() not in lower:
+            singular = "image type" if what == "image_types" else "feature class"
+            raise NnaugError(f"{option} {item!r} is not a PyRadiomics {singular}: use some of "
+                             + ", ".join(known))
+        out.append(lower[item.lower()])
+    return out
+
+
+def to_gray_uint8(images) -> np.ndarray:
+    """uint8 grayscale [N, H, W] from images as :func:`nnaug.metrics.to_uint8_batch` takes them (RGB: ITU-R 601 luma)."""
+    from nnaug.metrics import to_uint8_batch
+
+    x = to_uint8_batch(images).numpy().astype(np.float32)  # [N, 3, H, W]; grayscale was replicated
+    luma = 0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]
+    return np.clip(np.round(luma), 0, 255).astype(np.uint8)
+
+
+def _write_set(folder: Path, gray: np.ndarray, masks: np.ndarray | None) -> tuple[list[str], list[str] | None, int]:
+    from PIL import Image
+
+    (folder / "img").mkdir(parents=True)
+    images, mask_files, skipped = [], ([] if masks is not None else None), 0
+    for i, image in enumerate(gray):
+        if masks is not None:
+            roi = (np.asarray(masks[i]) > 0).astype(np.uint8)
+            if roi.shape != image.shape:
+                raise NnaugError(f"FRD: mask {i} has shape {roi.shape}, its image {image.shape}")
+            if roi.sum() < MIN_ROI_PIXELS:
+                skipped += 1
+                continue
+            if not (folder / "msk").is_dir():
+                (folder / "msk").mkdir()
+            Image.fromarray(roi).save(folder / "msk" / f"{i:05d}.png")
+            mask_files.append(str(folder / "msk" / f"{i:05d}.png"))
+        Image.fromarray(image).save(folder / "img" / f"{i:05d}.png")
+        images.append(str(folder / "img" / f"{i:05d}.png"))
+    return images, mask_files, skipped
+
+
+@contextlib.contextmanager
+def _quiet():
+    """frd-score prints its result and logs through the root logger (which would install a stderr
+    handler for good); PyRadiomics logs per image. Keep all of it out of nnaug's output."""
+    root = logging.getLogger()
+    null = logging.NullHandler()
+    radiomics_logger = logging.getLogger("radiomics")
+    old_level = radiomics_logger.level
+    root.addHandler(null)
+    radiomics_logger.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        root.removeHandler(null)
+        radiomics_logger.setLevel(old_level)
+
+
+def frd(images_a, images_b, masks_a=None, masks_b=None, image_types=None, features=None,
+        num_workers: int | None = None) -> dict:
+    """FRD between image set A (the reference, e.g. the real images) and set B (e.g. synthetic).
+
+    Images: as :func:`nnaug.metrics.fid_kid` takes them (uint8 RGB or grayscale, [N, C, H, W] or
+    [N, H, W, C]); they are turned into 8-bit grayscale (luma). Sizes may differ between the sets.
+    ``masks_a``/``masks_b`` ([N, H, W] label maps, both or neither): the foreground (label > 0) is the
+    region of interest, and cases with fewer than :data:`MIN_ROI_PIXELS` foreground pixels are left
+    out; without masks the whole image is the ROI. ``image_types`` (PyRadiomics filter images, default
+    Original + LoG + Wavelet) and ``features`` (feature classes, default FRDv1's firstorder, glcm,
+    glrlm, glszm, ngtdm) select frd-score's feature subset. ``num_workers``: frd-score's process pool
+    (default: its own, CPU count − 2, at least 1).
+    Returns ``dict(frd=, roi=, n_a=, n_b=, skipped_a=, skipped_b=, image_types=, features=, version=,
+    package=, seconds=)``; ``frd`` is -inf when the two feature distributions are identical.
+    """
+    reason = frd_available()
+    if reason is not None:
+        raise NnaugError(f"FRD needs the frd-score package, but {reason}: {INSTALL_HINT}")
+    if (masks_a is None) != (masks_b is None):
+        raise NnaugError("FRD: give masks for both image sets or for neither")
+    from frd_score import compute_frd
+
+    start = time.time()
+    gray_a, gray_b = to_gray_uint8(images_a), to_gray_uint8(images_b)
+    roi = "image" if masks_a is None else "mask"
+    with tempfile.TemporaryDirectory(prefix="nnaug-frd-") as tmp:
+        files_a, mask_files_a, skipped_a = _write_set(Path(tmp) / "a", gray_a, masks_a)
+        files_b, mask_files_b, skipped_b = _write_set(Path(tmp) / "b", gray_b, masks_b)
+        for name, files, skipped in (("reference", files_a, skipped_a), ("compared", files_b, skipped_b)):
+            if len(files) < 2:
+                extra = f" ({skipped} left out: mask ROI under {MIN_ROI_PIXELS} pixels)" if skipped else ""
+                raise NnaugError(f"FRD needs at least 2 images per set; the {name} set has {len(files)}{extra}")
+        try:
+            with _quiet():
+                value = compute_frd([files_a, files_b], frd_version=FRD_VERSION,
+                                    paths_masks=[mask_files_a, mask_files_b] if roi == "mask" else None,
+                                    image_types=list(image_types) if image_types else None,
+                                    features=list(features) if features else None, num_workers=num_workers)
+        except NnaugError:
+            raise
+        except Exception as exc:
+            text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise NnaugError(f"FRD (frd-score) failed: {text}") from None
+    value = float(value)
+    if np.isnan(value):
+        raise NnaugError("FRD came out NaN: the radiomic features of one set are constant or undefined "
+                         "(e.g. blank images); check the images")
+    return {"frd": value, "roi": roi, "n_a": len(files_a), "n_b": len(files_b), "skipped_a": skipped_a,
+            "skipped_b": skipped_b, "image_types": list(image_types) if image_types else list(DEFAULT_IMAGE_TYPES),
+            "features": list(features) if features else ["firstorder", "glcm", "glrlm", "glszm", "ngtdm"],
+            "version": FRD_VERSION, "package": frd_package_version(), "seconds": round(time.time() - start, 2)}
