@@ -5,15 +5,16 @@ nnU-Net raw). On the 40 training cases: a JDM generator is trained, synthetic da
 ratios 1, 2.5 and 5 (joint sampling, DDPM with the learned variance), and nnU-Net is trained real-only and pretrain(synthetic) -> fine-tune(real)
 for each ratio, all on fold ``all`` with nnaug's trainers and the same fine-tuning schedule. Every
 arm is scored by mean foreground Dice on the 40 held-out cases (nnU-Net's predictor); each ratio
-by KID/FID against the training images and mask consistency (Dice of the real-only model's
+by KID/FID and FRD (frd-score; whole image and mask ROI) against the training images and mask consistency (Dice of the real-only model's
 prediction on the synthetic images vs their masks). Everything runs as a user would run it
 (``nnaug`` library calls and ``nnUNetv2_*`` commands with ``nnUNet_extTrainer``).
 
     python benchmarks/downstream.py --budget small        # < 30 min on a 2-core CPU, 64 px
     python benchmarks/downstream.py --budget gpu          # the real experiment (256 px), for a GPU
 
-Numbers are printed, never asserted. KID/FID use ``--inception-weights`` (or torch-fidelity's cache)
-when given, else a fixed-seed random extractor (the table says which; then only the ratios compare).
+Numbers are printed, never asserted. KID/FID use ``--inception-weights`` (or torch-fidelity's cache,
+downloaded there on first use when online), else a fixed-seed random extractor (the table says which;
+then only the ratios compare). FRD needs no weights.
 Each arm gets its own ``nnUNet_results`` so the pretrain -> fine-tune runs of different ratios,
 which share a trainer name, don't overwrite each other. A rerun with the same --workdir reuses
 every finished step.
@@ -157,7 +158,7 @@ def main() -> None:
     if weights is None:
         weights = make_random_inception_weights(work / "random_inception.pth")
     real = load_raw_dataset(train_folder)
-    with _timed(times, "evaluate (held-out Dice, KID, mask consistency)"):
+    with _timed(times, "evaluate (held-out Dice, KID, FRD, mask consistency)"):
         heldout = {arm: segmentation_dice(heldout_folder, model, folds=("all",), device=budget["device"])
                    for arm, model in models.items()}
         fidelity = {r: synthetic_fidelity(real, folder, weights) for r, folder in synthetic.items()}
@@ -183,10 +184,20 @@ def main() -> None:
     print_table(["arm", "held-out Dice (mean)", "sd over cases", "Δ vs real-only (± s.e., paired)", "train s"], rows)
     print("(train s includes the pretraining, the fine-tuning and nnU-Net's final validation of each arm)")
     print()
+    def frd_cell(value):
+        return "n/a" if value is None else round(value, 2)
+
     rows = [[f"{r:g}", len(consistency[r]["per_case"]), round(fidelity[r]["kid_mean"], 5), round(fidelity[r]["fid"], 2),
+             frd_cell(fidelity[r]["frd"]), frd_cell(fidelity[r]["frd_roi"]),
              round(consistency[r]["mean_dice"], 4), f"{times[f'synthesize ratio {r:g}']:.0f}"] for r in RATIOS]
-    print_table(["ratio", "synthetic cases", "KID vs train", "FID vs train", "mask consistency Dice", "synthesize s"], rows)
+    print_table(["ratio", "synthetic cases", "KID vs train", "FID vs train", "FRD vs train (image)",
+                 "FRD vs train (mask ROI)", "mask consistency Dice", "synthesize s"], rows)
     print(f"\nKID/FID extractor: {extractor}")
+    frd_details = next((f["frd_details"] for f in fidelity.values() if f.get("frd_details")), None)
+    if frd_details:
+        d = next(iter(frd_details.values()))
+        print(f"FRD: {d['package']}, FRD{d['version']} ({', '.join(d['image_types'])}), real training images as "
+              "reference, lower is better")
     print("wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in times.items()))
     out = work / "downstream_results.json"
     out.write_text(json.dumps({"budget": args.budget, "settings": budget, "extractor": extractor, "times": times,

@@ -482,8 +482,9 @@ def nearest_histogram(memorisation: dict, title: str, path: Path) -> Path:
                    label=f"threshold ({memorisation['percentile']:g}th pct of real–real) {memorisation['threshold']:.3f}")
     ax.set_xlabel(f"nearest distance ({memorisation['image_metric']})")
     ax.set_ylabel("images")
-    ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=1, frameon=False)
+    ax.set_title(title, fontsize=11)
+    ax.tick_params(labelsize=9)
+    ax.legend(fontsize=9, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=1, frameon=False)
     ax.spines[["top", "right"]].set_visible(False)
     fig.tight_layout()
     return _save_atomic(fig.savefig, path)
@@ -530,7 +531,7 @@ def write_report(report: dict) -> dict[str, Path]:
     for row in report["synthetic"]:
         files = row.setdefault("files", {})
         if row.get("memorisation"):
-            files["nearest"] = str(nearest_histogram(row["memorisation"], f"{row['dataset']} vs {report['dataset']}",
+            files["nearest"] = str(nearest_histogram(row["memorisation"], "nearest-neighbour distances",
                                                      folder / f"{row['dataset']}_nearest.png"))
     paths = {"json": folder / "report.json", "md": folder / "report.md", "html": folder / "report.html"}
     png = bar_chart(report, folder / "report.png")

@@ -128,7 +128,11 @@ def test_report_on_fake_results_tree(nnunet_env, run_cli, random_weights, tmp_pa
     assert syn["dataset"] == "Dataset998_nnaugExampleSynth" and syn["ratio"] == 0.75 and syn["generator"] == "jdm"
     assert np.isfinite(syn["fid"]) and syn["fid"] >= 0 and np.isfinite(syn["kid_mean"])
     assert syn["fidelity"]["weights"] == str(random_weights)
+    assert np.isfinite(syn["frd"]) and np.isfinite(syn["frd_roi"]) and f"| {syn['frd']:.2f} | {syn['frd_roi']:.2f} |" in result.stdout
+    assert syn["memorisation"]["n_synthetic"] == 6 and syn["memorisation"]["threshold"] > 0
+    assert (folder / "report.html").stat().st_size > 0 and (folder / f"{syn['dataset']}_memorisation.png").is_file()
     assert syn["mask_consistency_dice"] is None and "no trained real-only model" in syn["mask_consistency_note"]
+    assert syn["mask_consistency_ratio"] is None
     assert len(report["dice"]) == 4
     for row in report["dice"]:
         fg, per_label = written[(row["trainer"], row["fold"])]
@@ -141,13 +145,15 @@ def test_report_on_fake_results_tree(nnunet_env, run_cli, random_weights, tmp_pa
     assert means["nnUNetTrainer_nnaug_5epochs"] == pytest.approx(0.62)
     assert means["nnUNetTrainer_nnaugPretrainFinetune_5epochs"] == pytest.approx(0.70)
 
-    # only fold 1; no weights anywhere -> FID/KID shown as n/a, the Dice still reported
+    # only fold 1; no weights anywhere -> FID/KID shown as n/a, the Dice still reported; FRD and memorisation off
     offline(monkeypatch, tmp_path)
-    result = run_cli("report", real.name, "--folds", "1")
+    result = run_cli("report", real.name, "--folds", "1", "--no-frd", "--no-memorisation")
     assert result.exit_code == 0, result.output
     report = json.loads((folder / "report.json").read_text())
     assert {r["fold"] for r in report["dice"]} == {1}
-    assert report["synthetic"][0]["fid"] is None and "n/a (no Inception weights" in result.stdout
+    (syn,) = report["synthetic"]
+    assert syn["fid"] is None and "n/a (no Inception weights" in result.stdout
+    assert syn["frd"] is None and syn["frd_note"] == "skipped (--no-frd)" and "memorisation" not in syn
 
 
 def test_report_errors_are_one_line(nnunet_env, run_cli, tmp_path, monkeypatch):
@@ -158,3 +164,6 @@ def test_report_errors_are_one_line(nnunet_env, run_cli, tmp_path, monkeypatch):
     write_example_dataset(dataset_id=997, name="nnaugExample", num_cases=4, size=32, seed=0)
     assert_one_line_error(run_cli("report", "997", "--fidelity"), "--inception-weights")
     assert_one_line_error(run_cli("report", "997", "--folds", "a,b"), "--folds")
+    assert_one_line_error(run_cli("report", "997", "--frd-image-types", "Original,Sharpen"), "--frd-image-types",
+                          "'Sharpen'", "Wavelet")
+    assert_one_line_error(run_cli("report", "997", "--frd-features", "colour"), "--frd-features", "'colour'", "glcm")
