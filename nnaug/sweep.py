@@ -612,6 +612,7 @@ def synthetic_quality(raw, synthetic: Path, weights: Path | None, model_dir: Pat
     quality["mask_consistency"] = consistency["mean_dice"]
     quality["mask_consistency_per_case"] = consistency["per_case"]
     cache.parent.mkdir(parents=True, exist_ok=True)
+    quality = _json_safe(quality)
     write_json_atomic(cache, {"key": key, "quality": quality})
     return quality
 
@@ -849,6 +850,10 @@ def _json_safe(value):
         return float(value) if math.isfinite(float(value)) else None
     if isinstance(value, np.integer):
         return int(value)
+    if isinstance(value, np.ndarray):
+        return _json_safe(value.tolist())
+    if isinstance(value, Path):
+        return str(value)
     return value
 
 
@@ -938,7 +943,9 @@ def to_markdown(result: dict) -> str:
                  "(seed 0) on its image.")
     lines += ["", "## How to read this", "",
               "- Dice per case is nnU-Net's Dice per label; a label absent from both reference and prediction "
-              "is left out, and the foreground Dice of a case is the mean over its labels (1.0 when none is present).",
+              "is left out, and the foreground Dice of a case is the mean over its labels (1.0 when none is present). "
+              "So a per-label mean or difference can be over fewer cases than the foreground one, and can even "
+              "disagree with it in sign.",
               "- A paired difference compares two arms on the same cases and the same seed index; its CI "
               "contains the run-to-run noise of nnU-Net training (seeds) and the choice of cases.",
               "- `real-only-matched` trains the real-only model as long as pretraining + fine-tuning together: a "
@@ -962,15 +969,19 @@ def plot(result: dict, path: Path) -> Path:
     ratios = [a["ratio"] for a in pretrain]
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.4), dpi=110)
     colours = {"real-only": "tab:gray", "compute-matched": "tab:orange"}
-    span = (0, max(ratios) * 1.08 if ratios else 1)
+    span = (-0.06 * max(ratios or [1]), max(ratios or [1]) * 1.08)
     for arm in arms:
         if arm["kind"] == "pretrain":
             continue
-        fg = arm["foreground"]
-        left.axhspan(fg["low"], fg["high"], color=colours[arm["kind"]], alpha=0.18,
-                     hatch="//" if arm["kind"] == "compute-matched" else None)
-        left.axhline(fg["mean"], color=colours[arm["kind"]], ls="--" if arm["kind"] == "compute-matched" else "-",
-                     lw=1.5, label=f"{arm['arm']} {fg['mean']:.3f} (95 % CI band)")
+        fg, colour = arm["foreground"], colours[arm["kind"]]
+        if arm["kind"] == "compute-matched":  # hatched outline, so that the real-only band stays visible under it
+            left.axhspan(fg["low"], fg["high"], facecolor="none", edgecolor=colour, hatch="///", lw=0.8, alpha=0.6)
+        else:
+            left.axhspan(fg["low"], fg["high"], color=colour, alpha=0.2)
+            left.errorbar([0], [fg["mean"]], yerr=[[fg["mean"] - fg["low"]], [fg["high"] - fg["mean"]]], fmt="s",
+                          color=colour, capsize=5)
+        left.axhline(fg["mean"], color=colour, ls="--" if arm["kind"] == "compute-matched" else "-", lw=1.5,
+                     label=f"{arm['arm']} {fg['mean']:.3f} (band: 95 % CI)")
     means = [a["foreground"]["mean"] for a in pretrain]
     err = [[m - a["foreground"]["low"] for m, a in zip(means, pretrain)],
            [a["foreground"]["high"] - m for m, a in zip(means, pretrain)]]
@@ -1000,7 +1011,7 @@ def plot(result: dict, path: Path) -> Path:
                 [d["foreground"]["high"] - y for y, d in zip(ys, diffs)]]
         right.errorbar(xs, ys, yerr=yerr, fmt=marker, color=colour, capsize=5, label=f"vs {reference}")
     right.axhline(0.0, color="black", lw=1)
-    right.set_xlim(*span)
+    right.set_xlim(min(ratios or [0]) - 0.12 * width, max(ratios or [1]) + 0.12 * width)
     right.set_xticks(ratios)
     right.set_xlabel("synthetic ratio")
     right.set_ylabel("Δ foreground Dice (paired)")

@@ -156,7 +156,7 @@ def _wait_for(predicate, proc, what: str, timeout: float = 1200.0) -> None:
 
 def _sweep(*args) -> list[str]:
     return [str(Path(sys.executable).parent / "nnaug"), "sweep", "999", "--budget", "tiny", "--device", "cpu",
-            "--folds", "0", *map(str, args)]
+            "--folds", "0", "--steps", "20", *map(str, args)]  # 20 sampling steps: the quality does not matter here
 
 
 @pytest.mark.slow
@@ -259,3 +259,34 @@ def test_sweep_whole_run_kill_resume_and_two_generators(nnunet_env, tmp_path, ra
     assert (gen_folder / "sweep.md").read_text() == text and json.loads((gen_folder / "sweep.json").read_text()) == result
     assert latest_sweep_markdown("Dataset999_nnaugExample") == (gen_b_folder / "sweep.md").read_text()
     assert math.isfinite(result_b["arms"][1]["foreground"]["mean"])
+
+    # 4. the --test path: nnU-Net's predictor + compute_metrics on a held-out dataset, cached per checkpoint
+    from nnaug.dataset import load_raw_dataset
+    from nnaug.sweep import TEST_RECORD, label_names, test_results
+
+    write_example_dataset(998, "Held", num_cases=4, seed=5)
+    held = load_raw_dataset("998")
+    names = label_names(held.dataset_json)
+    metrics = test_results(held, first_ckpt.parent.parent, [0], tmp_path / "held", "cpu", names)
+    per_case = per_case_from_metrics(metrics, names, held.file_ending)
+    assert sorted(per_case) == [c.identifier for c in held.cases]
+    assert all(0.0 <= v["foreground"] <= 1.0 and set(v["labels"]) == {"round", "lobed"} for v in per_case.values())
+    assert len(list((tmp_path / "held" / "test_Dataset998_Held").glob("*.png"))) == 4
+    cached = (tmp_path / "held" / TEST_RECORD).stat().st_mtime_ns
+    assert test_results(held, first_ckpt.parent.parent, [0], tmp_path / "held", "cpu", names) == metrics
+    assert (tmp_path / "held" / TEST_RECORD).stat().st_mtime_ns == cached
+
+
+def test_progress_reads_nnunet_epochs_and_phases():
+    from nnaug.sweep import Progress
+
+    lines = []
+    progress = Progress(lines.append)
+    progress.start("[2/8] pretrain-r1 seed 0 fold 0", [("pretraining", 5, 10), ("fine-tuning", 5, 10)], later_iterations=100)
+    for text in ("2026-01-01 10:00:00.0: Epoch 0", "2026-01-01 10:00:02.0: Epoch time: 2.0 s",
+                 "2026-01-01 10:00:09.0: nnaug: phase 2/2: fine-tuning ...", "2026-01-01 10:00:09.1: Epoch 3",
+                 "2026-01-01 10:00:11.1: Epoch time: 2.0 s"):
+        progress.line(text)
+    assert lines[0] == ("nnaug sweep: [2/8] pretrain-r1 seed 0 fold 0: pretraining epoch 1/5, ETA 0:18 for this run, "
+                        "~0:38 for the sweep's training")  # 90 iterations left at 0.2 s, + 100 later
+    assert lines[1].endswith("fine-tuning epoch 4/5, ETA 0:02 for this run, ~0:22 for the sweep's training")
