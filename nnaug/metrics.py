@@ -75,12 +75,12 @@ def download_inception_weights(url: str | None = None, timeout: float = 30.0, pr
     url = url or inception_download_url()
     target = inception_cache_path()
     tmp = target.with_name(f".{target.name}.{os.getpid()}.partial")
-    if progress:
-        print(f"nnaug: downloading the InceptionV3 weights for FID/KID from {url} to {target} ...",
-              file=sys.stderr, flush=True)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as out:
+            if progress:  # only once the server answered: offline, the caller's one line is all there is
+                print(f"nnaug: downloading the InceptionV3 weights for FID/KID from {url} to {target} ...",
+                      file=sys.stderr, flush=True)
             shutil.copyfileobj(response, out, 1 << 20)
         if tmp.stat().st_size == 0:
             raise OSError("the download was empty")

@@ -182,7 +182,8 @@ def build_report(dataset: str, inception_weights: str | Path | None = None, fold
         weights, reason = inception_weights_or_reason(None, download=download)
         if weights is None:
             fid_note = reason
-            message = f"FID/KID skipped, {reason}; the other metrics go on (--fidelity makes this an error)"
+            message = ("FID/KID skipped: " + reason.replace("no InceptionV3 weights for FID/KID", "no InceptionV3 weights", 1)
+                       + "; the other metrics go on (--fidelity makes this an error)")
             _warn(message)
             warnings_.append(message)
     out = report_folder(real.name)
