@@ -61,6 +61,7 @@ def main() -> None:
     parser.add_argument("--folds", default="0")
     parser.add_argument("--mode", choices=["joint", "mask-conditioned"], default="joint")
     parser.add_argument("--ratio", type=float, default=2.0, help="synthetic cases per real case, per row")
+    parser.add_argument("--batch-size", type=int, default=24, help="cases per network batch")
     parser.add_argument("--inception-weights", type=Path)
     parser.add_argument("--settings", help="only these rows, e.g. ddpm:1000,ddim:25 (the first is the reference)")
     parser.add_argument("--device", default="cuda" if __import__("torch").cuda.is_available() else "cpu")
@@ -88,7 +89,7 @@ def main() -> None:
         start = time.perf_counter()
         folder = synthesize(real.name, SynthesisOptions(ratio=args.ratio, generator=args.generator, mode=args.mode,
                                                         sampler=sampler, steps=steps, output_id=900 + i, overwrite=True,
-                                                        device=args.device), progress=False)
+                                                        batch_size=args.batch_size, device=args.device), progress=False)
         seconds = (time.perf_counter() - start) / len(load_raw_dataset(folder).cases)
         folders[(sampler, steps)] = folder
         mc = mask_consistency(folder, args.model_dir, folds=folds, device=args.device)["mean_dice"]
