@@ -396,12 +396,16 @@ def _method_notes(report: dict) -> list[str]:
         notes.append(f"FID/KID: {f0['extractor']}, real vs synthetic images at {f0['resolution'][0]}x"
                      f"{f0['resolution'][1]} (real resized to the synthetic size), KID subset size {f0['kid_subset_size']}.")
     elif report.get("fid_note"):
-        notes.append(f"FID/KID: {report['fid_note']}.")
+        warned = any(w.startswith("FID/KID skipped") for w in report.get("warnings", []))
+        notes.append("FID/KID: not computed, no InceptionV3 weights (see the warning above for where to put them)."
+                     if warned else f"FID/KID: {report['fid_note']}.")
     m = report.get("mask_consistency_model")
     if m:
         val = (f"; its own validation foreground Dice is {m['validation_dice']:.4f} (folds "
                f"{', '.join(map(str, m['validation_folds']))}), and `MC ÷ real-only val. Dice` is mask consistency divided by it "
-               "(about 1: the synthetic pairs are as consistent as real ones are to this model)"
+               "(about 1: the synthetic pairs are as consistent as real held-out pairs are for this model; below 1: "
+               "the images show their masks less clearly; above 1: easier for this model than its real validation "
+               "cases, e.g. less varied images, or few validation cases)"
                if m.get("validation_dice") else "")
         notes.append(f"Mask consistency (MC): Dice of each synthetic mask with the prediction of {Path(m['folder']).name} "
                      f"(folds {', '.join(map(str, m['folds']))}) on its image{val}.")
