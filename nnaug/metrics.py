@@ -462,14 +462,14 @@ def segmentation_dice(dataset, model_training_output_dir, folds=(0,), device: st
 
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
-    dev = torch.device(device)
-    predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False,
-                                perform_everything_on_device=dev.type == "cuda", device=dev,
-                                verbose=False, verbose_preprocessing=False, allow_tqdm=False)
     import contextlib
     import io
 
-    with contextlib.redirect_stdout(io.StringIO()):  # nnU-Net prints chatter on CPU
+    dev = torch.device(device)
+    with contextlib.redirect_stdout(io.StringIO()):  # nnU-Net prints chatter on CPU (into nnaug report's tables)
+        predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False,
+                                    perform_everything_on_device=dev.type == "cuda", device=dev,
+                                    verbose=False, verbose_preprocessing=False, allow_tqdm=False)
         predictor.initialize_from_trained_model_folder(str(model_dir), use_folds=folds, checkpoint_name=checkpoint_name)
     rw = raw.reader_writer()
     per_case = {}

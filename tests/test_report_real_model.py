@@ -41,6 +41,7 @@ def test_report_mask_consistency_ratio_with_a_trained_real_only_model(nnunet_env
     monkeypatch.setenv("NNAUG_INCEPTION_URL", (tmp_path / "offline.pth").as_uri())
     result = run_cli("report", "997", "--frd-roi", "image", "--frd-image-types", "Original")
     assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("# nnaug report: ")  # no nnU-Net chatter in the printed tables
     report = json.loads((nnunet_env["results"] / "nnaug" / real.name / "report.json").read_text())
     assert report["mask_consistency_model"]["folder"] == str(model)
     assert report["mask_consistency_model"]["validation_dice"] == pytest.approx(validation)
