@@ -561,10 +561,10 @@ def test_results(test_raw, model_dir: Path, folds: list, root: Path, device: str
         shutil.rmtree(out)
     out.mkdir(parents=True)
     dev = torch.device(device)
-    predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True,
-                                perform_everything_on_device=dev.type == "cuda", device=dev, verbose=False,
-                                verbose_preprocessing=False, allow_tqdm=False)
     with contextlib.redirect_stdout(io.StringIO()):  # nnU-Net prints a line per case
+        predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True,
+                                    perform_everything_on_device=dev.type == "cuda", device=dev, verbose=False,
+                                    verbose_preprocessing=False, allow_tqdm=False)
         predictor.initialize_from_trained_model_folder(str(model_dir), use_folds=tuple(folds),
                                                        checkpoint_name="checkpoint_final.pth")
         predictor.predict_from_files_sequential([c.image_files for c in test_raw.cases],
@@ -948,9 +948,9 @@ def to_markdown(result: dict) -> str:
               "disagree with it in sign.",
               "- A paired difference compares two arms on the same cases and the same seed index; its CI "
               "contains the run-to-run noise of nnU-Net training (seeds) and the choice of cases.",
-              "- `real-only-matched` trains the real-only model as long as pretraining + fine-tuning together: a "
-              "pretrain arm that beats `real-only` but not `real-only-matched` gained from more steps, not from "
-              "the synthetic data.",
+              *(["- `real-only-matched` trains the real-only model as long as pretraining + fine-tuning together: a "
+                 "pretrain arm that beats `real-only` but not `real-only-matched` gained from more steps, not from "
+                 "the synthetic data."] if any(a["kind"] == "compute-matched" for a in result["arms"]) else []),
               f"- Results and the nnU-Net runs: `{result['folder']}` (real-only arms: `{result['base_folder']}`).",
               f"- Written {result['finished']}."]
     return "\n".join(lines) + "\n"
