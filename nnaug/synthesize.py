@@ -47,9 +47,11 @@ class SynthesisOptions:
     device: str | None = None
 
 
-# Per generator model: the JDM samples as the thesis did, ancestrally with its learned variance
-# (respaced DDPM, reference §1); Siamese-Diffusion with its published DDIM 50 (η = 0).
-DEFAULT_SAMPLING = {"jdm": ("ddpm", 100), "siamese": ("ddim", 50)}
+# Per generator model. JDM: DPM-Solver++ 25 steps, 40x fewer network evaluations than DDPM 1000
+# and as good on the example dataset (benchmarks/jdm_sampling.py: mask consistency 0.826 vs 0.766,
+# FRD 7.10 vs 7.04, KID against the DDPM-1000 set -2e-5, i.e. indistinguishable); the thesis'
+# ancestral DDPM stays available with --sampler ddpm. Siamese-Diffusion: its published DDIM 50 (eta 0).
+DEFAULT_SAMPLING = {"jdm": ("dpmsolver++", 25), "siamese": ("ddim", 50)}
 
 
 def case_seed(global_seed: int, index: int) -> int:

@@ -27,7 +27,7 @@ def _shard(value: str | None):
               help="mask-conditioned: the real training masks in turn, or randomly scaled/rotated/shifted/flipped copies.")
 @click.option("--sampler", type=click.Choice(["ddim", "dpmsolver++", "ddpm", "unipc"]), default=None,
               help="Default: ddpm (ancestral, learned variance) for JDM, ddim for Siamese-Diffusion.")
-@click.option("--steps", type=int, default=None, help="Sampling steps. Default: 100 for JDM (ddpm), 50 for Siamese-Diffusion.")
+@click.option("--steps", type=int, default=None, help="Sampling steps. Default: 25 for JDM (dpmsolver++), 50 for Siamese-Diffusion (ddim).")
 @click.option("--batch-size", type=int, default=8, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Global seed; case i gets its own seed from it.")
 @click.option("--output-id", type=int, default=None, help="Dataset ID of the output (default: next free ID).")
