@@ -22,6 +22,7 @@ builds both on the built-in example dataset in a temp folder (tiny JDM preset; n
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -64,6 +65,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=24, help="cases per network batch")
     parser.add_argument("--inception-weights", type=Path)
     parser.add_argument("--settings", help="only these rows, e.g. ddpm:1000,ddim:25 (the first is the reference)")
+    parser.add_argument("--rows", type=Path, help="JSON file of finished rows: read to skip them, written after each row "
+                        "(a killed run continues where it stopped)")
     parser.add_argument("--device", default="cuda" if __import__("torch").cuda.is_available() else "cpu")
     args = parser.parse_args()
 
@@ -84,8 +87,14 @@ def main() -> None:
         weights = make_random_inception_weights(work / "random_inception.pth", seed=0)
         extractor = "fixed-seed random InceptionV3 (no weights given): KID values are relative only"
 
+    done = json.loads(args.rows.read_text()) if args.rows and args.rows.is_file() else {}
     rows, folders = [], {}
     for i, (sampler, steps) in enumerate(settings):
+        key = f"{sampler}:{steps}"
+        if key in done and Path(done[key]["folder"]).is_dir():
+            rows.append(done[key])
+            folders[(sampler, steps)] = Path(done[key]["folder"])
+            continue
         start = time.perf_counter()
         folder = synthesize(real.name, SynthesisOptions(ratio=args.ratio, generator=args.generator, mode=args.mode,
                                                         sampler=sampler, steps=steps, output_id=900 + i, overwrite=True,
@@ -96,8 +105,11 @@ def main() -> None:
         fid = synthetic_fidelity(real, folder, inception_weights=weights)
         kid_ref = synthetic_fidelity(folders[settings[0]], folder, inception_weights=weights)["kid_mean"] if i else 0.0
         rows.append({"sampler": sampler, "steps": steps, "s_per_image": seconds, "mask_consistency": mc,
-                     "kid_real": fid["kid_mean"], "kid_ref": kid_ref, "frd": fid.get("frd")})
+                     "kid_real": fid["kid_mean"], "kid_ref": kid_ref, "frd": fid.get("frd"), "folder": str(folder)})
         print(f"{sampler} {steps}: {rows[-1]}", flush=True)
+        if args.rows:
+            done[key] = rows[-1]
+            args.rows.write_text(json.dumps(done, indent=1))
 
     ref = rows[0]
     within = [r["mask_consistency"] >= (1 - TOLERANCE) * ref["mask_consistency"]
