@@ -63,12 +63,12 @@ def run_demo(workdir: Path, generator_steps: int | None = None, ratio: float = 2
     synthetic = synthesize(str(DATASET_ID), SynthesisOptions(ratio=ratio, output_id=SYNTHETIC_ID, device=device))
     timings["synthesize"] = time.time() - t
 
+    bin_dir = Path(sys.executable).parent  # nnU-Net's and nnaug's commands, also when the venv is not on PATH
     t = _step("4/6 nnU-Net plan and preprocess (real dataset)")
-    _run(["nnUNetv2_plan_and_preprocess", "-d", str(DATASET_ID), "-c", "2d", "--verify_dataset_integrity",
+    _run([str(bin_dir / "nnUNetv2_plan_and_preprocess"), "-d", str(DATASET_ID), "-c", "2d", "--verify_dataset_integrity",
           "-np", "2"], env)
     timings["plan and preprocess"] = time.time() - t
 
-    bin_dir = Path(sys.executable).parent
     for trainer in ("nnUNetTrainer_nnaug_5epochs", "nnUNetTrainer_nnaugPretrainFinetune_5epochs"):
         t = _step(f"5/6 nnUNetv2_train {DATASET_ID} 2d 0 -tr {trainer}")
         _run([str(bin_dir / "nnUNetv2_train"), str(DATASET_ID), "2d", "0", "-tr", trainer, "-device", device], env)
