@@ -246,7 +246,6 @@ def load_dataset_json(folder: Path) -> dict:
 
 def load_raw_dataset(name_or_id: str | int | Path) -> RawDataset:
     """Locate and open a raw dataset; checks its structure and the first case (``check_dataset`` checks all)."""
-    from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
     from nnunetv2.utilities.utils import get_filenames_of_train_images_and_targets
 
     folder = Path(name_or_id) if isinstance(name_or_id, Path) else find_raw_dataset(name_or_id)
@@ -271,16 +270,39 @@ def load_raw_dataset(name_or_id: str | int | Path) -> RawDataset:
         raise NnaugError(
             f"dataset.json says numTraining={num_training} but {len(cases)} cases were found: set numTraining to {len(cases)}"
         )
-    try:
-        rw = determine_reader_writer_from_dataset_json(dataset_json, cases[0].image_files[0], verbose=False)
-    except Exception:
-        raise NnaugError(
-            f"no nnU-Net reader can open {cases[0].image_files[0]} (file_ending {dataset_json['file_ending']}): "
-            "use PNG for natural images or NIfTI/NRRD/MHA for 2D scans"
-        ) from None
+    rw = _reader_writer(dataset_json, cases[0].image_files[0])
     raw = RawDataset(folder=folder, dataset_json=dataset_json, cases=cases, reader_writer=rw)
     raw.channels_per_file, raw.intensity_mode = _inspect_first_case(raw, cases[0])
     return raw
+
+
+def _reader_writer(dataset_json: dict, example_file: str):
+    """nnU-Net's reader for this dataset (as nnU-Net picks it: the first one that reads ``example_file``).
+
+    nnU-Net prints a traceback for every reader that fails; those are swallowed here and the user gets
+    one line: no reader for this file ending, or what went wrong reading the file.
+    """
+    import contextlib
+    import io
+
+    from nnunetv2.imageio.reader_writer_registry import LIST_OF_IO_CLASSES, determine_reader_writer_from_dataset_json
+
+    ending = dataset_json["file_ending"]
+    try:
+        with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+            return determine_reader_writer_from_dataset_json(dataset_json, example_file, verbose=False)
+    except Exception:  # nnU-Net raises RuntimeError, its readers anything
+        pass
+    candidates = [rw for rw in LIST_OF_IO_CLASSES if ending.lower() in rw.supported_file_endings]
+    if not candidates:
+        raise NnaugError(f"nnU-Net has no reader for file_ending {ending} in dataset.json: use .png for natural images "
+                         "or .nii.gz/.nrrd/.mha for 2D scans") from None
+    try:
+        candidates[0]().read_images((example_file,))
+        reason = "no reader could open it"
+    except Exception as exc:  # readers raise anything from OSError to AssertionError
+        reason = _one_line(exc)
+    raise NnaugError(f"cannot read image {example_file}: {reason} — replace or remove the file") from None
 
 
 def _inspect_first_case(raw: RawDataset, case: Case) -> tuple[list[int], str]:

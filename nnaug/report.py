@@ -252,6 +252,13 @@ def build_report(dataset: str, inception_weights: str | Path | None = None, fold
                                             f"n/a (no trained real-only model under $nnUNet_results/{real.name})")
         synthetic_rows.append(row)
     dice_rows = collect_dice(real.name, folds, real.dataset_json)
+    from nnaug.sweep import latest_outputs, latest_sweep_markdown
+
+    sweep_md = latest_sweep_markdown(real.name)
+    sweep = None
+    if sweep_md is not None:
+        png = latest_outputs(real.name)["png"]
+        sweep = {"markdown": sweep_md, "png": str(png) if png.is_file() else None}
     model_info = None
     if model is not None:
         model_info = {"folder": str(model[0]), "folds": model[1], "validation_dice": validation["dice"],
@@ -261,6 +268,7 @@ def build_report(dataset: str, inception_weights: str | Path | None = None, fold
         "inception_weights": str(weights) if weights is not None else None, "fid_note": fid_note,
         "mask_consistency_model": model_info, "warnings": warnings_, "files": files,
         "synthetic": synthetic_rows, "dice": dice_rows, "dice_summary": summarise_dice(dice_rows),
+        "sweep": sweep,
     }
 
 
@@ -375,7 +383,59 @@ def to_markdown(report: dict) -> str:
     else:
         lines.append(f"No validation summary.json under $nnUNet_results/{report['dataset']} yet "
                      "(train with nnUNetv2_train, e.g. -tr nnUNetTrainer_nnaug and -tr nnUNetTrainer_nnaugPretrainFinetune).")
+    lines += ["", "## Latest sweep (`nnaug sweep`)", ""]
+    sweep = report.get("sweep")
+    if sweep:
+        # The sweep's own sweep.md, one heading level down; its picture sits next to report.md.
+        body = sweep["markdown"].splitlines()
+        lines += [("#" + line) if line.startswith("#") and not line.startswith("# nnaug sweep") else line
+                  for line in body if not line.startswith("# nnaug sweep")]
+        if sweep.get("png"):  # sweep.png lies in the report's own folder
+            lines += ["", f"![sweep: Dice vs ratio]({Path(sweep['png']).name})"]
+    else:
+        lines.append(f"No finished sweep of {report['dataset']} yet (`nnaug sweep {report['dataset']} --ratios 1,5 --seeds 3`).")
     return "\n".join(lines) + "\n"
+
+
+def markdown_to_html(text: str) -> str:
+    """The small markdown subset nnaug writes (headings, pipe tables, bullets, **bold**, `code`) as HTML."""
+    import html
+    import re
+
+    def inline(t: str) -> str:
+        t = html.escape(t)
+        t = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", t)
+        return re.sub(r"`(.+?)`", r"<code>\1</code>", t)
+
+    out, table, bullets = [], [], []
+
+    def flush():
+        if table:
+            rows = [r for r in table if not re.fullmatch(r"\|?[\s|:-]+\|?", r)]
+            cells = [[c.strip() for c in r.strip().strip("|").split("|")] for r in rows]
+            out.append('<div class="scroll"><table><tr>' + "".join(f"<th>{inline(c)}</th>" for c in cells[0]) + "</tr>"
+                       + "".join("<tr>" + "".join(f"<td>{inline(c)}</td>" for c in r) + "</tr>" for r in cells[1:])
+                       + "</table></div>")
+            table.clear()
+        if bullets:
+            out.append('<ul class="note">' + "".join(f"<li>{inline(b)}</li>" for b in bullets) + "</ul>")
+            bullets.clear()
+
+    for line in text.splitlines():
+        if line.startswith("|"):
+            table.append(line)
+            continue
+        if line.startswith("- "):
+            bullets.append(line[2:])
+            continue
+        flush()
+        if line.startswith("#"):
+            level = min(len(line) - len(line.lstrip("#")) + 1, 4)
+            out.append(f"<h{level}>{inline(line.lstrip('#').strip())}</h{level}>")
+        elif line.strip() and not line.startswith("!["):
+            out.append(f'<p class="note">{inline(line)}</p>')
+    flush()
+    return "\n".join(out)
 
 
 def _method_notes(report: dict) -> list[str]:
@@ -689,6 +749,18 @@ def to_html(report: dict) -> str:
         out.append('</table></div><p class="cap">Rows edged blue: real-only; orange: pretrain→fine-tune.</p></div>')
     else:
         out.append(f'<p class="note">No validation summary.json under $nnUNet_results/{e(report["dataset"])} yet.</p>')
+
+    out.append("<h2>Latest sweep (<code>nnaug sweep</code>)</h2>")
+    sweep = report.get("sweep")
+    if sweep:
+        body = "\n".join(line for line in sweep["markdown"].splitlines() if not line.startswith("# nnaug sweep"))
+        out.append('<div class="card">' + markdown_to_html(body))
+        if sweep.get("png"):
+            out.append('<div class="chart">' + _img_tag(sweep["png"], "sweep: Dice vs ratio") + "</div>")
+        out.append("</div>")
+    else:
+        out.append(f'<p class="note">No finished sweep of {e(report["dataset"])} yet '
+                   f"(<code>nnaug sweep {e(report['dataset'])} --ratios 1,5 --seeds 3</code>).</p>")
 
     for r in report["synthetic"]:
         files = r.get("files", {})

@@ -116,8 +116,8 @@ def synthesize(dataset: str, opts: SynthesisOptions, progress: bool = True) -> P
     """Write the synthetic dataset; returns its folder (None for a shard that left assembly to another)."""
     import torch
 
-    if not opts.ratio > 0:
-        raise NnaugError(f"--ratio must be > 0 (synthetic cases per real case, e.g. 5.0 for 500 %), got {opts.ratio}")
+    if not 0 < opts.ratio < 1e6:  # also refuses nan and inf
+        raise NnaugError(f"--ratio must be a number > 0 (synthetic cases per real case, e.g. 5.0 for 500 %), got {opts.ratio}")
     if (opts.steps is not None and opts.steps < 1) or opts.batch_size < 1:
         raise NnaugError("--steps and --batch-size must be at least 1")
     raw = load_raw_dataset(dataset)

@@ -77,7 +77,7 @@ def train_generator(dataset: str, model: str = "jdm", preset: str = "tiny", outp
                     progress: bool = True, cpu: bool = False) -> Path:
     """Train (or resume) a generator on ``dataset``; returns the generator folder."""
     import torch
-    from accelerate import Accelerator
+    from accelerate import Accelerator, PartialState
 
     if model not in MODELS:
         raise NnaugError(f"unknown model '{model}': choose one of {', '.join(MODELS)}")
@@ -90,7 +90,14 @@ def train_generator(dataset: str, model: str = "jdm", preset: str = "tiny", outp
             from nnaug.siamese.train import check_settings
 
             check_settings(settings)
-    prepare_output(output, resume=resume, overwrite=overwrite)
+    # Under `accelerate launch` every process runs this; only the main one touches the folder, after all
+    # have checked it (so no process sees a half-deleted run), and the others wait for it.
+    state = PartialState(cpu=cpu)
+    prepare_output(output, resume=resume, overwrite=overwrite, write=False)
+    state.wait_for_everyone()
+    if state.is_main_process:
+        prepare_output(output, resume=resume, overwrite=overwrite)
+    state.wait_for_everyone()
     if resume:
         saved = json.loads((output / RUN_CONFIG).read_text())
         if saved["source_dataset"] != raw.name:
@@ -98,7 +105,7 @@ def train_generator(dataset: str, model: str = "jdm", preset: str = "tiny", outp
         settings = saved["settings"]
         if overrides and overrides.get("steps"):
             settings["steps"] = int(overrides["steps"])
-    else:
+    elif state.is_main_process:
         write_json_atomic(output / RUN_CONFIG, {"model": model, "preset": preset, "source_dataset": raw.name,
                                                 "settings": settings})
     config = train_config_from(settings)
@@ -115,6 +122,9 @@ def train_generator(dataset: str, model: str = "jdm", preset: str = "tiny", outp
         "file_ending": raw.file_ending, "median_shape": list(summary.median_shape),
         "source_dataset": raw.name, "source_fingerprint": fingerprint(raw), "num_source_cases": len(raw.cases),
         "settings": settings, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        # what one optimizer step sees: per process x processes x accumulation
+        "num_processes": accelerator.num_processes,
+        "effective_batch_size": int(settings["batch_size"]) * accelerator.num_processes * int(settings.get("grad_accum", 1)),
     }
     trainer = Trainer(net, pairs.images, pairs.labels, config, output, info, accelerator=accelerator, progress=progress)
     if resume:

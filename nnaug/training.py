@@ -76,8 +76,11 @@ def latest_checkpoint(output: Path) -> Path | None:
     return done[-1] if done else None
 
 
-def prepare_output(output: Path, resume: bool, overwrite: bool) -> None:
-    """Refuse to clobber an earlier run unless asked; ``--resume`` needs something to resume."""
+def prepare_output(output: Path, resume: bool, overwrite: bool, write: bool = True) -> None:
+    """Refuse to clobber an earlier run unless asked; ``--resume`` needs something to resume.
+
+    ``write=False`` only checks (every process of a multi-process run); the main process then writes.
+    """
     has_run = (output / "nnaug.json").exists() or latest_checkpoint(output) is not None
     if resume:
         if latest_checkpoint(output) is None:
@@ -85,6 +88,8 @@ def prepare_output(output: Path, resume: bool, overwrite: bool) -> None:
         return
     if has_run and not overwrite:
         raise NnaugError(f"{output} already holds a generator: pass --resume to continue it or --overwrite to start over")
+    if not write:
+        return
     if has_run and overwrite:
         shutil.rmtree(output)
     output.mkdir(parents=True, exist_ok=True)

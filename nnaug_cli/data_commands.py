@@ -5,10 +5,12 @@ from pathlib import Path
 
 import click
 
+from nnaug_cli.params import DATASET_ID, POSITIVE
+
 
 @click.command()
-@click.argument("source", type=click.Path(path_type=Path))
-@click.option("--dataset-id", "-d", type=int, required=True, help="nnU-Net dataset ID of the new dataset (1-999).")
+@click.argument("source", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--dataset-id", "-d", type=DATASET_ID, required=True, help="nnU-Net dataset ID of the new dataset (1-999).")
 @click.option("--name", required=True, help="Dataset name, e.g. Kvasir -> Dataset501_Kvasir.")
 @click.option("--images", default="images", show_default=True, help="Sub-folder of SOURCE with the images.")
 @click.option("--masks", default="masks", show_default=True, help="Sub-folder of SOURCE with the masks (same file stems).")
@@ -36,9 +38,9 @@ def check(dataset):
 
 
 @click.command("example-dataset")
-@click.option("--dataset-id", "-d", type=int, default=999, show_default=True)
+@click.option("--dataset-id", "-d", type=DATASET_ID, default=999, show_default=True)
 @click.option("--name", default="nnaugExample", show_default=True)
-@click.option("--num-cases", type=int, default=24, show_default=True)
+@click.option("--num-cases", type=POSITIVE, default=24, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace the dataset if it exists.")
 def example_dataset(dataset_id, name, num_cases, overwrite):
     """Write the small procedural example dataset (RGB 64x64, two blob classes) into $nnUNet_raw."""

@@ -5,9 +5,7 @@ from pathlib import Path
 
 import click
 
-
-def _ints(value: str | None):
-    return tuple(int(v) for v in value.split(",")) if value else None
+from nnaug_cli.params import POSITIVE, POSITIVE_FLOAT, IntList
 
 
 @click.command("train-generator")
@@ -15,18 +13,18 @@ def _ints(value: str | None):
 @click.option("--model", type=click.Choice(["jdm", "siamese"]), default="jdm", show_default=True)
 @click.option("--preset", type=click.Choice(["tiny", "small", "paper"]), default="small", show_default=True,
               help="tiny: seconds per step on a CPU; small: 64-128 px, about a GPU-hour; paper: the published setting.")
-@click.option("--output", "-o", type=click.Path(path_type=Path), default=None,
+@click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Generator folder. Default: $nnUNet_results/nnaug/<Dataset>/generators/<model>_<preset>.")
-@click.option("--steps", type=int, help="Optimizer steps (preset value if not given).")
-@click.option("--batch-size", type=int)
-@click.option("--grad-accum", type=int, help="Micro-batches per optimizer step (effective batch = batch-size x this).")
-@click.option("--lr", type=float, help="AdamW learning rate (decays linearly to 0).")
-@click.option("--resolution", type=int, help="Square training resolution in pixels.")
-@click.option("--channels", help="UNet widths per level, e.g. 64,128,256.")
-@click.option("--layers-per-block", type=int)
-@click.option("--attention-resolutions", help="Feature-map sizes with self-attention, e.g. 16,8 (jdm).")
+@click.option("--steps", type=POSITIVE, help="Optimizer steps (preset value if not given).")
+@click.option("--batch-size", type=POSITIVE)
+@click.option("--grad-accum", type=POSITIVE, help="Micro-batches per optimizer step (effective batch = batch-size x this).")
+@click.option("--lr", type=POSITIVE_FLOAT, help="AdamW learning rate (decays linearly to 0).")
+@click.option("--resolution", type=click.IntRange(min=8), help="Square training resolution in pixels.")
+@click.option("--channels", type=IntList(), help="UNet widths per level, e.g. 64,128,256.")
+@click.option("--layers-per-block", type=POSITIVE)
+@click.option("--attention-resolutions", type=IntList(example="16,8"), help="Feature-map sizes with self-attention, e.g. 16,8 (jdm).")
 @click.option("--warmup-steps", type=click.IntRange(min=0), help="Linear lr warm-up steps.")
-@click.option("--ema-decay", type=float)
+@click.option("--ema-decay", type=click.FloatRange(0, 1, max_open=True))
 @click.option("--ema-warmup/--no-ema-warmup", default=None,
               help="EMA decay that grows with the step count (1 - (1+step)^-3/4, capped at --ema-decay).")
 @click.option("--prediction", type=click.Choice(["epsilon", "v"]), default=None,
@@ -39,12 +37,12 @@ def _ints(value: str | None):
               help="jdm: beta schedule over T = 1000 steps (paper: linear; tiny/small: cosine).")
 @click.option("--ema/--no-ema", "use_ema", default=None, help="Keep an EMA of the weights (exported weights are the EMA).")
 @click.option("--augment/--no-augment", default=None, help="Random flips and rot90, identical for image and mask.")
-@click.option("--checkpoint-every", type=int, help="Steps between checkpoints, contact sheets and loss curves.")
-@click.option("--seed", type=int)
+@click.option("--checkpoint-every", type=POSITIVE, help="Steps between checkpoints, contact sheets and loss curves.")
+@click.option("--seed", type=click.IntRange(min=0))
 @click.option("--mixed-precision", type=click.Choice(["no", "fp16", "bf16"]), default=None)
 @click.option("--cpu", is_flag=True, help="Train on the CPU even if a GPU is present.")
 @click.option("--backbone", type=click.Choice(["pixel", "sd15"]), default=None, help="siamese: pixel space or Stable Diffusion 1.5.")
-@click.option("--base-model", type=click.Path(path_type=Path), default=None, help="siamese sd15: local diffusers SD 1.5 folder.")
+@click.option("--base-model", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None, help="siamese sd15: local diffusers SD 1.5 folder.")
 @click.option("--prompt", default=None, help='siamese sd15: text prompt (default "A photo of a polyp.").')
 @click.option("--consistency/--no-consistency", default=None, help="siamese: noise-consistency losses (off = plain ControlNet).")
 @click.option("--resume", is_flag=True, help="Continue from the last checkpoint in the output folder.")
@@ -53,8 +51,7 @@ def train_generator(dataset, model, preset, output, resume, overwrite, cpu, chan
     """Train a diffusion generator on the raw dataset DATASET (ID or name)."""
     from nnaug.train_generator import train_generator as run
 
-    options["channels"] = _ints(channels)
-    options["attention_resolutions"] = _ints(attention_resolutions)
+    options["channels"], options["attention_resolutions"] = channels, attention_resolutions
     options["base_model"] = str(options["base_model"]) if options["base_model"] else None
     folder = run(dataset, model=model, preset=preset, output=output, resume=resume, overwrite=overwrite,
                  overrides=options, cpu=cpu)

@@ -15,6 +15,10 @@ class NnaugGroup(click.Group):
         except NnaugError as exc:
             click.echo(f"nnaug: error: {exc}", err=True)
             sys.exit(exc.exit_code)
+        except click.UsageError as exc:  # a bad option value, unknown option or command: one line, not a usage block
+            sub = exc.ctx.info_name if exc.ctx is not None and exc.ctx.parent is not None else None
+            click.echo(f"nnaug: error: {exc.format_message()} (see `nnaug {sub + ' ' if sub else ''}--help`)", err=True)
+            sys.exit(2)
 
 
 @click.group(cls=NnaugGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -5,63 +5,10 @@ from pathlib import Path
 
 import click
 
-from nnaug.errors import NnaugError
+from nnaug_cli.params import FloatList, FoldList
 
 
-class OneLineErrors(click.Command):
-    """Click's own usage errors (bad type, out of range, unknown option) as one ``nnaug: error:`` line, exit 2."""
-
-    def make_context(self, info_name, args, parent=None, **extra):
-        try:
-            return super().make_context(info_name, args, parent=parent, **extra)
-        except click.UsageError as exc:
-            raise NnaugError(f"{info_name}: {exc.format_message()}") from None
-
-
-class FloatList(click.ParamType):
-    """Comma-separated numbers >= ``minimum``, e.g. ``1,2.5,5``."""
-
-    name = "LIST"
-
-    def __init__(self, minimum: float = 0.0):
-        self.minimum = minimum
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, list):
-            return value
-        parts = [p.strip() for p in str(value).split(",")]
-        numbers = []
-        for part in parts:
-            try:
-                number = float(part)
-            except ValueError:
-                self.fail(f"{part!r} is not a number (give comma-separated numbers, e.g. 1,2.5,5)", param, ctx)
-            if not number >= self.minimum or number == float("inf"):
-                self.fail(f"{part} is not a ratio >= {self.minimum:g}", param, ctx)
-            numbers.append(number)
-        return numbers
-
-
-class FoldList(click.ParamType):
-    """Comma-separated nnU-Net folds, e.g. ``0,1,2`` or ``all``."""
-
-    name = "FOLDS"
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, list):
-            return value
-        folds = []
-        for part in (p.strip() for p in str(value).split(",")):
-            if part == "all":
-                folds.append("all")
-            elif part.isdigit() and int(part) < 5:
-                folds.append(int(part))
-            else:
-                self.fail(f"{part!r} is not a fold (0-4, or all with --test)", param, ctx)
-        return folds
-
-
-@click.command(cls=OneLineErrors)
+@click.command()
 @click.argument("dataset")
 @click.option("--ratios", type=FloatList(0.0), default="1,2.5,5", show_default=True,
               help="Synthetic cases per real case, comma-separated; one pretrain arm each (0 = the real-only arm, always run).")

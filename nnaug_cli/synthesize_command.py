@@ -5,21 +5,13 @@ from pathlib import Path
 
 import click
 
-
-def _shard(value: str | None):
-    if not value:
-        return None
-    try:
-        index, count = (int(v) for v in value.split("/"))
-    except ValueError:
-        raise click.BadParameter("use the form i/n, e.g. 0/4") from None
-    return index, count
+from nnaug_cli.params import DATASET_ID, POSITIVE, POSITIVE_FLOAT, Shard
 
 
 @click.command()
 @click.argument("dataset")
 @click.option("--ratio", type=float, required=True, help="Synthetic cases per real training case (5.0 = 500 %).")
-@click.option("--generator", type=click.Path(path_type=Path), default=None,
+@click.option("--generator", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Generator folder. Default: the latest generator trained on DATASET.")
 @click.option("--mode", type=click.Choice(["joint", "mask-conditioned"]), default=None,
               help="joint: image and mask sampled together (JDM). Default: joint for JDM, mask-conditioned otherwise.")
@@ -27,16 +19,16 @@ def _shard(value: str | None):
               help="mask-conditioned: the real training masks in turn, or randomly scaled/rotated/shifted/flipped copies.")
 @click.option("--sampler", type=click.Choice(["ddim", "dpmsolver++", "ddpm", "unipc"]), default=None,
               help="Default: ddpm (ancestral, learned variance) for JDM, ddim for Siamese-Diffusion.")
-@click.option("--steps", type=int, default=None, help="Sampling steps. Default: 25 for JDM (dpmsolver++), 50 for Siamese-Diffusion (ddim).")
-@click.option("--batch-size", type=int, default=8, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True, help="Global seed; case i gets its own seed from it.")
-@click.option("--output-id", type=int, default=None, help="Dataset ID of the output (default: next free ID).")
+@click.option("--steps", type=POSITIVE, default=None, help="Sampling steps. Default: 25 for JDM (dpmsolver++), 50 for Siamese-Diffusion (ddim).")
+@click.option("--batch-size", type=POSITIVE, default=8, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Global seed; case i gets its own seed from it.")
+@click.option("--output-id", type=DATASET_ID, default=None, help="Dataset ID of the output (default: next free ID).")
 @click.option("--mix", is_flag=True, help="Write real + synthetic cases, with splits_final.json keeping synthetic cases out of validation.")
-@click.option("--aug-scale", nargs=2, type=float, default=(0.75, 1.25), show_default=True, help="--masks augmented: scale range.")
-@click.option("--aug-rotation", type=float, default=180.0, show_default=True, help="--masks augmented: max rotation (degrees).")
-@click.option("--aug-shift", type=float, default=0.25, show_default=True, help="--masks augmented: max shift (fraction of the side).")
+@click.option("--aug-scale", nargs=2, type=POSITIVE_FLOAT, default=(0.75, 1.25), show_default=True, help="--masks augmented: scale range.")
+@click.option("--aug-rotation", type=click.FloatRange(0, 180), default=180.0, show_default=True, help="--masks augmented: max rotation (degrees).")
+@click.option("--aug-shift", type=click.FloatRange(0, 1), default=0.25, show_default=True, help="--masks augmented: max shift (fraction of the side).")
 @click.option("--aug-flip/--no-aug-flip", default=True, show_default=True)
-@click.option("--shard", default=None, help="Write only shard i of n (i/n); the last shard to finish assembles.")
+@click.option("--shard", type=Shard(), default=None, help="Write only shard i of n (i/n); the last shard to finish assembles.")
 @click.option("--merge", is_flag=True, help="Assemble a dataset whose shards are all written.")
 @click.option("--device", default=None, help="torch device (default: cuda if available, else cpu).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output dataset.")
@@ -47,7 +39,7 @@ def synthesize(dataset, shard, aug_scale, aug_rotation, aug_shift, aug_flip, **o
     from nnaug.synthesize import SynthesisOptions
     from nnaug.synthesize import synthesize as run
 
-    opts = SynthesisOptions(**options, shard=_shard(shard),
+    opts = SynthesisOptions(**options, shard=shard,
                             augmentation=MaskAugmentation(tuple(aug_scale), aug_rotation, aug_shift, aug_flip))
     folder = run(dataset, opts)
     if folder is None:

@@ -60,6 +60,7 @@ def assert_one_line_error(result, *fragments: str) -> str:
     assert "Traceback" not in result.output
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     errors = [line for line in lines if line.startswith("nnaug: error:")]
+    assert not [line for line in lines if line.startswith(("Usage:", "Try '"))], result.stderr  # no usage block
     assert len(errors) == 1, result.stderr
     for fragment in fragments:
         assert fragment in errors[0], (fragment, errors[0])

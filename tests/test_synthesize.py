@@ -63,8 +63,8 @@ def test_joint_synthesis_writes_a_valid_dataset(example_with_generator, run_cli)
     assert not list(env["raw"].glob(".*"))  # no partial folder left
     # same again refuses; bad ratio and incompatible generators get one line
     assert_one_line_error(run_cli("synthesize", "999", "--ratio", "2.0", "--output-id", 600), "already exists")
-    assert_one_line_error(run_cli("synthesize", "999", "--ratio", "0"), "--ratio must be > 0")
-    assert_one_line_error(run_cli("synthesize", "999", "--ratio", "-1"), "--ratio must be > 0")
+    assert_one_line_error(run_cli("synthesize", "999", "--ratio", "0"), "--ratio must be a number > 0")
+    assert_one_line_error(run_cli("synthesize", "999", "--ratio", "-1"), "--ratio must be a number > 0")
 
 
 def test_generator_from_another_dataset_is_refused(example_with_generator, run_cli, tmp_path):
