@@ -188,24 +188,22 @@ def load_json_or_none(path: Path) -> dict | None:
 
 @contextlib.contextmanager
 def file_lock(path: Path, waiting_message: str) -> Iterator[None]:
-    """Exclusive advisory lock on ``path`` (created if needed); says ``waiting_message`` if it has to wait."""
+    """Exclusive lock on ``path`` (the ``filelock`` package: fcntl on POSIX, msvcrt on Windows); says
+    ``waiting_message`` once if another process holds it."""
+    from filelock import FileLock, Timeout
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(path))
     try:
-        import fcntl
-    except ImportError:  # Windows: no advisory locks, run unguarded
+        lock.acquire(timeout=0)
+    except Timeout:
+        print(f"nnaug: {waiting_message} (lock {path})", flush=True)
+        lock.acquire()
+    try:
         yield
-        return
-    with open(path, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            print(f"nnaug: {waiting_message} (lock {path})", flush=True)
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    finally:
+        lock.release()
 
 
 # ----------------------------------------------------------------------------- preprocessing with the real plans
@@ -324,9 +322,6 @@ def ensure_pretrained(finetune_trainer, pretrain_class) -> tuple[Path, dict]:
     from batchgenerators.utilities.file_and_folder_operations import load_json
 
     log = finetune_trainer.print_to_log_file
-    if finetune_trainer.is_ddp:
-        raise NnaugError("the pretrain->finetune trainers run on one GPU only: drop -num_gpus "
-                         "(or pretrain separately and use nnUNetTrainer_nnaugFinetune)")
     source = finetune_trainer.plans_manager.dataset_name
     plans_identifier = finetune_trainer.plans_manager.plans_name
     configuration = finetune_trainer.configuration_name

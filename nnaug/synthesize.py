@@ -132,7 +132,8 @@ def synthesize(dataset: str, opts: SynthesisOptions, progress: bool = True) -> P
         raise NnaugError(f"a {info['model']} generator cannot sample masks: use --mode mask-conditioned")
     if opts.masks not in ("train", "augmented"):
         raise NnaugError(f"--masks must be train or augmented, got {opts.masks}")
-    shard_index, shard_count = _shard(opts)
+    device = opts.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    shard_index, shard_count = _shard(opts, cpu=str(device) == "cpu")
 
     target = _resolve_target(raw, opts)
     if target.exists() and not opts.overwrite:
@@ -145,7 +146,6 @@ def synthesize(dataset: str, opts: SynthesisOptions, progress: bool = True) -> P
                for s in range(0, plan["num_cases"], opts.batch_size)]
     mine = [(k, b) for k, b in enumerate(batches) if k % shard_count == shard_index and not _done(work, k)]
     if mine and not opts.merge:
-        device = opts.device or ("cuda" if torch.cuda.is_available() else "cpu")
         generator = load_generator(generator_dir, device=device)
         real_labels = PairDataset(raw, info["resolution"], progress=False).labels if mode == "mask-conditioned" else None
         _generate(raw, info, generator, plan, mine, real_labels, opts, summary, work, progress)
@@ -157,7 +157,7 @@ def synthesize(dataset: str, opts: SynthesisOptions, progress: bool = True) -> P
     return _finalize(raw, plan, work, target, opts)
 
 
-def _shard(opts: SynthesisOptions) -> tuple[int, int]:
+def _shard(opts: SynthesisOptions, cpu: bool) -> tuple[int, int]:
     if opts.shard:
         index, count = opts.shard
         if not (count >= 1 and 0 <= index < count):
@@ -165,7 +165,13 @@ def _shard(opts: SynthesisOptions) -> tuple[int, int]:
         return index, count
     from accelerate import PartialState
 
-    state = PartialState()  # `accelerate launch` with n processes: one shard each
+    # `accelerate launch` with n processes: one shard each. On the CPU the processes only form a group
+    # (gloo) when asked to: without cpu=True every one of them would think it is alone and write everything.
+    state = PartialState(cpu=cpu)
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > 1 and state.num_processes != launched:
+        raise NnaugError(f"started as one of {launched} processes, but they do not form a group "
+                         f"(accelerate sees {state.num_processes}): use --shard i/n for each, or `accelerate launch`")
     return state.process_index, state.num_processes
 
 
@@ -179,7 +185,7 @@ def _open_work_folder(work: Path, plan: dict, resume: bool) -> None:
     if work.exists() and not resume:
         shutil.rmtree(work)
     (work / PROGRESS).mkdir(parents=True, exist_ok=True)
-    tmp = plan_file.with_name(".plan.tmp")
+    tmp = plan_file.with_name(f".plan.{os.getpid()}.tmp")  # shards may write the same plan at once
     tmp.write_text(json.dumps(plan, indent=1))
     os.replace(tmp, plan_file)
 

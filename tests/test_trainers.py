@@ -126,14 +126,18 @@ def test_file_lock_makes_the_second_process_wait(tmp_path, capsys):
         with file_lock(lock, "waiting"):
             order.append("other")
 
+    printed = ""
     with file_lock(lock, "unused"):
         thread = threading.Thread(target=other)
         thread.start()
-        time.sleep(0.3)
+        deadline = time.time() + 30
+        while "waiting" not in printed:  # handshake: the other thread has found the lock taken
+            assert time.time() < deadline and thread.is_alive()
+            printed += capsys.readouterr().out
+            time.sleep(0.01)
         order.append("first")
-    thread.join(5)
+    thread.join(30)
     assert order == ["first", "other"]
-    assert "waiting" in capsys.readouterr().out
 
 
 # ----------------------------------------------------------------------------- slow: a real run

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import os
 import random
-import sys
 from os.path import join
 
 import numpy as np
@@ -50,6 +49,12 @@ def _seed_from_env() -> int | None:
     return seed
 
 
+def _weights_signature(network: torch.nn.Module) -> tuple[float, ...]:
+    """A cheap fingerprint of the weights (sum per tensor): tells whether someone loaded others."""
+    with torch.no_grad():
+        return tuple(float(p.detach().float().sum()) for p in network.parameters())
+
+
 class _NnaugTrainer(nnUNetTrainer):
     """Schedule from class defaults (+ NNAUG_* variables), atomic checkpoints, and a record of the cases used."""
 
@@ -71,6 +76,16 @@ class _NnaugTrainer(nnUNetTrainer):
             return _pt.schedule_from_env(cls.nnaug_phase, cls.nnaug_defaults)
         return cls.nnaug_defaults
 
+    def initialize(self):
+        super().initialize()
+        self.nnaug_initial_weights = _weights_signature(self.network)
+
+    def nnaug_weights_were_loaded(self) -> bool:
+        """True when the weights changed between initialize() and training: nnUNetv2_train -pretrained_weights
+        (nnU-Net loads them in between and does not tell the trainer)."""
+        initial = getattr(self, "nnaug_initial_weights", None)
+        return initial is not None and _weights_signature(self.network) != initial
+
     def get_tr_and_val_datasets(self):
         dataset_tr, dataset_val = super().get_tr_and_val_datasets()
         self.nnaug_cases = (list(dataset_tr.identifiers), list(dataset_val.identifiers))
@@ -83,18 +98,19 @@ class _NnaugTrainer(nnUNetTrainer):
         if resumed:  # --c: keep what the first start recorded about the initial weights
             previous = _pt.load_json_or_none(join(self.output_folder, _pt.TRAINING_RECORD)) or {}
             extra = {**{k: previous[k] for k in ("pretrained_weights", "pretraining") if k in previous}, **extra}
-        elif "-pretrained_weights" in sys.argv[:-1] and "pretrained_weights" not in extra:
-            extra["pretrained_weights"] = os.path.abspath(sys.argv[sys.argv.index("-pretrained_weights") + 1])
+        elif "pretrained_weights" not in extra and self.nnaug_weights_were_loaded():
+            extra["pretrained_weights"] = "loaded by nnUNetv2_train -pretrained_weights"
         if self.nnaug_seed is not None:
             extra["seed"] = self.nnaug_seed
         record = _pt.training_record(self, *self.nnaug_cases, self.nnaug_schedule(), extra)
         _pt.write_json_atomic(join(self.output_folder, _pt.TRAINING_RECORD), record)
 
     def save_checkpoint(self, filename: str) -> None:
-        # written beside and renamed into place: a killed run never leaves a truncated checkpoint
+        # written beside and renamed into place: a killed run never leaves a truncated checkpoint.
+        # nnU-Net writes on rank 0 only, so only rank 0 renames (another rank could move a half-written file).
         partial = filename + ".partial"
         super().save_checkpoint(partial)
-        if os.path.isfile(partial):
+        if self.local_rank == 0 and os.path.isfile(partial):
             os.replace(partial, filename)
 
 
@@ -120,12 +136,16 @@ class nnUNetTrainer_nnaugPretrainFinetune(nnUNetTrainer_nnaugFinetune):
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device('cuda')):
-        if "-pretrained_weights" in sys.argv:  # checked before anything is written
-            raise NnaugError(f"{self.__class__.__name__} makes its own pretrained weights: use "
-                             "-tr nnUNetTrainer_nnaugFinetune with -pretrained_weights")
+        # refused before nnU-Net writes anything: the pretraining inside runs in this one process
+        if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+            raise NnaugError(f"{self.__class__.__name__} runs on one GPU only: drop -num_gpus, or pretrain with "
+                             "nnUNetTrainer_nnaugPretrain and fine-tune with nnUNetTrainer_nnaugFinetune (see docs/trainers.md)")
         super().__init__(plans, configuration, fold, dataset_json, device)
 
     def on_train_start(self):
+        if self.current_epoch == 0 and self.nnaug_weights_were_loaded():
+            raise NnaugError(f"{self.__class__.__name__} makes its own pretrained weights: use "
+                             "-tr nnUNetTrainer_nnaugFinetune with -pretrained_weights")
         if self.current_epoch == 0:  # a fresh fine-tuning; --c from a fine-tuning checkpoint skips this
             checkpoint, made = _pt.ensure_pretrained(self, self.nnaug_pretrain_trainer)
             if not self.was_initialized:
