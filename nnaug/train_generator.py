@@ -47,6 +47,19 @@ def resolve_settings(model: str, preset: str, overrides: dict) -> dict:
     return settings
 
 
+def refuse_changed_options(output: Path, settings: dict, overrides: dict) -> None:
+    """``--resume`` continues the run as it was started; only ``--steps`` may change (to train longer)."""
+    def same(a, b) -> bool:  # tuples from the CLI, lists from JSON
+        return json.loads(json.dumps(a)) == json.loads(json.dumps(b))
+
+    changed = [key for key, value in overrides.items()
+               if value is not None and key != "steps" and not same(settings.get(key), value)]
+    if changed:
+        shown = ", ".join(f"--{k.replace('_', '-')} {overrides[k]!r} (run: {settings.get(k)!r})" for k in changed)
+        raise NnaugError(f"--resume continues {output} with the settings it started with; these differ: {shown} — "
+                         "drop them, or train a new generator with --overwrite or another --output")
+
+
 def train_config_from(settings: dict) -> TrainConfig:
     fields = TrainConfig.__dataclass_fields__
     config = TrainConfig(**{k: v for k, v in settings.items() if k in fields and k != "extra"})
@@ -103,6 +116,7 @@ def train_generator(dataset: str, model: str = "jdm", preset: str = "tiny", outp
         if saved["source_dataset"] != raw.name:
             raise NnaugError(f"{output} was trained on {saved['source_dataset']}, not {raw.name}: resume it with that dataset")
         settings = saved["settings"]
+        refuse_changed_options(output, settings, overrides or {})
         if overrides and overrides.get("steps"):
             settings["steps"] = int(overrides["steps"])
     elif state.is_main_process:

@@ -43,7 +43,8 @@ class TrainConfig:
     seed: int = 0
     mixed_precision: str = "no"
     augment: bool = True
-    max_grad_norm: float = 1.0
+    max_grad_norm: float = 1.0  # 0: no clipping
+    lr_schedule: str = "linear"  # after the warm-up: linear decay to 0, constant, or cosine (diffusers' schedules)
     preview_count: int = 4
     extra: dict = field(default_factory=dict)
 
@@ -109,7 +110,8 @@ class Trainer:
         self.images, self.labels = images, labels
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-        lr_schedule = get_scheduler("linear", optimizer, num_warmup_steps=config.warmup_steps,
+        schedule = {"linear": "linear", "constant": "constant_with_warmup", "cosine": "cosine"}[config.lr_schedule]
+        lr_schedule = get_scheduler(schedule, optimizer, num_warmup_steps=config.warmup_steps,
                                     num_training_steps=config.steps)
         self.model, self.optimizer, self.lr_schedule = self.accelerator.prepare(model, optimizer, lr_schedule)
         self.params = params

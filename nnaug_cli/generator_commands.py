@@ -18,7 +18,11 @@ from nnaug_cli.params import POSITIVE, POSITIVE_FLOAT, IntList
 @click.option("--steps", type=POSITIVE, help="Optimizer steps (preset value if not given).")
 @click.option("--batch-size", type=POSITIVE)
 @click.option("--grad-accum", type=POSITIVE, help="Micro-batches per optimizer step (effective batch = batch-size x this).")
-@click.option("--lr", type=POSITIVE_FLOAT, help="AdamW learning rate (decays linearly to 0).")
+@click.option("--lr", type=POSITIVE_FLOAT, help="AdamW learning rate (peak, after the warm-up).")
+@click.option("--lr-schedule", type=click.Choice(["linear", "constant", "cosine"]), default=None,
+              help="After the warm-up: linear decay to 0 (tiny/small), constant (siamese paper, as published), or cosine.")
+@click.option("--grad-clip", "max_grad_norm", type=click.FloatRange(min=0), default=None,
+              help="Clip the gradient norm at this value; 0 = no clipping (default 1.0; siamese paper: 0, as published).")
 @click.option("--resolution", type=click.IntRange(min=8), help="Square training resolution in pixels.")
 @click.option("--channels", type=IntList(), help="UNet widths per level, e.g. 64,128,256.")
 @click.option("--layers-per-block", type=POSITIVE)

@@ -168,3 +168,18 @@ def test_bad_option_values_are_one_line(nnunet_env, run_cli, args, fragments):
     line = assert_one_line_error(run_cli(*args), *fragments)
     if "--ratio must" not in line:  # click's refusals also say where to look
         assert "--help" in line
+
+
+@pytest.mark.slow
+def test_resume_refuses_changed_options_and_names_them(example, run_cli, tmp_path):
+    out = tmp_path / "gen"
+    tiny = ["train-generator", "999", "--preset", "tiny", "--resolution", "16", "--channels", "16,32",
+            "--attention-resolutions", "8", "--batch-size", "2", "--checkpoint-every", "1", "--cpu", "--output", out]
+    assert run_cli(*tiny, "--steps", "2").exit_code == 0
+    line = assert_one_line_error(run_cli(*tiny, "--steps", "3", "--lr", "1e-3", "--resume"), "--resume", "--lr 0.001",
+                                 "run: 0.002")
+    assert "--steps" not in line.split("differ:")[1]  # more steps is what --resume is for
+    assert_one_line_error(run_cli(*tiny[:7], "32,32", *tiny[8:], "--resume"), "--channels (32, 32)")
+    resumed = run_cli(*tiny, "--steps", "3", "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    assert json.loads((out / "nnaug.json").read_text())["steps_trained"] == 3

@@ -35,11 +35,13 @@ PRESETS = {
     "small": dict(_COMMON, resolution=128, channels=(64, 128, 256, 256), layers_per_block=2,
                   attention_resolutions=(32, 16), cross_attention_dim=256, steps=10000, batch_size=16, lr=1e-4,
                   ema_decay=0.9995, checkpoint_every=1000),
-    # The published setting (Qiu et al. 2025): SD 1.5 + ControlNet/DHI, 384 px, AdamW lr 1e-5,
-    # weight decay 0.01, effective batch 48 (6 x 8 accumulation), 3000 steps, no EMA, no augmentation.
+    # The published setting (Qiu et al. 2025): SD 1.5 + ControlNet/DHI, 384 px, AdamW lr 1e-5 held
+    # constant, no gradient clipping, weight decay 0.01, effective batch 48 (6 x 8 accumulation),
+    # 3000 steps, no EMA, no augmentation.
     "paper": dict(_COMMON, backbone="sd15", resolution=384, channels=(320, 640, 1280, 1280), layers_per_block=2,
                   attention_resolutions=(48, 24, 12), dhi_channels=None, steps=3000, batch_size=6, grad_accum=8,
-                  lr=1e-5, weight_decay=0.01, use_ema=False, ema_decay=0.9999, augment=False, checkpoint_every=500),
+                  lr=1e-5, lr_schedule="constant", max_grad_norm=0.0, weight_decay=0.01, use_ema=False,
+                  ema_decay=0.9999, augment=False, checkpoint_every=500),
 }
 
 
