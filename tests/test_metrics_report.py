@@ -167,3 +167,29 @@ def test_report_errors_are_one_line(nnunet_env, run_cli, tmp_path, monkeypatch):
     assert_one_line_error(run_cli("report", "997", "--frd-image-types", "Original,Sharpen"), "--frd-image-types",
                           "'Sharpen'", "Wavelet")
     assert_one_line_error(run_cli("report", "997", "--frd-features", "colour"), "--frd-features", "'colour'", "glcm")
+
+
+def test_report_shows_the_latest_sweep(nnunet_env, run_cli, tmp_path, monkeypatch):
+    from nnaug.example import write_example_dataset
+    from nnaug.visualize import contact_sheet
+
+    offline(monkeypatch, tmp_path)
+    real = write_example_dataset(dataset_id=997, name="nnaugExample", num_cases=4, size=32, seed=0)
+    args = ("report", "997", "--no-frd", "--no-memorisation")
+    assert run_cli(*args).exit_code == 0
+    folder = nnunet_env["results"] / "nnaug" / real.name
+    assert "No finished sweep of Dataset997_nnaugExample yet" in (folder / "report.md").read_text()
+
+    sweep_md = ("# nnaug sweep: Dataset997_nnaugExample\n\n- Seeds: 0, 1, 2.\n\n## Dice per arm\n\n"
+                "| arm | foreground Dice [95 % CI] |\n|---|---|\n| real-only | 0.612 [0.55, 0.67] |\n"
+                "| pretrain-r5 | 0.655 [0.60, 0.70] |\n\nThe 95 % CI **includes 0** for: pretrain-r5 vs real-only.\n")
+    (folder / "sweep.md").write_text(sweep_md)
+    contact_sheet(np.zeros((1, 3, 8, 8), np.float32), np.zeros((1, 8, 8), np.int64), folder / "sweep.png")
+    assert run_cli(*args).exit_code == 0
+    md = (folder / "report.md").read_text()
+    assert "## Latest sweep" in md and "### Dice per arm" in md and "| pretrain-r5 | 0.655 [0.60, 0.70] |" in md
+    assert "![sweep: Dice vs ratio](sweep.png)" in md
+    html = (folder / "report.html").read_text()
+    assert "<td>pretrain-r5</td><td>0.655 [0.60, 0.70]</td>" in html and "<b>includes 0</b>" in html
+    assert 'alt="sweep: Dice vs ratio" src="data:image/png;base64,' in html
+    assert json.loads((folder / "report.json").read_text())["sweep"]["markdown"] == sweep_md
