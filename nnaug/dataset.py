@@ -194,10 +194,6 @@ class RawDataset:
             )
         return image[:, 0].astype(np.float32, copy=False), label2d.astype(np.int64), props
 
-    def iter_cases(self) -> Iterator[tuple[Case, np.ndarray, np.ndarray, dict]]:
-        for case in self.cases:
-            yield (case, *self.read_case(case))
-
 
 def _short(files: list[str]) -> str:
     return files[0] if len(files) == 1 else f"{files[0]} (+{len(files) - 1} more)"

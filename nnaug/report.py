@@ -7,7 +7,6 @@ Writes ``$nnUNet_results/nnaug/<Dataset>/report.{md,json,html,png}`` and the pic
 """
 from __future__ import annotations
 
-import json
 import re
 import sys
 from pathlib import Path
@@ -17,7 +16,6 @@ import numpy as np
 from nnaug.errors import NnaugError
 
 NO_WEIGHTS_NOTE = "n/a (no Inception weights: --inception-weights FILE)"
-REAL_ONLY_PREFERENCE = ("nnUNetTrainer_nnaug", "nnUNetTrainer")
 
 
 # ----------------------------------------------------------------------------- discovering
@@ -805,6 +803,3 @@ def parse_folds(text: str | None) -> list | None:
             raise NnaugError(f"--folds {text}: use fold numbers separated by commas, e.g. 0,1,2")
     return folds
 
-
-def json_dumps(report: dict) -> str:
-    return json.dumps(report, indent=2)

@@ -232,7 +232,7 @@ def _generate(raw, info, generator, plan, mine, real_labels, opts, summary, work
     bar.close()
 
 
-def _finalize(raw: RawDataset, plan: dict, work: Path, target: Path, opts: SynthesisOptions) -> Path:
+def _finalize(raw: RawDataset, plan: dict, work: Path, target: Path, opts: SynthesisOptions) -> Path | None:
     """Provenance, dataset.json, contact sheet (and for --mix the real cases and splits); then rename."""
     lock = work / ".finalizing"
     try:

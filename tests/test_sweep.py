@@ -15,7 +15,7 @@ import pytest
 
 from conftest import assert_one_line_error
 from nnaug.example import write_example_dataset
-from nnaug.sweep import (BUDGETS, Arm, latest_sweep_markdown, make_arms, per_case_from_metrics, summarise,
+from nnaug.sweep import (BUDGETS, latest_sweep_markdown, make_arms, per_case_from_metrics, summarise,
                          to_markdown, write_outputs)
 
 

@@ -57,6 +57,7 @@ from torch import nn
 from nnaug.errors import NnaugError
 from nnaug.siamese.dhi import DenseHintInput
 
+PROMPT_DROPOUT = 0.05  # share of steps trained with the empty prompt (classifier-free guidance)
 DEFAULT_PROMPT = "A photo of a polyp."
 SD15_SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 FORMAT_NAME = "nnaug-siamese"
@@ -110,7 +111,7 @@ class SiameseComponents(nn.Module):
         text_encoder: nn.Module | None = None,
         tokenizer: Any = None,
         prompt: str = DEFAULT_PROMPT,
-        prompt_dropout: float = 0.05,
+        prompt_dropout: float = PROMPT_DROPOUT,
         base_model: str | None = None,
     ):
         super().__init__()
@@ -414,7 +415,7 @@ class SiameseComponents(nn.Module):
             unet=unet, controlnet=controlnet, image_channels=meta["image_channels"],
             mask_channels=meta["mask_channels"], resolution=meta["resolution"],
             scheduler_config=scheduler_config, prompt=meta.get("prompt", DEFAULT_PROMPT),
-            prompt_dropout=meta.get("prompt_dropout", 0.05),
+            prompt_dropout=meta.get("prompt_dropout", PROMPT_DROPOUT),
         )
         if meta["backbone"] == "pixel":
             from safetensors.torch import load_file
@@ -585,7 +586,7 @@ def load_sd15(
     image_channels: int = 3,
     resolution: int = 384,
     prompt: str = DEFAULT_PROMPT,
-    prompt_dropout: float = 0.05,
+    prompt_dropout: float = PROMPT_DROPOUT,
     dhi_channels: Sequence[int] | None = None,
 ) -> SiameseComponents:
     """A generator on a local diffusers-format Stable Diffusion 1.5 folder (nothing is downloaded).

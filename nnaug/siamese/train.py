@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 
 from nnaug.errors import NnaugError
-from nnaug.siamese.backbone import DEFAULT_PROMPT
+from nnaug.siamese.backbone import DEFAULT_PROMPT, PROMPT_DROPOUT
 
-_COMMON = dict(backbone="pixel", base_model=None, prompt=DEFAULT_PROMPT, prompt_dropout=0.05, consistency=True,
+_COMMON = dict(backbone="pixel", base_model=None, prompt=DEFAULT_PROMPT, prompt_dropout=PROMPT_DROPOUT, consistency=True,
                cross_attention_dim=64, attention_head_dim=8, text_length=4, dhi_channels=(16, 32),
                grad_accum=1, weight_decay=0.0, warmup_steps=0, use_ema=True, augment=True, mixed_precision="no",
                seed=0, preview_steps=20)
@@ -117,7 +117,7 @@ def build_siamese_model(settings: dict, raw, image_channels: int, mask_channels:
         check_settings(settings)
         components = load_sd15(settings["base_model"], mask_channels=mask_channels, image_channels=image_channels,
                                resolution=resolution, prompt=settings.get("prompt") or DEFAULT_PROMPT,
-                               prompt_dropout=float(settings.get("prompt_dropout", 0.05)),
+                               prompt_dropout=float(settings.get("prompt_dropout", PROMPT_DROPOUT)),
                                dhi_channels=None)  # default DHI widths for the VAE's downsampling
     else:
         raise NnaugError(f"unknown backbone '{backbone}': choose pixel or sd15")
