@@ -58,10 +58,13 @@ ENV_VARS = {
 # ----------------------------------------------------------------------------- trainers folder
 def trainers_path() -> str:
     """Absolute path of the folder to put in ``nnUNet_extTrainer`` (``export nnUNet_extTrainer=$(nnaug trainers-path)``)."""
-    folder = Path(__file__).resolve().parent.parent / "trainers"
-    if not (folder / TRAINER_MODULE).is_file():
-        raise NnaugError(f"nnaug's trainers folder is missing ({folder / TRAINER_MODULE} not found): reinstall nnaug")
-    return str(folder)
+    here = Path(__file__).resolve().parent
+    # an installed wheel: nnaug/nnunet_trainers/; the repository (editable install): trainers/ beside nnaug/
+    for folder in (here / "nnunet_trainers", here.parent / "trainers"):
+        if (folder / TRAINER_MODULE).is_file():
+            return str(folder)
+    raise NnaugError(f"nnaug's trainer module {TRAINER_MODULE} is missing (looked in {here / 'nnunet_trainers'} and "
+                     f"{here.parent / 'trainers'}): reinstall nnaug")
 
 
 # ----------------------------------------------------------------------------- schedules

@@ -5,6 +5,9 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
+
+import pytest
 
 
 def _python(code: str, **env) -> subprocess.CompletedProcess:
@@ -70,3 +73,31 @@ def test_console_script_lists_commands():
     assert result.returncode == 0, result.stderr
     for command in ("convert", "check", "example-dataset"):
         assert command in result.stdout
+
+
+@pytest.mark.slow
+def test_the_wheel_ships_the_trainers_inside_nnaug_and_nnunet_finds_them(tmp_path):
+    """Built as pip builds it: no top-level `trainers` package; `nnaug trainers-path` points nnU-Net at them."""
+    import zipfile
+
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-w",
+                            str(tmp_path / "dist"), str(Path(__file__).resolve().parent.parent)],
+                           capture_output=True, text=True, timeout=600)
+    assert built.returncode == 0, built.stderr[-2000:]
+    (wheel,) = (tmp_path / "dist").glob("nnaug-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "nnaug/nnunet_trainers/nnaug_trainers.py" in names
+    assert not [n for n in names if n.startswith("trainers/")]
+    zipfile.ZipFile(wheel).extractall(tmp_path / "site")
+    # the unpacked wheel first on the path, as an installed copy would be
+    result = _python("""
+        import os, nnaug
+        from nnaug.pretraining import trainers_path
+        os.environ['nnUNet_extTrainer'] = trainers_path()
+        from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+        cls = recursive_find_trainer_class_by_name('nnUNetTrainer_nnaugPretrainFinetune')
+        print('path', trainers_path()); print('nnaug', nnaug.__file__); print('found', cls.__name__)
+    """, PYTHONPATH=str(tmp_path / "site"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"path {tmp_path / 'site' / 'nnaug' / 'nnunet_trainers'}" in result.stdout
+    assert "found nnUNetTrainer_nnaugPretrainFinetune" in result.stdout
