@@ -65,8 +65,9 @@ def load_generator(folder: Path, device="cpu"):
 
         return SiameseGenerator.from_pretrained(folder, info, device=device)
     except (OSError, ValueError, RuntimeError, KeyError) as exc:  # truncated safetensors, a config that lies, ...
-        message = " ".join(str(exc).split())[:200] or type(exc).__name__
-        raise NnaugError(f"cannot load the generator weights in {folder}: {message} — train it again") from None
+        from nnaug.dataset import _one_line
+
+        raise NnaugError(f"cannot load the generator weights in {folder}: {_one_line(exc)} — train it again") from None
 
 
 def find_latest_generator(dataset_name: str) -> Path:

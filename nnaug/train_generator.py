@@ -12,7 +12,7 @@ from pathlib import Path
 from nnaug.dataset import PairDataset, check_dataset, fingerprint, load_raw_dataset, results_root, write_json_atomic
 from nnaug.errors import NnaugError
 from nnaug.masks import num_mask_channels
-from nnaug.training import TrainConfig, Trainer, latest_checkpoint, prepare_output
+from nnaug.training import TrainConfig, Trainer, check_output, latest_checkpoint, prepare_output
 
 MODELS = ("jdm", "siamese")
 RUN_CONFIG = "train_config.json"  # written at start so --resume rebuilds the same model
@@ -106,7 +106,7 @@ def train_generator(dataset: str, model: str = "jdm", preset: str = "tiny", outp
     # Under `accelerate launch` every process runs this; only the main one touches the folder, after all
     # have checked it (so no process sees a half-deleted run), and the others wait for it.
     state = PartialState(cpu=cpu)
-    prepare_output(output, resume=resume, overwrite=overwrite, write=False)
+    check_output(output, resume=resume, overwrite=overwrite)
     state.wait_for_everyone()
     if state.is_main_process:
         prepare_output(output, resume=resume, overwrite=overwrite)

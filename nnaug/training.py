@@ -77,21 +77,25 @@ def latest_checkpoint(output: Path) -> Path | None:
     return done[-1] if done else None
 
 
-def prepare_output(output: Path, resume: bool, overwrite: bool, write: bool = True) -> None:
+def check_output(output: Path, resume: bool, overwrite: bool) -> bool:
     """Refuse to clobber an earlier run unless asked; ``--resume`` needs something to resume.
 
-    ``write=False`` only checks (every process of a multi-process run); the main process then writes.
+    Only reads (every process of a multi-process run checks); returns whether an earlier run is there.
     """
     has_run = (output / "nnaug.json").exists() or latest_checkpoint(output) is not None
-    if resume:
-        if latest_checkpoint(output) is None:
-            raise NnaugError(f"--resume: {output} holds no checkpoint to resume from; run without --resume to start")
-        return
-    if has_run and not overwrite:
+    if resume and latest_checkpoint(output) is None:
+        raise NnaugError(f"--resume: {output} holds no checkpoint to resume from; run without --resume to start")
+    if has_run and not (resume or overwrite):
         raise NnaugError(f"{output} already holds a generator: pass --resume to continue it or --overwrite to start over")
-    if not write:
+    return has_run
+
+
+def prepare_output(output: Path, resume: bool, overwrite: bool) -> None:
+    """:func:`check_output`, then make the folder (deleting an earlier run for ``overwrite``)."""
+    has_run = check_output(output, resume, overwrite)
+    if resume:
         return
-    if has_run and overwrite:
+    if has_run:
         shutil.rmtree(output)
     output.mkdir(parents=True, exist_ok=True)
 

@@ -4,50 +4,36 @@ from __future__ import annotations
 import click
 
 
-class IntList(click.ParamType):
-    """Comma-separated integers >= ``minimum``, e.g. ``64,128,256``."""
+class NumberList(click.ParamType):
+    """Comma-separated numbers of one kind (int or float), each finite and >= ``minimum``."""
 
     name = "LIST"
 
-    def __init__(self, minimum: int = 1, example: str = "64,128,256"):
-        self.minimum, self.example = minimum, example
+    def __init__(self, kind=int, minimum: float = 1, example: str = "64,128,256"):
+        self.kind, self.minimum, self.example = kind, minimum, example
 
     def convert(self, value, param, ctx):
-        if isinstance(value, tuple):
+        if not isinstance(value, str):  # already converted (defaults, repeated conversion)
             return value
         numbers = []
-        for part in (p.strip() for p in str(value).split(",")):
+        for part in (p.strip() for p in value.split(",")):
             try:
-                number = int(part)
+                number = self.kind(part)
             except ValueError:
-                self.fail(f"{part!r} is not a whole number (give comma-separated integers, e.g. {self.example})", param, ctx)
-            if number < self.minimum:
-                self.fail(f"{number} is below {self.minimum} (e.g. {self.example})", param, ctx)
-            numbers.append(number)
-        return tuple(numbers)
-
-
-class FloatList(click.ParamType):
-    """Comma-separated finite numbers >= ``minimum``, e.g. ``1,2.5,5``."""
-
-    name = "LIST"
-
-    def __init__(self, minimum: float = 0.0):
-        self.minimum = minimum
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, list):
-            return value
-        numbers = []
-        for part in (p.strip() for p in str(value).split(",")):
-            try:
-                number = float(part)
-            except ValueError:
-                self.fail(f"{part!r} is not a number (give comma-separated numbers, e.g. 1,2.5,5)", param, ctx)
+                what = "whole number" if self.kind is int else "number"
+                self.fail(f"{part!r} is not a {what} (give comma-separated {what}s, e.g. {self.example})", param, ctx)
             if not number >= self.minimum or number == float("inf"):
-                self.fail(f"{part} is not a ratio >= {self.minimum:g}", param, ctx)
+                self.fail(f"{part} is below {self.minimum:g} or not finite (e.g. {self.example})", param, ctx)
             numbers.append(number)
-        return numbers
+        return tuple(numbers) if self.kind is int else numbers
+
+
+def IntList(minimum: int = 1, example: str = "64,128,256") -> NumberList:
+    return NumberList(int, minimum, example)
+
+
+def FloatList(minimum: float = 0.0) -> NumberList:
+    return NumberList(float, minimum, "1,2.5,5")
 
 
 class FoldList(click.ParamType):
