@@ -47,13 +47,17 @@ def resolve_settings(model: str, preset: str, overrides: dict) -> dict:
     return settings
 
 
+# What --resume may change: how long to train, and how fast (these leave the maths alone).
+RESUMABLE_CHANGES = ("steps", "tf32", "channels_last", "fused_adamw", "compile")
+
+
 def refuse_changed_options(output: Path, settings: dict, overrides: dict) -> None:
-    """``--resume`` continues the run as it was started; only ``--steps`` may change (to train longer)."""
+    """``--resume`` continues the run as it was started; only RESUMABLE_CHANGES may differ."""
     def same(a, b) -> bool:  # tuples from the CLI, lists from JSON
         return json.loads(json.dumps(a)) == json.loads(json.dumps(b))
 
     changed = [key for key, value in overrides.items()
-               if value is not None and key != "steps" and not same(settings.get(key), value)]
+               if value is not None and key not in RESUMABLE_CHANGES and not same(settings.get(key), value)]
     if changed:
         shown = ", ".join(f"--{k.replace('_', '-')} {overrides[k]!r} (run: {settings.get(k)!r})" for k in changed)
         raise NnaugError(f"--resume continues {output} with the settings it started with; these differ: {shown} — "
@@ -117,8 +121,7 @@ def train_generator(dataset: str, model: str = "jdm", preset: str = "tiny", outp
             raise NnaugError(f"{output} was trained on {saved['source_dataset']}, not {raw.name}: resume it with that dataset")
         settings = saved["settings"]
         refuse_changed_options(output, settings, overrides or {})
-        if overrides and overrides.get("steps"):
-            settings["steps"] = int(overrides["steps"])
+        settings.update({k: v for k, v in (overrides or {}).items() if k in RESUMABLE_CHANGES and v is not None})
     elif state.is_main_process:
         write_json_atomic(output / RUN_CONFIG, {"model": model, "preset": preset, "source_dataset": raw.name,
                                                 "settings": settings})

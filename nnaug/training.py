@@ -45,7 +45,12 @@ class TrainConfig:
     augment: bool = True
     max_grad_norm: float = 1.0  # 0: no clipping
     lr_schedule: str = "linear"  # after the warm-up: linear decay to 0, constant, or cosine (diffusers' schedules)
-    preview_count: int = 4
+    preview_count: int = 4  # samples in each checkpoint's contact sheet; 0: none
+    # GPU fast path, each off unless asked for (benchmarks/jdm_train_step.py measures them one by one)
+    tf32: bool = False  # TF32 matmuls and convolutions for float32 (Ampere and newer)
+    channels_last: bool = False  # NHWC weights and batches (tensor cores prefer them for convolutions)
+    fused_adamw: bool = False  # one fused kernel for the AdamW update
+    compile: bool = False  # torch.compile each network (diffusers ModelMixin) inside the generator
     extra: dict = field(default_factory=dict)
 
 
@@ -69,6 +74,42 @@ def augment_pairs(images: torch.Tensor, labels: torch.Tensor, generator: torch.G
         out_i.append(torch.rot90(img, k, (-2, -1)))
         out_l.append(torch.rot90(lab, k, (-2, -1)))
     return torch.stack(out_i), torch.stack(out_l)
+
+
+@contextlib.contextmanager
+def float32_precision(tf32: bool):
+    """TF32 for float32 matmuls and convolutions inside the block only: nnaug leaves torch's globals as it found them."""
+    if not tf32:
+        yield
+        return
+    matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn.conv
+    saved = matmul.fp32_precision, conv.fp32_precision
+    matmul.fp32_precision = conv.fp32_precision = "tf32"
+    try:
+        yield
+    finally:
+        matmul.fp32_precision, conv.fp32_precision = saved
+
+
+def compile_networks(model: torch.nn.Module) -> list[str]:
+    """``torch.compile`` every outermost diffusers network in ``model``, in place (parameter names and
+    ``save_pretrained`` are unchanged); the loss code around them stays eager. Returns their names."""
+    from diffusers import ModelMixin
+
+    names = []
+    for name, module in model.named_modules():
+        if isinstance(module, ModelMixin) and not any(name.startswith(done + ".") for done in names):
+            module.compile()
+            names.append(name)
+    return names
+
+
+def data_fits_on(device: torch.device, *tensors: torch.Tensor, share: float = 0.25) -> bool:
+    """Whether the training set takes at most ``share`` of the device's free memory (CPU: it is already there)."""
+    if device.type != "cuda":
+        return False
+    free, _ = torch.cuda.mem_get_info(device)
+    return sum(t.numel() * t.element_size() for t in tensors) <= share * free
 
 
 def latest_checkpoint(output: Path) -> Path | None:
@@ -111,9 +152,19 @@ class Trainer:
 
         self.config, self.output, self.info, self.progress = config, Path(output), dict(info), progress
         self.accelerator = accelerator or Accelerator(mixed_precision=config.mixed_precision)
+        device = self.accelerator.device
+        # The training set stays on the GPU when it fits (no copy per step); otherwise each batch is
+        # gathered from memory on the CPU and copied.
+        if data_fits_on(device, images, labels):
+            images, labels = images.to(device), labels.to(device)
         self.images, self.labels = images, labels
+        self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+        model = model.to(device, memory_format=self.memory_format)  # before the optimizer: fused AdamW checks it
+        if config.compile:
+            compile_networks(model)
         params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay,
+                                      fused=True if config.fused_adamw else None)
         schedule = {"linear": "linear", "constant": "constant_with_warmup", "cosine": "cosine"}[config.lr_schedule]
         lr_schedule = get_scheduler(schedule, optimizer, num_warmup_steps=config.warmup_steps,
                                     num_training_steps=config.steps)
@@ -131,15 +182,20 @@ class Trainer:
         device = self.accelerator.device
         g = step_generator(self.config.seed, step * self.config.grad_accum + micro, self.accelerator.process_index, "cpu")
         idx = torch.randint(0, self.images.shape[0], (self.config.batch_size,), generator=g)
-        images, labels = self.images[idx], self.labels[idx]
+        images, labels = self.images[idx.to(self.images.device)], self.labels[idx.to(self.labels.device)]
         if self.config.augment:
             images, labels = augment_pairs(images, labels, g)
         device_g = step_generator(self.config.seed + 1, step * self.config.grad_accum + micro,
                                   self.accelerator.process_index, device)
-        return {"image": images.to(device), "label": labels.to(device)}, device_g
+        images = images.to(device).contiguous(memory_format=self.memory_format)
+        return {"image": images, "label": labels.to(device)}, device_g
 
     # -- one optimizer step
     def train_step(self, step: int) -> dict:
+        with float32_precision(self.config.tf32):
+            return self._train_step(step)
+
+    def _train_step(self, step: int) -> dict:
         model, acc = self.model, self.accelerator
         logs_sum: dict[str, float] = {}
         for micro in range(self.config.grad_accum):
@@ -222,10 +278,11 @@ class Trainer:
             self.ema.copy_to(self.params)
         try:
             model.export(self.output)
-            seeds = list(range(self.config.preview_count))
-            cond = self.labels[: self.config.preview_count].to(self.accelerator.device)
-            images, labels = model.preview(cond, seeds)
-            contact_sheet(images.cpu(), labels.cpu(), self.output / "samples" / f"step_{self.step:07d}.png")
+            if self.config.preview_count:
+                seeds = list(range(self.config.preview_count))
+                cond = self.labels[: self.config.preview_count].to(self.accelerator.device)
+                images, labels = model.preview(cond, seeds)
+                contact_sheet(images.cpu(), labels.cpu(), self.output / "samples" / f"step_{self.step:07d}.png")
         finally:
             if self.ema is not None:
                 self.ema.restore(self.params)

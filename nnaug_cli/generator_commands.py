@@ -44,6 +44,11 @@ from nnaug_cli.params import POSITIVE, POSITIVE_FLOAT, IntList
 @click.option("--checkpoint-every", type=POSITIVE, help="Steps between checkpoints, contact sheets and loss curves.")
 @click.option("--seed", type=click.IntRange(min=0))
 @click.option("--mixed-precision", type=click.Choice(["no", "fp16", "bf16"]), default=None)
+@click.option("--tf32/--no-tf32", default=None, help="GPU: TF32 for float32 matmuls and convolutions (Ampere and newer).")
+@click.option("--channels-last/--no-channels-last", default=None, help="NHWC weights and batches (faster convolutions on tensor cores).")
+@click.option("--fused-adamw/--no-fused-adamw", default=None, help="One fused kernel for the AdamW update.")
+@click.option("--compile/--no-compile", default=None,
+              help="torch.compile the networks: faster steps after a compile of a minute or more at the start.")
 @click.option("--cpu", is_flag=True, help="Train on the CPU even if a GPU is present.")
 @click.option("--backbone", type=click.Choice(["pixel", "sd15"]), default=None, help="siamese: pixel space or Stable Diffusion 1.5.")
 @click.option("--base-model", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None, help="siamese sd15: local diffusers SD 1.5 folder.")

@@ -20,7 +20,8 @@ from nnaug_cli.params import DATASET_ID, POSITIVE, POSITIVE_FLOAT, Shard
 @click.option("--sampler", type=click.Choice(["ddim", "dpmsolver++", "ddpm", "unipc"]), default=None,
               help="Default: ddpm (ancestral, learned variance) for JDM, ddim for Siamese-Diffusion.")
 @click.option("--steps", type=POSITIVE, default=None, help="Sampling steps. Default: 25 for JDM (dpmsolver++), 50 for Siamese-Diffusion (ddim).")
-@click.option("--batch-size", type=POSITIVE, default=8, show_default=True)
+@click.option("--batch-size", type=POSITIVE, default=None,
+              help="Cases per batch. Default: 64 on a GPU (halved while one does not fit), 8 on the CPU.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Global seed; case i gets its own seed from it.")
 @click.option("--output-id", type=DATASET_ID, default=None, help="Dataset ID of the output (default: next free ID).")
 @click.option("--mix", is_flag=True, help="Write real + synthetic cases, with splits_final.json keeping synthetic cases out of validation.")
