@@ -73,7 +73,7 @@ def _schedule_env(budget: dict, finetune_epochs: int | None = None) -> dict:
 def train_arm(work: Path, arm: str, trainer: str, budget: dict, times: dict, synthetic_id: int | None = None,
               finetune_epochs: int | None = None) -> Path:
     """``nnUNetv2_train 501 2d all -tr TRAINER`` into this arm's own nnUNet_results; returns the model folder."""
-    from nnaug.pretraining import trainers_path
+    from nnaug.nnunet_pretraining import trainers_path
 
     results = work / "results_per_arm" / re.sub(r"[^A-Za-z0-9.]+", "-", arm).strip("-")
     model = results / f"Dataset{TRAIN_ID:03d}_Kvasir{budget['size']}Train" / f"{trainer}__nnUNetPlans__2d"

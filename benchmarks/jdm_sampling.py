@@ -10,7 +10,7 @@ generator, seeds and masks, as a user would get it. Each set is scored by
 * FRD against the real images, when ``nnaug.metrics.synthetic_fidelity`` provides it.
 
 The cheapest row within 10 % of DDPM 1000 on mask consistency and on KID-vs-real is marked: that is
-how ``nnaug synthesize``'s default sampler is chosen (``DEFAULT_SAMPLING`` in nnaug/synthesize.py).
+how ``nnaug synthesize``'s default sampler is chosen (``default_sampling`` in the JDM's registry entry, nnaug/generators/jdm/__init__.py).
 
     python benchmarks/jdm_sampling.py --generator DIR --model-dir NNUNET_TRAINING_OUTPUT [--folds 0]
         [--mode joint|mask-conditioned] [--ratio 2] [--inception-weights FILE]
@@ -41,7 +41,7 @@ def _example_setup(work: Path) -> tuple[Path, Path]:
     """Tiny JDM + 5-epoch real-only nnU-Net on the example dataset."""
     nnunet_folders(work)
     from nnaug.example import write_example_dataset
-    from nnaug.pretraining import trainers_path
+    from nnaug.nnunet_pretraining import trainers_path
     from nnaug.train_generator import train_generator
 
     write_example_dataset(999)

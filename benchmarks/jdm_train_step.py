@@ -4,7 +4,7 @@ For each setting (float32; bf16 autocast; TF32; channels-last; fused AdamW; torc
 them) the same diffusers UNet2DModel runs in two arms in the same process, alternating rounds:
 
 * bare loop: forward -> epsilon MSE -> backward -> AdamW, with the setting applied by hand;
-* nnaug: ``nnaug.training.Trainer.train_step`` (accelerate, batch sampling and augmentation, hybrid
+* nnaug: ``nnaug.generator_training.GeneratorTrainer.train_step`` (accelerate, batch sampling and augmentation, hybrid
   loss with learned variance, gradient clipping, LR schedule, EMA), with the setting as TrainConfig.
 
 Reported: s/step, samples/s, nnaug / bare, speed against nnaug float32, peak memory, and on a GPU the
@@ -29,8 +29,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import PeakMemory, print_table  # noqa: E402
 
-from nnaug.jdm.model import OBJECTIVE_PAPER, PRESETS, JDMArchitecture, JDMModel, scheduler_config  # noqa: E402
-from nnaug.training import TrainConfig, Trainer, float32_precision  # noqa: E402
+from nnaug.generators.jdm.model import JDMArchitecture, JDMModel  # noqa: E402
+from nnaug.generators.jdm.presets import OBJECTIVE_PAPER, PRESETS, scheduler_config  # noqa: E402
+from nnaug.generator_training import TrainConfig, GeneratorTrainer, float32_precision  # noqa: E402
 
 # One switch per row, then all together (TrainConfig fields).
 SETTINGS = {
@@ -100,7 +101,7 @@ def nnaug_arm(unet, images, labels, setting: dict, batch: int, objective: dict):
     AcceleratorState._reset_state(True)  # each setting gets its own accelerate mixed-precision state
     config = TrainConfig(steps=10**6, batch_size=batch, lr=1e-4, augment=True, checkpoint_every=10**6, **setting)
     model = JDMModel(copy.deepcopy(unet), 3, 1, scheduler_config(**objective), snr_gamma=objective.get("snr_gamma"))
-    trainer = Trainer(model, images, labels, config, Path(tempfile.mkdtemp()), info={}, progress=False)
+    trainer = GeneratorTrainer(model, images, labels, config, Path(tempfile.mkdtemp()), info={}, progress=False)
     counter = [0]
 
     def step():

@@ -39,7 +39,8 @@ def run_arm(index: int, args, device: str) -> dict:
     """Train, synthesize and score one arm (called in a process of its own, so memory and time are its own)."""
     from nnaug.dataset import load_raw_dataset
     from nnaug.metrics import mask_consistency, synthetic_fidelity
-    from nnaug.synthesize import DEFAULT_SAMPLING, SynthesisOptions, synthesize
+    from nnaug.generators import get_spec
+    from nnaug.synthesize import SynthesisOptions, synthesize
     from nnaug.train_generator import train_generator
 
     arm, (model, extra) = list(ARMS.items())[index]
@@ -59,7 +60,7 @@ def run_arm(index: int, args, device: str) -> dict:
     fidelity = synthetic_fidelity(load_raw_dataset(TRAIN_ID), synthetic, args.workdir / "inception.pth")
     consistency = (mask_consistency(synthetic, args.mask_model, folds=(args.fold,), device=device)["mean_dice"]
                    if args.mask_model else None)
-    sampler, steps = DEFAULT_SAMPLING[model]
+    sampler, steps = get_spec(model).default_sampling
     return {"arm": arm, "seconds": seconds, "s_per_step": seconds / args.steps, "peak_mib": memory.mib,
             "sampler": f"{sampler} {steps}", "sample_seconds": sample_seconds, "fidelity": fidelity,
             "mask_consistency": consistency}

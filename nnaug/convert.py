@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from nnaug.dataset import atomic_output_dir, raw_root, write_case
+from nnaug.dataset import raw_root, write_case
+from nnaug.io import atomic_output_dir
 from nnaug.errors import NnaugError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"}

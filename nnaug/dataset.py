@@ -8,22 +8,19 @@ nnaug works on 2D datasets only (natural images such as PNG, or 2D NIfTI/NRRD/MH
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import re
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
 from nnaug.errors import NnaugError
+from nnaug.io import file_sha256, one_line
 
 REQUIRED_KEYS = ("channel_names", "labels", "file_ending")
-PARTIAL_SUFFIX = ".partial"
 
 
 # ----------------------------------------------------------------------------- locating
@@ -159,11 +156,11 @@ class RawDataset:
         try:
             image, props = rw.read_images(case.image_files)
         except Exception as exc:  # readers raise anything from OSError to AssertionError
-            raise NnaugError(f"cannot read image {_short(case.image_files)}: {_one_line(exc)} — replace or remove the file") from None
+            raise NnaugError(f"cannot read image {_short(case.image_files)}: {one_line(exc)} — replace or remove the file") from None
         try:
             label, _ = rw.read_seg(case.label_file)
         except Exception as exc:
-            raise NnaugError(f"cannot read label {case.label_file}: {_one_line(exc)} — replace or remove the file") from None
+            raise NnaugError(f"cannot read label {case.label_file}: {one_line(exc)} — replace or remove the file") from None
         if image.ndim != 4 or image.shape[1] != 1:
             raise NnaugError(
                 f"{_short(case.image_files)} is a 3D volume ({image.shape[1]} slices): nnaug works on 2D datasets only "
@@ -199,11 +196,6 @@ def _short(files: list[str]) -> str:
     return files[0] if len(files) == 1 else f"{files[0]} (+{len(files) - 1} more)"
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text[:200]
-
-
 def _fmt_values(values: list) -> str:
     shown = ", ".join(str(int(v)) if float(v).is_integer() else f"{v:g}" for v in values[:8])
     return "{" + shown + (", ..." if len(values) > 8 else "") + "}"
@@ -218,7 +210,7 @@ def load_dataset_json(folder: Path) -> dict:
 
         content = load_json(str(path))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise NnaugError(f"{path} is not valid JSON ({_one_line(exc)}): fix the file") from None
+        raise NnaugError(f"{path} is not valid JSON ({one_line(exc)}): fix the file") from None
     if not isinstance(content, dict):
         raise NnaugError(f"{path} must hold a JSON object with channel_names, labels, numTraining and file_ending")
     missing = [k for k in REQUIRED_KEYS if k not in content]
@@ -251,7 +243,7 @@ def load_raw_dataset(name_or_id: str | int | Path) -> RawDataset:
     try:
         files = get_filenames_of_train_images_and_targets(str(folder), dataset_json)
     except Exception as exc:
-        raise NnaugError(f"cannot list the cases of {folder}: {_one_line(exc)}") from None
+        raise NnaugError(f"cannot list the cases of {folder}: {one_line(exc)}") from None
     if not files:
         raise NnaugError(f"{folder} has no training cases in imagesTr: add cases or check file_ending in dataset.json")
     cases = [Case(k, list(v["images"]), v["label"]) for k, v in sorted(files.items())]
@@ -297,7 +289,7 @@ def _reader_writer(dataset_json: dict, example_file: str):
         candidates[0]().read_images((example_file,))
         reason = "no reader could open it"
     except Exception as exc:  # readers raise anything from OSError to AssertionError
-        reason = _one_line(exc)
+        reason = one_line(exc)
     raise NnaugError(f"cannot read image {example_file}: {reason} — replace or remove the file") from None
 
 
@@ -311,7 +303,7 @@ def _inspect_first_case(raw: RawDataset, case: Case) -> tuple[list[int], str]:
         try:
             data = rw.read_images((f,))[0]
         except Exception as exc:
-            raise NnaugError(f"cannot read image {f}: {_one_line(exc)} — replace or remove the file") from None
+            raise NnaugError(f"cannot read image {f}: {one_line(exc)} — replace or remove the file") from None
         counts.append(data.shape[0])
         maxima.append(float(data.max()))
     if sum(counts) != len(raw.channel_names):
@@ -369,22 +361,6 @@ def fingerprint(raw: RawDataset) -> str:
         digest.update(str(path.relative_to(raw.folder) if path.is_relative_to(raw.folder) else path).encode())
         digest.update(file_sha256(path).encode())
     return digest.hexdigest()
-
-
-def file_sha256(path: Path | str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def write_json_atomic(path: Path | str, content: dict) -> None:
-    """Write JSON to a temp file beside ``path`` and rename it: readers never see half a file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(content, indent=2))
-    os.replace(tmp, path)
 
 
 # ----------------------------------------------------------------------------- intensities
@@ -451,45 +427,6 @@ class PairDataset:
 
 
 # ----------------------------------------------------------------------------- writing
-def partial_dir(target: Path) -> Path:
-    """Hidden work folder beside ``target`` (nnU-Net ignores names that do not start with ``Dataset``)."""
-    return target.parent / f".{target.name}{PARTIAL_SUFFIX}"
-
-
-@contextlib.contextmanager
-def atomic_output_dir(target: Path, overwrite: bool = False, resume: bool = False) -> Iterator[Path]:
-    """Build a folder in a hidden temp folder beside ``target`` and rename it into place when complete.
-
-    An existing ``target`` is only replaced with ``overwrite``. With ``resume`` an earlier partial
-    folder is reused (and kept if this run fails too); without it a failed run removes its partial.
-    """
-    target = Path(target)
-    if target.exists() and not overwrite:
-        raise NnaugError(f"{target} already exists: pass --overwrite to replace it, or choose another ID/name")
-    work = partial_dir(target)
-    if work.exists() and not resume:
-        shutil.rmtree(work)
-    work.mkdir(parents=True, exist_ok=True)
-    try:
-        yield work
-    except BaseException:
-        if not resume:
-            shutil.rmtree(work, ignore_errors=True)
-        raise
-    replace_dir(work, target)
-
-
-def replace_dir(source: Path, target: Path) -> None:
-    """Rename ``source`` to ``target``; an old ``target`` is moved aside first and deleted only afterwards."""
-    old = None
-    if target.exists():
-        old = target.parent / f".{target.name}.old-{os.getpid()}"
-        os.replace(target, old)
-    os.replace(source, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def write_case(
     folder: Path,
     identifier: str,

@@ -34,7 +34,7 @@ def _run(cmd: list[str], env: dict) -> None:
 def run_demo(workdir: Path, generator_steps: int | None = None, ratio: float = 2.0, overwrite: bool = False,
              device: str = "cpu") -> dict:
     from nnaug.example import write_example_dataset
-    from nnaug.pretraining import trainers_path
+    from nnaug.nnunet_pretraining import trainers_path
     from nnaug.synthesize import SynthesisOptions, synthesize
     from nnaug.train_generator import train_generator
 

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from nnaug.dataset import atomic_output_dir, raw_root, write_case
+from nnaug.dataset import raw_root, write_case
+from nnaug.io import atomic_output_dir
 from nnaug.errors import NnaugError
 
 LABELS = {"background": 0, "round": 1, "lobed": 2}

@@ -271,7 +271,7 @@ def _as_raw(dataset):
 
 def synthetic_identifiers(raw) -> list[str] | None:
     """The synthetic case identifiers from ``nnaug_provenance.json`` (a --mix dataset also holds real cases)."""
-    from nnaug.pretraining import read_provenance
+    from nnaug.provenance import read_provenance
 
     provenance = read_provenance(raw.folder)
     if provenance is None or not isinstance(provenance.get("cases"), list):
@@ -445,7 +445,7 @@ def segmentation_dice(dataset, model_training_output_dir, folds=(0,), device: st
     import torch
 
     from nnaug.dataset import raw_root  # noqa: F401  (a clear error if nnU-Net's variables are missing)
-    from nnaug.pretraining import trainers_path
+    from nnaug.nnunet_pretraining import trainers_path
 
     model_dir = Path(model_training_output_dir)
     folds = tuple(folds)

@@ -19,21 +19,6 @@ NO_WEIGHTS_NOTE = "n/a (no Inception weights: --inception-weights FILE)"
 
 
 # ----------------------------------------------------------------------------- discovering
-def find_synthetic_datasets(real_name: str) -> list[Path]:
-    """Every raw dataset whose ``nnaug_provenance.json`` names ``real_name`` as its source (by ID order)."""
-    from nnaug.dataset import parse_dataset_id, raw_root
-    from nnaug.pretraining import _same_dataset, read_provenance
-
-    found = []
-    for folder in raw_root().glob("Dataset*_*"):
-        if not folder.is_dir() or folder.name == real_name:
-            continue
-        provenance = read_provenance(folder)
-        if provenance is not None and _same_dataset(provenance.get("source_dataset"), real_name):
-            found.append(folder)
-    return sorted(found, key=lambda p: (parse_dataset_id(p.name) or 0, p.name))
-
-
 def trainer_kind(trainer: str) -> str:
     """``pretrain→fine-tune`` for nnaug's (Pretrain)Finetune trainers, ``pretrain`` for the pretraining phase, else ``real-only``."""
     if "Finetune" in trainer:
@@ -56,7 +41,7 @@ def _label_names(dataset_json: dict) -> dict[str, str]:
 def collect_dice(dataset_name: str, folds: list[int] | None = None, dataset_json: dict | None = None) -> list[dict]:
     """One row per ``<Trainer>__<Plans>__<config>/fold_<f>/validation/summary.json`` under ``$nnUNet_results/<dataset>``."""
     from nnaug.dataset import results_root
-    from nnaug.pretraining import TRAINING_RECORD, load_json_or_none
+    from nnaug.nnunet_pretraining import TRAINING_RECORD, load_json_or_none
 
     root = results_root() / dataset_name
     names = _label_names(dataset_json or {})
@@ -129,7 +114,7 @@ def find_real_only_model(dataset_name: str, folds: list[int] | None = None) -> t
 def real_only_validation_dice(model_dir: Path, folds: list) -> dict:
     """Mean validation foreground Dice (nnU-Net's summary.json) of a model over ``folds``: ``dict(dice=, folds=)``,
     ``dice`` None when none of those folds has a summary.json."""
-    from nnaug.pretraining import load_json_or_none
+    from nnaug.nnunet_pretraining import load_json_or_none
 
     values, used = [], []
     for fold in folds:
@@ -164,7 +149,7 @@ def build_report(dataset: str, inception_weights: str | Path | None = None, fold
     from nnaug.dataset import load_raw_dataset
     from nnaug.metrics import (inception_weights_or_reason, mask_consistency, memorisation_summary, synthetic_fidelity,
                                synthetic_identifiers)
-    from nnaug.pretraining import read_provenance
+    from nnaug.provenance import read_provenance, synthetic_datasets_for
 
     real = load_raw_dataset(dataset)
     warnings_: list[str] = []
@@ -175,7 +160,7 @@ def build_report(dataset: str, inception_weights: str | Path | None = None, fold
         weights, reason = inception_weights_or_reason(inception_weights, download=download)
         if weights is None:
             raise NnaugError(reason + " (--fidelity demands FID/KID)")
-    synthetic_folders = find_synthetic_datasets(real.name)
+    synthetic_folders = synthetic_datasets_for(real.name)
     if synthetic_folders and fidelity is None and weights is None:
         weights, reason = inception_weights_or_reason(None, download=download)
         if weights is None:
@@ -587,7 +572,7 @@ def write_report(report: dict) -> dict[str, Path]:
     """Write report.{json,md,html,png} and the per-dataset pictures into ``$nnUNet_results/nnaug/<Dataset>/``."""
     import os
 
-    from nnaug.dataset import write_json_atomic
+    from nnaug.io import write_json_atomic
 
     folder = report_folder(report["dataset"])
     folder.mkdir(parents=True, exist_ok=True)

@@ -311,14 +311,10 @@ class SynthesisChoice:
 
 
 def resolve_synthesis(info: dict, mode: str | None, masks: str, sampler: str | None, steps: int | None) -> SynthesisChoice:
-    from nnaug.synthesize import DEFAULT_SAMPLING
+    from nnaug.generators import get_spec
 
-    mode = mode or ("joint" if info["model"] == "jdm" else "mask-conditioned")
-    if mode == "joint" and info["model"] != "jdm":
-        raise NnaugError(f"a {info['model']} generator cannot sample masks: use --mode mask-conditioned")
-    default_sampler, default_steps = DEFAULT_SAMPLING.get(info["model"], ("ddim", 50))
-    return SynthesisChoice(mode, masks if mode == "mask-conditioned" else "train", sampler or default_sampler,
-                           int(steps or default_steps))
+    mode, sampler, steps = get_spec(info["model"]).resolve_sampling(mode, sampler, steps)
+    return SynthesisChoice(mode, masks if mode == "mask-conditioned" else "train", sampler, steps)
 
 
 def _options(ratio: float, generator: Path, choice: SynthesisChoice, device: str, **extra):
@@ -346,7 +342,8 @@ def _matches(provenance: dict, raw, sha: str, ratio: float, choice: SynthesisCho
 def find_synthetic(raw, sha: str, ratio: float, choice: SynthesisChoice) -> Path | None:
     """A finished synthetic dataset in $nnUNet_raw made from ``raw`` by this generator with these options (newest ID)."""
     from nnaug.dataset import parse_dataset_id, raw_root
-    from nnaug.pretraining import load_json_or_none, read_provenance
+    from nnaug.nnunet_pretraining import load_json_or_none
+    from nnaug.provenance import read_provenance
 
     found = []
     for folder in raw_root().glob("Dataset*_*"):
@@ -365,7 +362,7 @@ def ensure_synthetic(raw, generator: Path, sha: str, ratio: float, choice: Synth
     """The synthetic dataset of ``ratio``: reused, or an interrupted synthesis resumed, or made anew."""
     from nnaug.dataset import parse_dataset_id, raw_root
     from nnaug.generators import read_info
-    from nnaug.pretraining import file_lock, load_json_or_none
+    from nnaug.nnunet_pretraining import file_lock, load_json_or_none
     from nnaug.synthesize import PLAN, make_plan, synthesize, synthetic_name
 
     existing = find_synthetic(raw, sha, ratio, choice)
@@ -442,7 +439,7 @@ class Progress:
 def train_fold(raw, arm: Arm, seed: int, fold, root: Path, device: str, synthetic: Path | None,
                progress: Progress, label: str, later_iterations: int) -> None:
     """``nnUNetv2_train <Dataset> 2d <fold> -tr <trainer> -device <device> --c`` into ``root`` (as nnUNet_results)."""
-    from nnaug.pretraining import ENV_SYNTHETIC, trainers_path
+    from nnaug.nnunet_pretraining import ENV_SYNTHETIC, trainers_path
 
     env = {**_clean_env(), **arm.env, "nnUNet_results": str(root), "nnUNet_extTrainer": trainers_path(),
            ENV_SEED: str(seed), "PYTHONUNBUFFERED": "1"}
@@ -476,7 +473,7 @@ def _pretrained(root: Path, arm: Arm, synthetic: Path | None) -> bool:
     """Is this arm's synthetic pretraining already cached in ``root`` (then a fold only fine-tunes)?"""
     if arm.kind != "pretrain" or synthetic is None:
         return False
-    from nnaug.pretraining import PRETRAIN_DONE_MARKER
+    from nnaug.nnunet_pretraining import PRETRAIN_DONE_MARKER
 
     return any(root.glob(f"{synthetic.name}/*/fold_all/{PRETRAIN_DONE_MARKER}"))
 
@@ -547,8 +544,8 @@ def test_results(test_raw, model_dir: Path, folds: list, root: Path, device: str
     from nnunetv2.evaluation.evaluate_predictions import compute_metrics
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
-    from nnaug.dataset import write_json_atomic
-    from nnaug.pretraining import load_json_or_none, trainers_path
+    from nnaug.io import write_json_atomic
+    from nnaug.nnunet_pretraining import load_json_or_none, trainers_path
 
     record_file = root / TEST_RECORD
     key = {"test_dataset": test_raw.name, "folds": [str(f) for f in folds], "checkpoints": _checkpoint_stamp(model_dir, folds)}
@@ -587,9 +584,10 @@ def test_results(test_raw, model_dir: Path, folds: list, root: Path, device: str
 def synthetic_quality(raw, synthetic: Path, weights: Path | None, model_dir: Path, folds: list, device: str,
                       cache: Path, log=print) -> dict:
     """FID/KID (and FRD when nnaug.metrics gives it) and mask consistency of one synthetic dataset, cached."""
-    from nnaug.dataset import write_json_atomic
+    from nnaug.io import write_json_atomic
     from nnaug.metrics import mask_consistency, synthetic_fidelity
-    from nnaug.pretraining import load_json_or_none, read_provenance
+    from nnaug.nnunet_pretraining import load_json_or_none
+    from nnaug.provenance import read_provenance
 
     provenance = read_provenance(synthetic) or {}
     key = {"synthetic": synthetic.name, "num_cases": provenance.get("num_cases"),
@@ -671,10 +669,11 @@ def run_sweep(dataset: str, ratios=(1.0, 2.5, 5.0), seeds: int = 3, generator: P
               masks: str = "train", sampler: str | None = None, steps: int | None = None, overwrite: bool = False,
               log=print) -> dict:
     """Train every arm x seed that is not done yet, evaluate, and write sweep.{md,json,png}; returns sweep.json's dict."""
-    from nnaug.dataset import check_dataset, load_raw_dataset, write_json_atomic
+    from nnaug.dataset import check_dataset, load_raw_dataset
+    from nnaug.io import write_json_atomic
     from nnaug.generators import checkpoint_sha256, find_latest_generator, read_info
     from nnaug.metrics import resolve_inception_weights
-    from nnaug.pretraining import file_lock
+    from nnaug.nnunet_pretraining import file_lock
     from nnaug.stats import DEFAULT_RESAMPLES
     from nnaug.stats import METHOD as CI_METHOD
 
@@ -836,7 +835,7 @@ def run_sweep(dataset: str, ratios=(1.0, 2.5, 5.0), seeds: int = 3, generator: P
 
 
 def _load(path: Path) -> dict | None:
-    from nnaug.pretraining import load_json_or_none
+    from nnaug.nnunet_pretraining import load_json_or_none
 
     return load_json_or_none(path)
 

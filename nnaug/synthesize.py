@@ -17,12 +17,13 @@ from pathlib import Path
 import numpy as np
 
 from nnaug.dataset import (PairDataset, RawDataset, check_dataset, from_model_range, load_raw_dataset,
-                           next_free_dataset_id, partial_dir, raw_root, replace_dir, write_case, write_dataset_json)
+                           next_free_dataset_id, raw_root, write_case, write_dataset_json)
 from nnaug.errors import NnaugError
-from nnaug.generators import checkpoint_sha256, find_latest_generator, load_generator, read_info
+from nnaug.generators import checkpoint_sha256, find_latest_generator, get_spec, load_generator, read_info
+from nnaug.io import partial_dir, replace_dir, write_json_atomic
 from nnaug.mask_augment import MaskAugmentation, augment_mask
+from nnaug.provenance import write_provenance
 
-PROVENANCE = "nnaug_provenance.json"
 PROGRESS = ".nnaug_batches"
 PLAN = ".nnaug_plan.json"
 
@@ -33,7 +34,7 @@ class SynthesisOptions:
     generator: Path | None = None
     mode: str | None = None  # joint | mask-conditioned (default: joint when the generator can)
     masks: str = "train"  # train | augmented
-    sampler: str | None = None  # None: the generator's default (DEFAULT_SAMPLING)
+    sampler: str | None = None  # None: the generator's default (its GeneratorSpec.default_sampling)
     steps: int | None = None
     batch_size: int | None = None  # None: DEFAULT_BATCH_SIZE for the device
     seed: int = 0
@@ -45,13 +46,6 @@ class SynthesisOptions:
     merge: bool = False
     augmentation: MaskAugmentation = MaskAugmentation()
     device: str | None = None
-
-
-# Per generator model. JDM: DPM-Solver++ 25 steps, 40x fewer network evaluations than DDPM 1000
-# and as good on the example dataset (benchmarks/jdm_sampling.py: mask consistency 0.826 vs 0.766,
-# FRD 7.10 vs 7.04, KID against the DDPM-1000 set -2e-5, i.e. indistinguishable); the thesis'
-# ancestral DDPM stays available with --sampler ddpm. Siamese-Diffusion: its published DDIM 50 (eta 0).
-DEFAULT_SAMPLING = {"jdm": ("dpmsolver++", 25), "siamese": ("ddim", 50)}
 
 
 # Cases per batch (the unit of work, resume and sharding). A GPU gets large batches to keep it busy; a batch
@@ -130,11 +124,8 @@ def synthesize(dataset: str, opts: SynthesisOptions, progress: bool = True) -> P
     generator_dir = Path(opts.generator) if opts.generator else find_latest_generator(raw.name)
     info = read_info(generator_dir)
     _check_compatible(raw, info, generator_dir)
-    mode = opts.mode or ("joint" if info["model"] == "jdm" else "mask-conditioned")
-    sampler, steps = DEFAULT_SAMPLING.get(info["model"], ("ddim", 50))
-    opts = replace(opts, sampler=opts.sampler or sampler, steps=opts.steps or steps)
-    if mode == "joint" and info["model"] != "jdm":
-        raise NnaugError(f"a {info['model']} generator cannot sample masks: use --mode mask-conditioned")
+    mode, sampler, steps = get_spec(info["model"]).resolve_sampling(opts.mode, opts.sampler, opts.steps)
+    opts = replace(opts, sampler=sampler, steps=steps)
     if opts.masks not in ("train", "augmented"):
         raise NnaugError(f"--masks must be train or augmented, got {opts.masks}")
     device = opts.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -191,9 +182,7 @@ def _open_work_folder(work: Path, plan: dict, resume: bool) -> None:
     if work.exists() and not resume:
         shutil.rmtree(work)
     (work / PROGRESS).mkdir(parents=True, exist_ok=True)
-    tmp = plan_file.with_name(f".plan.{os.getpid()}.tmp")  # shards may write the same plan at once
-    tmp.write_text(json.dumps(plan, indent=1))
-    os.replace(tmp, plan_file)
+    write_json_atomic(plan_file, plan, indent=1)  # temp names carry the pid: shards may write the plan at once
 
 
 def _done(work: Path, batch_index: int) -> bool:
@@ -276,7 +265,7 @@ def _finalize(raw: RawDataset, plan: dict, work: Path, target: Path, opts: Synth
         num_total += _copy_real_cases(raw, work)
     write_dataset_json(work, raw.dataset_json, num_total, name=target.name,
                        description=f"Synthetic pairs from {raw.name} made by nnaug ({plan['generator_model']}, {plan['mode']})")
-    (work / PROVENANCE).write_text(json.dumps(provenance, indent=1))
+    write_provenance(work, provenance)
     _contact_sheet(raw, work, [c["case"] for c in plan["cases"][:16]])
     shutil.rmtree(work / PROGRESS)
     for name in (PLAN, ".finalizing"):

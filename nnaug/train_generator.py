@@ -1,7 +1,8 @@
 """``nnaug train-generator``: from a raw dataset to a generator folder, for every model type.
 
 The common part lives here (dataset check, resolution, output folder, presets and overrides,
-resume); each model contributes a builder that returns its ``nn.Module`` (see ``nnaug.training``).
+resume); the model comes from its registry entry (:mod:`nnaug.generators.registry`), and
+:class:`nnaug.generator_training.GeneratorTrainer` runs the optimisation.
 """
 from __future__ import annotations
 
@@ -9,12 +10,13 @@ import json
 import time
 from pathlib import Path
 
-from nnaug.dataset import PairDataset, check_dataset, fingerprint, load_raw_dataset, results_root, write_json_atomic
+from nnaug.dataset import PairDataset, check_dataset, fingerprint, load_raw_dataset, results_root
 from nnaug.errors import NnaugError
+from nnaug.generator_training import GeneratorTrainer, TrainConfig, check_output, latest_checkpoint, prepare_output
+from nnaug.generators.registry import get_spec
+from nnaug.io import write_json_atomic
 from nnaug.masks import num_mask_channels
-from nnaug.training import TrainConfig, Trainer, check_output, latest_checkpoint, prepare_output
 
-MODELS = ("jdm", "siamese")
 RUN_CONFIG = "train_config.json"  # written at start so --resume rebuilds the same model
 
 
@@ -27,16 +29,8 @@ def default_output(dataset_name: str, model: str, preset: str) -> Path:
     return generators_root(dataset_name) / f"{model}_{preset}"
 
 
-def _presets(model: str) -> dict:
-    if model == "jdm":
-        from nnaug.jdm.model import PRESETS
-    else:
-        from nnaug.siamese.train import PRESETS
-    return PRESETS
-
-
 def resolve_settings(model: str, preset: str, overrides: dict) -> dict:
-    presets = _presets(model)
+    presets = get_spec(model).presets
     if preset not in presets:
         raise NnaugError(f"unknown preset '{preset}' for {model}: choose one of {', '.join(presets)}")
     settings = dict(presets[preset])
@@ -72,21 +66,7 @@ def train_config_from(settings: dict) -> TrainConfig:
 
 
 def build_model(model: str, settings: dict, raw, image_channels: int, mask_channels: int):
-    if model == "jdm":
-        from nnaug.jdm.model import OBJECTIVE_PAPER, JDMArchitecture, JDMModel, scheduler_config
-
-        objective = {**OBJECTIVE_PAPER, **{k: settings[k] for k in OBJECTIVE_PAPER if k in settings}}
-        arch = JDMArchitecture(resolution=int(settings["resolution"]), image_channels=image_channels,
-                               mask_channels=mask_channels, channels=tuple(settings["channels"]),
-                               layers_per_block=int(settings["layers_per_block"]),
-                               attention_resolutions=tuple(settings["attention_resolutions"]),
-                               attention_head_dim=int(settings["attention_head_dim"]),
-                               learned_variance=bool(objective["learned_variance"]))
-        return JDMModel(arch.build_unet(), image_channels, mask_channels, scheduler_config(**objective),
-                        snr_gamma=objective["snr_gamma"])
-    from nnaug.siamese.train import build_siamese_model
-
-    return build_siamese_model(settings, raw, image_channels, mask_channels)
+    return get_spec(model).build(settings, raw, image_channels, mask_channels)
 
 
 def train_generator(dataset: str, model: str = "jdm", preset: str = "tiny", output: Path | None = None,
@@ -96,17 +76,13 @@ def train_generator(dataset: str, model: str = "jdm", preset: str = "tiny", outp
     import torch
     from accelerate import Accelerator, PartialState
 
-    if model not in MODELS:
-        raise NnaugError(f"unknown model '{model}': choose one of {', '.join(MODELS)}")
+    spec = get_spec(model)
     raw = load_raw_dataset(dataset)
     summary = check_dataset(raw, progress=progress)
     output = Path(output) if output else default_output(raw.name, model, preset)
     if not resume:
         settings = resolve_settings(model, preset, overrides or {})
-        if model == "siamese":
-            from nnaug.siamese.train import check_settings
-
-            check_settings(settings)
+        spec.check_settings(settings)
     # Under `accelerate launch` every process runs this; only the main one touches the folder, after all
     # have checked it (so no process sees a half-deleted run), and the others wait for it.
     state = PartialState(cpu=cpu)
@@ -143,7 +119,7 @@ def train_generator(dataset: str, model: str = "jdm", preset: str = "tiny", outp
         "num_processes": accelerator.num_processes,
         "effective_batch_size": int(settings["batch_size"]) * accelerator.num_processes * int(settings.get("grad_accum", 1)),
     }
-    trainer = Trainer(net, pairs.images, pairs.labels, config, output, info, accelerator=accelerator, progress=progress)
+    trainer = GeneratorTrainer(net, pairs.images, pairs.labels, config, output, info, accelerator=accelerator, progress=progress)
     if resume:
         trainer.load_checkpoint(latest_checkpoint(output))
     trainer.run()

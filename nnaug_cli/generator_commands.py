@@ -5,14 +5,16 @@ from pathlib import Path
 
 import click
 
-from nnaug_cli.params import POSITIVE, POSITIVE_FLOAT, IntList
+from nnaug_cli.params import POSITIVE, POSITIVE_FLOAT, GeneratorModel, IntList
 
 
 @click.command("train-generator")
 @click.argument("dataset")
-@click.option("--model", type=click.Choice(["jdm", "siamese"]), default="jdm", show_default=True)
-@click.option("--preset", type=click.Choice(["tiny", "small", "paper"]), default="small", show_default=True,
-              help="tiny: seconds per step on a CPU; small: 64-128 px, about a GPU-hour; paper: the published setting.")
+@click.option("--model", type=GeneratorModel(), default="jdm", show_default=True,
+              help="jdm or siamese, or a generator another package registered.")
+@click.option("--preset", default="small", show_default=True,
+              help="Built-in generators: tiny (seconds per step on a CPU), small (64-128 px, about a GPU-hour), "
+                   "paper (the published setting).")
 @click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Generator folder. Default: $nnUNet_results/nnaug/<Dataset>/generators/<model>_<preset>.")
 @click.option("--steps", type=POSITIVE, help="Optimizer steps (preset value if not given).")

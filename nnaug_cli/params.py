@@ -72,6 +72,24 @@ class Shard(click.ParamType):
         return index, count
 
 
+class GeneratorModel(click.ParamType):
+    """A generator model in nnaug's registry (read when the command runs, so registered plug-ins count)."""
+
+    name = "model"
+
+    def get_metavar(self, param, ctx=None):
+        from nnaug.generators import generator_names
+
+        return "[" + "|".join(generator_names()) + "]"
+
+    def convert(self, value, param, ctx):
+        from nnaug.generators import generator_names
+
+        if value not in generator_names():
+            self.fail(f"'{value}' is not a generator nnaug knows: choose one of {', '.join(generator_names())}", param, ctx)
+        return value
+
+
 DATASET_ID = click.IntRange(1, 999)
 POSITIVE = click.IntRange(min=1)
 POSITIVE_FLOAT = click.FloatRange(min=0, min_open=True)

@@ -24,7 +24,7 @@ def demo(workdir, generator_steps, ratio, device, overwrite):
 @click.command("trainers-path")
 def trainers_path():
     """Print the folder for nnUNet_extTrainer: export nnUNet_extTrainer=$(nnaug trainers-path)."""
-    from nnaug.pretraining import trainers_path as path
+    from nnaug.nnunet_pretraining import trainers_path as path
 
     click.echo(path())
 

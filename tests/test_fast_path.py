@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nnaug.jdm.model import JDMArchitecture, JDMModel, scheduler_config
-from nnaug.training import TrainConfig, Trainer
+from nnaug.generators.jdm.model import JDMArchitecture, JDMModel
+from nnaug.generators.jdm.presets import scheduler_config
+from nnaug.generator_training import TrainConfig, GeneratorTrainer
 
 
-def _run(tmp_path, steps=4, **switches) -> Trainer:
+def _run(tmp_path, steps=4, **switches) -> GeneratorTrainer:
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
@@ -22,7 +23,7 @@ def _run(tmp_path, steps=4, **switches) -> Trainer:
     images, labels = torch.rand(8, 3, 16, 16, generator=g) * 2 - 1, (torch.rand(8, 16, 16, generator=g) > 0.5).long()
     config = TrainConfig(steps=steps, batch_size=4, lr=1e-3, checkpoint_every=steps, preview_count=0, **switches)
     initial = _flat(model.parameters())
-    trainer = Trainer(model, images, labels, config, tmp_path, {}, accelerator=Accelerator(cpu=True), progress=False)
+    trainer = GeneratorTrainer(model, images, labels, config, tmp_path, {}, accelerator=Accelerator(cpu=True), progress=False)
     trainer.run()
     trainer.update = _flat(trainer.params) - initial
     return trainer
@@ -70,7 +71,7 @@ class RunsOutOfMemory:
 
 def test_a_batch_that_does_not_fit_is_sampled_in_halves_with_the_same_result():
     from nnaug.errors import NnaugError
-    from nnaug.jdm.sampling import JDMGenerator
+    from nnaug.generators.jdm.sampling import JDMGenerator
     from nnaug.synthesize import sample_fitting
 
     torch.manual_seed(0)

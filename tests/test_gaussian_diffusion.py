@@ -1,4 +1,4 @@
-"""nnaug.gaussian_diffusion against independent float64 references written out here.
+"""nnaug.generators.jdm.objective against independent float64 references written out here.
 
 The references are numpy/scipy computations from the equations (closed-form Gaussian KL with
 standard deviations, the exact normal CDF, the posterior by multiplying the two Gaussians of
@@ -13,7 +13,7 @@ import pytest
 import torch
 from scipy.special import ndtr
 
-from nnaug.gaussian_diffusion import (
+from nnaug.generators.jdm.objective import (
     GaussianDiffusion,
     approx_standard_normal_cdf,
     discretized_gaussian_log_likelihood,

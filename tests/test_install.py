@@ -92,7 +92,7 @@ def test_the_wheel_ships_the_trainers_inside_nnaug_and_nnunet_finds_them(tmp_pat
     # the unpacked wheel first on the path, as an installed copy would be
     result = _python("""
         import os, nnaug
-        from nnaug.pretraining import trainers_path
+        from nnaug.nnunet_pretraining import trainers_path
         os.environ['nnUNet_extTrainer'] = trainers_path()
         from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
         cls = recursive_find_trainer_class_by_name('nnUNetTrainer_nnaugPretrainFinetune')

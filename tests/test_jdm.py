@@ -13,8 +13,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from nnaug.jdm.model import SCHEDULER_CONFIG, JDMArchitecture
-from nnaug.jdm.sampling import JDMGenerator, sample
+from nnaug.generators.jdm.model import JDMArchitecture
+from nnaug.generators.jdm.presets import SCHEDULER_CONFIG
+from nnaug.generators.jdm.sampling import JDMGenerator, sample
 from nnaug.samplers import make_scheduler
 from nnaug.masks import decode_channels, encode_labels
 
@@ -252,8 +253,8 @@ def test_sigkill_and_resume_matches_uninterrupted_run(nnunet_env, run_cli, tmp_p
 
 # ----------------------------------------------------------------------------- objectives
 def test_v_prediction_loss_is_zero_for_the_true_v_and_min_snr_weights_the_rest():
-    from nnaug.gaussian_diffusion import GaussianDiffusion
-    from nnaug.jdm.model import scheduler_config
+    from nnaug.generators.jdm.objective import GaussianDiffusion
+    from nnaug.generators.jdm.presets import scheduler_config
 
     diffusion = GaussianDiffusion.from_scheduler(make_scheduler("ddpm", scheduler_config(prediction="v", noise_schedule="cosine")))
     torch.manual_seed(0)
@@ -272,7 +273,7 @@ def test_v_prediction_loss_is_zero_for_the_true_v_and_min_snr_weights_the_rest()
 
 
 def test_paper_objective_is_still_the_thesis_setting():
-    from nnaug.jdm.model import OBJECTIVE_PAPER, PRESETS, SCHEDULER_CONFIG
+    from nnaug.generators.jdm.presets import OBJECTIVE_PAPER, PRESETS, SCHEDULER_CONFIG
     from nnaug.train_generator import build_model
 
     paper = build_model("jdm", PRESETS["paper"] | {"resolution": 32, "channels": (32, 32), "attention_resolutions": ()},

@@ -78,7 +78,7 @@ def test_train_generator_on_two_processes_resumes_after_a_worker_is_killed(nnune
 
 
 def test_processes_draw_different_batches_and_noise_reproducibly():
-    from nnaug.training import step_generator
+    from nnaug.generator_training import step_generator
 
     def draw(process):
         g = step_generator(0, 7, process, "cpu")

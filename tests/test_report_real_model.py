@@ -18,7 +18,7 @@ def test_report_mask_consistency_ratio_with_a_trained_real_only_model(nnunet_env
     from nnunetv2.experiment_planning.plan_and_preprocess_api import extract_fingerprints, plan_experiments, preprocess
 
     from nnaug.example import write_example_dataset
-    from nnaug.pretraining import trainers_path
+    from nnaug.nnunet_pretraining import trainers_path
 
     for var in ("NNAUG_SYNTHETIC", "NNAUG_FINETUNE_EPOCHS", "NNAUG_FINETUNE_ITERATIONS"):
         monkeypatch.delenv(var, raising=False)

@@ -34,7 +34,7 @@ def _batch(b=2, size=16, seed=0):
 
 
 def test_presets_cover_every_setting_the_builder_reads():
-    from nnaug.siamese.train import PRESETS
+    from nnaug.generators.siamese.model import PRESETS
     from nnaug.train_generator import resolve_settings, train_config_from
 
     assert set(PRESETS) == {"tiny", "small", "paper"}
@@ -49,7 +49,7 @@ def test_presets_cover_every_setting_the_builder_reads():
 
 
 def test_no_consistency_trains_l0_only():
-    from nnaug.siamese.train import PRESETS, build_siamese_model
+    from nnaug.generators.siamese.model import PRESETS, build_siamese_model
 
     settings = {**PRESETS["tiny"], "resolution": 16, "consistency": False}
     model = build_siamese_model(settings, None, 3, 2)
@@ -66,8 +66,8 @@ def test_no_consistency_trains_l0_only():
 
 def test_generator_refuses_joint_sampling_and_wrong_sizes(tmp_path):
     from nnaug.errors import NnaugError
-    from nnaug.siamese.generator import SiameseGenerator
-    from nnaug.siamese.train import PRESETS, build_siamese_model
+    from nnaug.generators.siamese.sampling import SiameseGenerator
+    from nnaug.generators.siamese.model import PRESETS, build_siamese_model
 
     model = build_siamese_model({**PRESETS["tiny"], "resolution": 16}, None, 3, 2)
     model.export(tmp_path)
@@ -132,7 +132,7 @@ def test_train_and_synthesize_on_example_dataset(nnunet_env, run_cli):
 
 @pytest.mark.slow
 def test_sd15_backbone_through_the_cli(nnunet_env, run_cli, sd_folder):  # noqa: F811
-    from nnaug.siamese.backbone import SiameseComponents
+    from nnaug.generators.siamese.backbone import SiameseComponents
 
     assert run_cli("example-dataset", "-d", 999, "--num-cases", 4).exit_code == 0
     missing = run_cli("train-generator", "999", "--model", "siamese", "--preset", "tiny", "--backbone", "sd15",

@@ -5,12 +5,12 @@ import pytest
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 import torch
-from diffusers import ControlNetModel, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
+from diffusers import ControlNetModel, UNet2DConditionModel
 
 from nnaug.errors import NnaugError
-from nnaug.siamese.backbone import SiameseComponents, build_pixel
-from nnaug.siamese.dhi import DenseHintInput, PatchMerge, default_dhi_channels
-from nnaug.siamese.sampling import sample_images
+from nnaug.generators.siamese.backbone import SiameseComponents, build_pixel
+from nnaug.generators.siamese.dhi import DenseHintInput, PatchMerge, default_dhi_channels
+from nnaug.generators.siamese.sampling import sample_images
 
 S = 16
 
@@ -173,22 +173,24 @@ def test_build_pixel_seed_is_reproducible_and_leaves_global_rng_alone():
 
 
 # ----------------------------------------------------------------------------- sampling
-@pytest.mark.parametrize("scheduler_class", [DDIMScheduler, DDPMScheduler])
-def test_sampling_is_deterministic_per_seed(scheduler_class):
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
+def test_sampling_is_deterministic_per_seed(sampler):
     comp = tiny_pixel()
     perturb(comp)
     lab = labels(4, seed=3)
 
     def run(idx, seeds):
-        return sample_images(comp, lab[idx], seeds, comp.make_scheduler(scheduler_class), 3)
+        return sample_images(comp, lab[idx], seeds, comp.make_scheduler(sampler), 3)
 
     a = run([0, 1], [5, 7])
     b = run([2, 0, 3], [9, 5, 11])
     c = run([1], [7])
     assert a.shape == (2, 3, S, S) and a.min() >= -1 and a.max() <= 1
-    assert torch.allclose(a[0], b[1], atol=1e-5)
-    assert torch.allclose(a[1], c[0], atol=1e-5)
-    assert not torch.allclose(a[0], run([0], [6])[0], atol=1e-3)  # another seed, another image
+    # the same seed and mask give the same image in any batch, up to the rounding of batched kernels (the
+    # perturbed random network and the clipped-x0 samplers amplify it to ~1e-4)
+    assert torch.allclose(a[0], b[1], atol=5e-4)
+    assert torch.allclose(a[1], c[0], atol=5e-4)
+    assert (a[0] - run([0], [6])[0]).abs().max() > 0.1  # another seed, another image
 
 
 def test_pixel_sampling_rejects_guidance():

@@ -14,10 +14,10 @@ from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from nnaug.errors import NnaugError
-from nnaug.siamese.backbone import SiameseComponents, load_sd15
-from nnaug.siamese.dhi import DenseHintInput
-from nnaug.siamese.objective import siamese_loss, trainable_parameters
-from nnaug.siamese.sampling import sample_images
+from nnaug.generators.siamese.backbone import SiameseComponents, load_sd15
+from nnaug.generators.siamese.dhi import DenseHintInput
+from nnaug.generators.siamese.objective import siamese_loss, trainable_parameters
+from nnaug.generators.siamese.sampling import sample_images
 
 S = 32  # image side; the tiny VAE halves it (one PatchMerge in the DHI)
 TOKENS = 16

@@ -48,7 +48,7 @@ def test_bad_inputs_are_one_line_errors(nnunet_env, run_cli):
 def test_budgets_and_arms(monkeypatch):
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
-    from nnaug.pretraining import trainers_path
+    from nnaug.nnunet_pretraining import trainers_path
 
     monkeypatch.setenv("nnUNet_extTrainer", trainers_path())
     tiny = BUDGETS["tiny"]

@@ -13,10 +13,10 @@ import pytest
 
 from nnaug.errors import NnaugError
 from nnaug.example import write_example_dataset
-from nnaug.pretraining import (
+from nnaug.provenance import PROVENANCE_FILE
+from nnaug.nnunet_pretraining import (
     ENV_VARS,
     PRETRAIN_DONE_MARKER,
-    PROVENANCE_FILE,
     TRAINING_RECORD,
     Schedule,
     check_compatible,

@@ -1,10 +1,10 @@
-"""The generator Trainer's learning-rate schedules and gradient clipping, on a toy model (no diffusion)."""
+"""The generator GeneratorTrainer's learning-rate schedules and gradient clipping, on a toy model (no diffusion)."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from nnaug.training import TrainConfig, Trainer
+from nnaug.generator_training import TrainConfig, GeneratorTrainer
 
 
 class Toy(torch.nn.Module):
@@ -20,12 +20,12 @@ class Toy(torch.nn.Module):
         return loss, {"loss": float(loss)}
 
 
-def _trainer(tmp_path, scale=1.0, **config) -> Trainer:
+def _trainer(tmp_path, scale=1.0, **config) -> GeneratorTrainer:
     from accelerate import Accelerator
 
     images, labels = torch.ones(4, 1, 4, 4), torch.zeros(4, 4, 4, dtype=torch.long)
     cfg = TrainConfig(steps=10, batch_size=2, lr=0.1, use_ema=False, augment=False, **config)
-    return Trainer(Toy(scale), images, labels, cfg, tmp_path, {}, accelerator=Accelerator(cpu=True), progress=False)
+    return GeneratorTrainer(Toy(scale), images, labels, cfg, tmp_path, {}, accelerator=Accelerator(cpu=True), progress=False)
 
 
 @pytest.mark.parametrize("schedule,expected", [

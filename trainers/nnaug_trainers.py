@@ -2,7 +2,7 @@
 
 Found by nnU-Net through ``nnUNet_extTrainer`` (``export nnUNet_extTrainer=$(nnaug trainers-path)``),
 which imports this module by its bare name — hence the ``nnaug_`` prefix. Each class overrides as
-little as it can; the library logic is in :mod:`nnaug.pretraining`. See docs/trainers.md.
+little as it can; the library logic is in :mod:`nnaug.nnunet_pretraining`. See docs/trainers.md.
 
 * ``nnUNetTrainer_nnaugPretrainFinetune`` — on the REAL dataset: pretrains on all cases of the
   synthetic dataset (fold ``all``, cached and shared by every fold), loads those weights like
@@ -27,7 +27,7 @@ import torch
 from nnunetv2.run.load_pretrained_weights import load_pretrained_weights
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from nnaug import pretraining as _pt
+from nnaug import nnunet_pretraining as _pt
 from nnaug.errors import NnaugError
 
 _FINETUNE = _pt.Schedule(num_epochs=150, initial_lr=1e-2)  # thesis: 150 epochs at 1e-2 (polyps)

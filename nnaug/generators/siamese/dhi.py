@@ -17,7 +17,7 @@ The number of PatchMerges is ``log2(hint resolution / resolution of the UNet's f
 The DHI's output is added to the ControlNet's ``conv_in`` output, so ``out_channels`` is the
 model width (``block_out_channels[0]``). It is a diffusers ``ModelMixin`` so that it can be
 saved and loaded on its own (``dhi/config.json`` + ``dhi/diffusion_pytorch_model.safetensors``);
-see :mod:`nnaug.siamese.backbone` for why it is not saved inside the ControlNet.
+see :mod:`nnaug.generators.siamese.backbone` for why it is not saved inside the ControlNet.
 """
 
 from __future__ import annotations

@@ -1,9 +1,8 @@
-"""Finding and loading trained generators, whatever their model type.
+"""Finding, checking and loading generator folders, whatever their model (through the registry).
 
 A generator folder holds ``nnaug.json`` (model type, channels, labels, resolution, source
-dataset and its fingerprint, steps trained) beside the diffusers files. Every loaded generator
-offers ``sample(seeds, labels=None, sampler=..., steps=...) -> (images, labels)`` and says
-whether it can sample pairs jointly (``supports_joint``).
+dataset and its fingerprint, steps trained) beside the diffusers files. A loaded generator is a
+:class:`~nnaug.generators.registry.SampleableGenerator`.
 """
 from __future__ import annotations
 
@@ -11,14 +10,12 @@ import json
 from pathlib import Path
 
 from nnaug.errors import NnaugError
+from nnaug.generators.registry import generator_names, get_spec
 
 
 # What every generator folder's nnaug.json must hold, and of which type.
 REQUIRED_INFO = {"model": str, "image_channels": int, "mask_channels": int, "channel_names": list, "labels": dict,
                  "label_values": list, "resolution": int, "intensity_mode": str, "source_dataset": str}
-# The weight files each model type needs besides nnaug.json (siamese checks its own in SiameseComponents).
-REQUIRED_FILES = {"jdm": ("config.json", "diffusion_pytorch_model.safetensors", "scheduler_config.json"),
-                  "siamese": ("siamese.json",)}
 
 
 def read_info(folder: Path) -> dict:
@@ -44,9 +41,9 @@ def read_info(folder: Path) -> dict:
              if not isinstance(info[key], kind) or isinstance(info[key], bool)]
     if wrong:
         raise NnaugError(f"{path}: wrong type for {', '.join(wrong)}: restore it or train the generator again")
-    if info["model"] not in REQUIRED_FILES:
-        raise NnaugError(f"{path}: unknown generator model '{info['model']}' (nnaug knows {', '.join(REQUIRED_FILES)})")
-    absent = [name for name in REQUIRED_FILES[info["model"]] if not (folder / name).is_file()]
+    if info["model"] not in generator_names():
+        raise NnaugError(f"{path}: unknown generator model '{info['model']}' (nnaug knows {', '.join(generator_names())})")
+    absent = [name for name in get_spec(info["model"]).required_files if not (folder / name).is_file()]
     if absent:
         raise NnaugError(f"the generator in {folder} is incomplete: missing {', '.join(absent)} — train it again, "
                          "or finish the run with `nnaug train-generator ... --resume`")
@@ -57,17 +54,11 @@ def load_generator(folder: Path, device="cpu"):
     folder = Path(folder)
     info = read_info(folder)
     try:
-        if info["model"] == "jdm":
-            from nnaug.jdm.sampling import JDMGenerator
-
-            return JDMGenerator.from_pretrained(folder, info, device=device)
-        from nnaug.siamese.generator import SiameseGenerator
-
-        return SiameseGenerator.from_pretrained(folder, info, device=device)
+        return get_spec(info["model"]).load(folder, info, device=device)
     except (OSError, ValueError, RuntimeError, KeyError) as exc:  # truncated safetensors, a config that lies, ...
-        from nnaug.dataset import _one_line
+        from nnaug.io import one_line
 
-        raise NnaugError(f"cannot load the generator weights in {folder}: {_one_line(exc)} — train it again") from None
+        raise NnaugError(f"cannot load the generator weights in {folder}: {one_line(exc)} — train it again") from None
 
 
 def find_latest_generator(dataset_name: str) -> Path:
@@ -85,7 +76,7 @@ def checkpoint_sha256(folder: Path) -> str:
     """sha256 over the weight files of a generator folder (what the provenance records)."""
     import hashlib
 
-    from nnaug.dataset import file_sha256
+    from nnaug.io import file_sha256
 
     digest = hashlib.sha256()
     for path in sorted(Path(folder).rglob("*.safetensors")):

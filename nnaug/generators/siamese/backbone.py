@@ -14,7 +14,7 @@ Two backbones share one code path (:class:`SiameseComponents`):
     the prompt goes through the frozen CLIP text encoder. The ControlNet is
     ``ControlNetModel.from_unet(unet)``. Nothing is fetched from a hub.
 
-In both, the ControlNet's hint encoder is replaced by the DHI (:mod:`nnaug.siamese.dhi`).
+In both, the ControlNet's hint encoder is replaced by the DHI (:mod:`nnaug.generators.siamese.dhi`).
 
 Hints
     Both branches use the same ControlNet + DHI, so the mask hint and the image hint must have
@@ -51,14 +51,14 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from nnaug.errors import NnaugError
-from nnaug.siamese.dhi import DenseHintInput
+from nnaug.generators.siamese.dhi import DenseHintInput
+from nnaug.generators.siamese.presets import DEFAULT_PROMPT, PROMPT_DROPOUT
+from nnaug.io import one_line
+from nnaug.masks import one_hot
 
-PROMPT_DROPOUT = 0.05  # share of steps trained with the empty prompt (classifier-free guidance)
-DEFAULT_PROMPT = "A photo of a polyp."
 SD15_SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 FORMAT_NAME = "nnaug-siamese"
 FORMAT_VERSION = 1
@@ -74,11 +74,6 @@ PIXEL_SCHEDULER_CONFIG: dict[str, Any] = {
     "clip_sample_range": 1.0,
     "steps_offset": 0,
 }
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"
 
 
 class SiameseComponents(nn.Module):
@@ -194,14 +189,12 @@ class SiameseComponents(nn.Module):
             self._noise_scheduler = DDPMScheduler.from_config(self.scheduler_config)
         return self._noise_scheduler
 
-    def make_scheduler(self, scheduler_class=None):
-        """A sampling scheduler of any diffusers class built from the training schedule (default: nnaug's DDIM,
-        x0 clipped to [-1, 1] in pixel space, see :mod:`nnaug.samplers`)."""
-        if scheduler_class is None:
-            from nnaug.samplers import make_scheduler
+    def make_scheduler(self, sampler: str = "ddim"):
+        """One of nnaug's samplers (:mod:`nnaug.samplers`) on the training schedule; x0 is clipped to
+        [-1, 1] in pixel space only (latents are not)."""
+        from nnaug.samplers import make_scheduler
 
-            return make_scheduler("ddim", self.scheduler_config, clip_x0=self.backbone == "pixel")
-        return scheduler_class.from_config(self.scheduler_config)
+        return make_scheduler(sampler, self.scheduler_config, clip_x0=self.backbone == "pixel")
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -229,7 +222,7 @@ class SiameseComponents(nn.Module):
         k = self.mask_channels
         if label.numel() and (int(label.min()) < 0 or int(label.max()) > k):
             raise ValueError(f"labels must lie in 0..{k}, got {int(label.min())}..{int(label.max())}")
-        return F.one_hot(label, k + 1)[..., 1:].permute(0, 3, 1, 2).to(self.dtype)
+        return one_hot(label, k).to(self.dtype)
 
     def mask_hint(self, label: torch.Tensor) -> torch.Tensor:
         """The Mask-Diffusion hint from labels [B, S, S]: [B, hint_channels, S, S] in [0, 1]."""
@@ -408,7 +401,7 @@ class SiameseComponents(nn.Module):
             controlnet = ControlNetModel.from_pretrained(directory / "controlnet", local_files_only=True)
             dhi = DenseHintInput.from_pretrained(directory / "dhi", local_files_only=True)
         except Exception as exc:  # library errors vary; the user gets one line
-            raise NnaugError(f"cannot load the generator in {directory}: {_one_line(exc)}") from exc
+            raise NnaugError(f"cannot load the generator in {directory}: {one_line(exc)}") from exc
         install_dhi(controlnet, dhi)
         scheduler_config = json.loads((directory / "scheduler" / "scheduler_config.json").read_text())
         common = dict(
@@ -576,7 +569,7 @@ def _load_frozen_sd_parts(vae_path: Path, text_encoder_path: Path, tokenizer_pat
         try:
             out.append(load())
         except Exception as exc:  # library errors vary (OSError, ValueError, TypeError...); report one line
-            raise NnaugError(f"cannot load {name} from {where}: {_one_line(exc)}") from exc
+            raise NnaugError(f"cannot load {name} from {where}: {one_line(exc)}") from exc
     return tuple(out)
 
 
@@ -605,7 +598,7 @@ def load_sd15(
     try:
         unet = UNet2DConditionModel.from_pretrained(path / "unet", local_files_only=True)
     except Exception as exc:
-        raise NnaugError(f"cannot load unet from {path}: {_one_line(exc)}") from exc
+        raise NnaugError(f"cannot load unet from {path}: {one_line(exc)}") from exc
     vae, text_encoder, tokenizer = _load_frozen_sd_parts(path / "vae", path / "text_encoder", path / "tokenizer")
     scheduler_config = json.loads((path / "scheduler" / "scheduler_config.json").read_text())
     if scheduler_config.get("prediction_type", "epsilon") != "epsilon":

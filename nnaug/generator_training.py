@@ -1,4 +1,4 @@
-"""The training run every generator shares: accelerate, AdamW, linear decay, EMA, checkpoints, resume.
+"""The training run every generator shares (:class:`GeneratorTrainer`): accelerate, AdamW, linear decay, EMA, checkpoints, resume.
 
 A generator is one ``nn.Module`` whose ``forward(batch, step, max_steps, generator)`` returns
 ``(loss, logs)`` and which can ``export(folder)`` itself with ``save_pretrained`` and
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from nnaug.dataset import write_json_atomic
+from nnaug.io import write_json_atomic
 from nnaug.errors import NnaugError
 
 CHECKPOINTS = "checkpoints"
@@ -141,7 +141,7 @@ def prepare_output(output: Path, resume: bool, overwrite: bool) -> None:
     output.mkdir(parents=True, exist_ok=True)
 
 
-class Trainer:
+class GeneratorTrainer:
     """Runs ``config.steps`` optimizer steps of ``model`` on in-memory (images, labels)."""
 
     def __init__(self, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, config: TrainConfig,

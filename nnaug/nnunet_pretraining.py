@@ -37,11 +37,11 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Iterator
 
-from nnaug.dataset import (find_raw_dataset, parse_dataset_id, preprocessed_root, raw_root, results_root,
-                           write_json_atomic)
+from nnaug.dataset import find_raw_dataset, parse_dataset_id, preprocessed_root, raw_root, results_root
 from nnaug.errors import NnaugError
+from nnaug.io import write_json_atomic
+from nnaug.provenance import PROVENANCE_FILE, read_provenance, same_dataset, synthetic_datasets_for
 
-PROVENANCE_FILE = "nnaug_provenance.json"
 PREPARED_MARKER = "nnaug_prepared_{plans}_{configuration}.json"
 PRETRAIN_DONE_MARKER = "nnaug_pretrain_done.json"
 TRAINING_RECORD = "nnaug_training.json"
@@ -115,30 +115,6 @@ def schedule_from_env(phase: str, default: Schedule) -> Schedule:
 
 
 # ----------------------------------------------------------------------------- finding the synthetic dataset
-def read_provenance(folder: Path) -> dict | None:
-    path = Path(folder) / PROVENANCE_FILE
-    if not path.is_file():
-        return None
-    try:
-        content = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return content if isinstance(content, dict) else None
-
-
-def _same_dataset(reference: object, dataset_name: str) -> bool:
-    """Does ``reference`` (a name like Dataset501_Kvasir, or an ID) mean ``dataset_name``?"""
-    if reference is None:
-        return False
-    text = str(reference)
-    if text == dataset_name:
-        return True
-    if text.startswith("Dataset") and "_" in text:
-        return False  # a full name that differs
-    ref_id = parse_dataset_id(text)
-    return ref_id is not None and ref_id == parse_dataset_id(dataset_name)
-
-
 def find_synthetic_dataset(source_dataset: str) -> Path:
     """The raw folder of the synthetic dataset to pretrain on for the real dataset ``source_dataset``.
 
@@ -152,17 +128,12 @@ def find_synthetic_dataset(source_dataset: str) -> Path:
         if folder.name == source_dataset:
             raise NnaugError(f"{ENV_SYNTHETIC}={chosen} is the real dataset itself: point it at the synthetic dataset")
         provenance = read_provenance(folder)
-        if provenance is not None and not _same_dataset(provenance.get("source_dataset"), source_dataset):
+        if provenance is not None and not same_dataset(provenance.get("source_dataset"), source_dataset):
             print(f"nnaug: warning: {folder.name} was synthesized from {provenance.get('source_dataset')}, "
                   f"not from {source_dataset}; using it because {ENV_SYNTHETIC}={chosen}", file=sys.stderr)
         return folder
-    candidates = []
-    for folder in root.glob("Dataset*_*"):
-        if not folder.is_dir() or folder.name == source_dataset:
-            continue
-        provenance = read_provenance(folder)
-        if provenance is not None and _same_dataset(provenance.get("source_dataset"), source_dataset):
-            candidates.append(((folder / PROVENANCE_FILE).stat().st_mtime, parse_dataset_id(folder.name) or 0, folder))
+    candidates = [((folder / PROVENANCE_FILE).stat().st_mtime, parse_dataset_id(folder.name) or 0, folder)
+                  for folder in synthetic_datasets_for(source_dataset)]
     if not candidates:
         raise NnaugError(
             f"no synthetic dataset for {source_dataset} in nnUNet_raw={root} (none has an {PROVENANCE_FILE} naming it "

@@ -14,7 +14,7 @@ Mask-conditioned sampling keeps the mask channels on the given mask's forward-no
 
 After the last step the mask channels are exactly the given mask. Each sample has its own seed
 (its initial noise, ancestral noise and mask noise come from a generator of its own), so a seed
-gives the same pair whatever batch it is in.
+gives the same pair whatever batch it is in (the loop is :mod:`nnaug.generators.reverse_process`).
 """
 from __future__ import annotations
 
@@ -22,12 +22,9 @@ from pathlib import Path
 
 import torch
 
+from nnaug.generators.reverse_process import per_sample_noise, reverse_process
 from nnaug.masks import decode_channels, encode_labels
 from nnaug.samplers import make_scheduler
-
-
-def _per_sample_noise(shape, generators, device) -> torch.Tensor:
-    return torch.stack([torch.randn(shape, generator=g) for g in generators]).to(device)
 
 
 def on_mask_path(mask: torch.Tensor, noise: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
@@ -57,46 +54,47 @@ def sample(unet, scheduler, seeds: list[int], num_steps: int, image_channels: in
     ``on_step(t_next, x)``, if given, sees the state after every step (tests follow the mask path).
     """
     from diffusers import DDPMScheduler
-    from tqdm.auto import tqdm
 
     device = unet.device
     size = unet.config.sample_size
     channels = image_channels + mask_channels
-    generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
-    x = _per_sample_noise((channels, size, size), generators, device) * scheduler.init_noise_sigma
     alphas_cumprod = scheduler.alphas_cumprod.to(device=device, dtype=torch.float32)
-    scheduler.set_timesteps(num_steps, device=device)
-    timesteps = scheduler.timesteps
     learned_variance = getattr(scheduler.config, "variance_type", None) in ("learned", "learned_range")
     ancestral = isinstance(scheduler, DDPMScheduler)  # adds fresh noise every step: replacement instead
     prediction_type = scheduler.config.prediction_type
     if known_mask is not None:
-        known_mask = known_mask.to(device=device, dtype=x.dtype)
-        mask_noise = _per_sample_noise(known_mask.shape[1:], generators, device)
-        x[:, image_channels:] = on_mask_path(known_mask, mask_noise, alphas_cumprod[timesteps[0]])
-    extra = {"generator": generators} if _takes_generator(scheduler) else {}
-    for i, t in enumerate(tqdm(timesteps, desc="sampling", leave=False, disable=not progress)):
-        model_in = scheduler.scale_model_input(x, t)
-        out = unet(model_in, t).sample.float()
+        known_mask = known_mask.to(device=device, dtype=torch.float32)
+    mask_noise = None
+
+    def start(x, timesteps, generators):
+        nonlocal mask_noise
+        if known_mask is not None:
+            mask_noise = per_sample_noise(known_mask.shape[1:], generators, device)
+            x[:, image_channels:] = on_mask_path(known_mask, mask_noise, alphas_cumprod[timesteps[0]])
+        return x
+
+    def predict(x_in, t):
+        out = unet(x_in, t).sample.float()
         if not learned_variance:
             out = out[:, :channels]  # the prediction only: these schedulers use their own variance
         if known_mask is not None and not ancestral:
             out[:, image_channels:channels] = oracle_mask_output(known_mask, mask_noise, alphas_cumprod[t],
                                                                  prediction_type)
-        x = scheduler.step(out, t, x, return_dict=True, **extra).prev_sample
+        return out
+
+    def after_step(i, t, x, generators):
+        timesteps = scheduler.timesteps
         last = i + 1 == len(timesteps)
         if known_mask is not None and (ancestral or last):
             x[:, image_channels:] = known_mask if last else on_mask_path(
-                known_mask, _per_sample_noise(known_mask.shape[1:], generators, device), alphas_cumprod[timesteps[i + 1]])
+                known_mask, per_sample_noise(known_mask.shape[1:], generators, device), alphas_cumprod[timesteps[i + 1]])
         if on_step is not None:
             on_step(-1 if last else int(timesteps[i + 1]), x)
+        return x
+
+    x = reverse_process(scheduler, seeds, (channels, size, size), num_steps, device, predict, start=start,
+                        after_step=after_step, progress=progress)
     return x.clamp(-1, 1)
-
-
-def _takes_generator(scheduler) -> bool:
-    import inspect
-
-    return "generator" in inspect.signature(scheduler.step).parameters
 
 
 class JDMGenerator:

@@ -1,4 +1,4 @@
-"""The JDM network (a diffusers ``UNet2DModel``), its presets, and its training objective."""
+"""The JDM network (a diffusers ``UNet2DModel``) and the module the generator training optimises."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -6,47 +6,9 @@ from pathlib import Path
 
 import torch
 
-from nnaug.gaussian_diffusion import GaussianDiffusion
+from nnaug.generators.jdm.objective import GaussianDiffusion
+from nnaug.generators.jdm.presets import OBJECTIVE_PAPER, PREDICTION_TYPES, SCHEDULER_CONFIG, scheduler_config
 from nnaug.masks import decode_channels, encode_labels
-
-# Widths are block_out_channels (one per resolution level); attention is put on the levels whose
-# feature map is in ``attention_resolutions``.
-#
-# ``paper`` is the thesis' setting (reference §1 / thesis Table 4.1): linear betas, epsilon
-# prediction with learned-range variance and the hybrid loss, constant-ish lr 1e-4, EMA 0.9999.
-# ``tiny`` and ``small`` use what measured faster here (docs/train-generator.md, "Recipe"):
-# v-prediction on a cosine schedule with min-SNR-5 weighting, no learned variance (the few-step
-# solvers do not use it), a higher lr with warm-up, and an EMA whose decay warms up with the step
-# count so that a short run's EMA is not dominated by its first, random weights.
-OBJECTIVE_PAPER = dict(prediction="epsilon", learned_variance=True, snr_gamma=None, noise_schedule="linear")
-OBJECTIVE_FAST = dict(prediction="v", learned_variance=False, snr_gamma=5.0, noise_schedule="cosine")
-PRESETS = {
-    "tiny": dict(resolution=32, channels=(32, 64, 64), layers_per_block=1, attention_resolutions=(8,),
-                 attention_head_dim=32, steps=700, batch_size=16, lr=2e-3, warmup_steps=50, ema_decay=0.999,
-                 ema_warmup=True, checkpoint_every=350, **OBJECTIVE_FAST),
-    "small": dict(resolution=128, channels=(64, 64, 128, 256, 256), layers_per_block=2, attention_resolutions=(16, 8),
-                  attention_head_dim=64, steps=20000, batch_size=16, lr=5e-4, warmup_steps=500, ema_decay=0.9995,
-                  ema_warmup=True, checkpoint_every=1000, **OBJECTIVE_FAST),
-    "paper": dict(resolution=256, channels=(128, 128, 256, 256, 512, 512), layers_per_block=2,
-                  attention_resolutions=(16, 8), attention_head_dim=128, steps=60000, batch_size=10, lr=1e-4,
-                  ema_decay=0.9999, checkpoint_every=5000, **OBJECTIVE_PAPER),
-}
-PREDICTION_TYPES = {"epsilon": "epsilon", "v": "v_prediction"}
-BETA_SCHEDULES = {"linear": "linear", "cosine": "squaredcos_cap_v2"}
-
-# T = 1000, linear betas 1e-4 -> 0.02, epsilon prediction, learned-range variance (the paper setting).
-SCHEDULER_CONFIG = dict(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
-                        variance_type="learned_range", prediction_type="epsilon", clip_sample=True,
-                        clip_sample_range=1.0, timestep_spacing="trailing")
-
-
-def scheduler_config(prediction: str = "epsilon", learned_variance: bool = True, noise_schedule: str = "linear",
-                     **_) -> dict:
-    """The diffusers noise-schedule config saved with a JDM (what every sampler is built from)."""
-    return {**SCHEDULER_CONFIG, "prediction_type": PREDICTION_TYPES[prediction],
-            "variance_type": "learned_range" if learned_variance else "fixed_small",
-            "beta_schedule": BETA_SCHEDULES[noise_schedule]}
-
 
 @dataclass
 class JDMArchitecture:
@@ -117,7 +79,7 @@ class JDMModel(torch.nn.Module):
     @torch.no_grad()
     def preview(self, labels: torch.Tensor, seeds: list[int]):
         """Joint samples (image and mask together) for the training contact sheet."""
-        from nnaug.jdm.sampling import sample
+        from nnaug.generators.jdm.sampling import sample
         from nnaug.samplers import make_scheduler
 
         scheduler = make_scheduler("ddim", self.scheduler_config)
@@ -128,3 +90,16 @@ class JDMModel(torch.nn.Module):
         finally:
             self.unet.train(was_training)
         return x[:, : self.image_channels], decode_channels(x[:, self.image_channels:])
+
+
+def build_jdm_model(settings: dict, raw, image_channels: int, mask_channels: int) -> JDMModel:
+    """The trainable JDM for ``settings`` (a preset updated with the command-line overrides)."""
+    objective = {**OBJECTIVE_PAPER, **{k: settings[k] for k in OBJECTIVE_PAPER if k in settings}}
+    arch = JDMArchitecture(resolution=int(settings["resolution"]), image_channels=image_channels,
+                           mask_channels=mask_channels, channels=tuple(settings["channels"]),
+                           layers_per_block=int(settings["layers_per_block"]),
+                           attention_resolutions=tuple(settings["attention_resolutions"]),
+                           attention_head_dim=int(settings["attention_head_dim"]),
+                           learned_variance=bool(objective["learned_variance"]))
+    return JDMModel(arch.build_unet(), image_channels, mask_channels, scheduler_config(**objective),
+                    snr_gamma=objective["snr_gamma"])

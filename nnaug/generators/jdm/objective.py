@@ -8,7 +8,7 @@ interpolate the reverse-process log variance between ``log beta~_t`` and ``log b
 trained with the hybrid loss ``L_simple + L_vlb`` where ``L_vlb`` sees the predicted mean
 *detached*, so it trains only the variance (improved-diffusion's ``RESCALED_MSE``).
 
-This module follows the structure of OpenAI's improved-diffusion (``gaussian_diffusion.py`` and
+This module follows the structure of OpenAI's improved-diffusion (``generators/jdm/objective.py`` and
 ``losses.py``), written afresh. Notation (Ho et al. 2020, section 2):
 
 * ``beta_t``            the forward noise schedule, ``alpha_t = 1 - beta_t``;

@@ -1,0 +1,110 @@
+"""The generators nnaug knows: one :class:`GeneratorSpec` each, and the two protocols a generator meets.
+
+``train-generator``, ``synthesize``, ``sweep`` and the CLI read this registry and nothing else about a
+generator. The built-in ones are named in :data:`BUILT_IN` (each package exports ``SPEC``); another
+package adds its own with :func:`register`, or, installed, with an entry point in the group
+``nnaug.generators`` (``mygen = "mypackage:SPEC"``).
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Protocol, runtime_checkable
+
+from nnaug.errors import NnaugError
+
+BUILT_IN = {"jdm": "nnaug.generators.jdm", "siamese": "nnaug.generators.siamese"}
+ENTRY_POINT_GROUP = "nnaug.generators"
+MODES = ("joint", "mask-conditioned")
+
+
+@runtime_checkable
+class TrainableGenerator(Protocol):
+    """The ``nn.Module`` that :class:`nnaug.generator_training.GeneratorTrainer` optimises."""
+
+    def forward(self, batch: dict, step: int, max_steps: int, generator) -> tuple[Any, dict]:
+        """``batch``: {"image": [B, C, S, S] in [-1, 1], "label": [B, S, S]} -> (loss, logs)."""
+
+    def export(self, folder: Path) -> None:
+        """Write the weights (``save_pretrained``) into the generator folder."""
+
+    def preview(self, labels, seeds: list[int]) -> tuple[Any, Any]:
+        """A few samples for the contact sheet: (images in [-1, 1], labels)."""
+
+
+@runtime_checkable
+class SampleableGenerator(Protocol):
+    """A loaded generator folder, as ``nnaug synthesize`` uses it."""
+
+    supports_joint: bool
+    image_channels: int
+    mask_channels: int
+    resolution: int
+
+    def sample(self, seeds: list[int], labels=None, sampler: str = "ddim", steps: int = 50,
+               guidance_scale: float | None = None) -> tuple[Any, Any]:
+        """(images [B, C, S, S] in [-1, 1] on the CPU, labels [B, S, S]); ``labels`` given: mask-conditioned."""
+
+
+def _no_check(settings: dict) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class GeneratorSpec:
+    name: str
+    summary: str
+    presets: Mapping[str, Mapping[str, Any]]  # settings per preset: model settings and TrainConfig fields
+    build: Callable[..., TrainableGenerator]  # (settings, raw dataset, image_channels, mask_channels)
+    load: Callable[..., SampleableGenerator]  # (folder, info from nnaug.json, device)
+    required_files: tuple[str, ...]  # in a generator folder, besides nnaug.json
+    supports_joint: bool  # can it sample masks too (joint mode), or only images for given masks
+    default_sampling: tuple[str, int]  # sampler and steps of `nnaug synthesize` when none are given
+    check_settings: Callable[[dict], None] = _no_check  # refuse what the user can fix, before anything is written
+
+    def resolve_sampling(self, mode: str | None, sampler: str | None, steps: int | None) -> tuple[str, str, int]:
+        """(mode, sampler, steps) for synthesis: the user's choice, else this generator's defaults."""
+        mode = mode or ("joint" if self.supports_joint else "mask-conditioned")
+        if mode == "joint" and not self.supports_joint:
+            raise NnaugError(f"a {self.name} generator cannot sample masks: use --mode mask-conditioned")
+        return mode, sampler or self.default_sampling[0], int(steps or self.default_sampling[1])
+
+
+_REGISTRY: dict[str, GeneratorSpec] = {}
+_loaded = False
+
+
+def register(spec: GeneratorSpec) -> GeneratorSpec:
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def unregister(name: str) -> None:
+    _REGISTRY.pop(name, None)
+
+
+def _load_known() -> None:
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    for name, module in BUILT_IN.items():
+        _REGISTRY.setdefault(name, importlib.import_module(module).SPEC)
+    from importlib.metadata import entry_points
+
+    for entry in entry_points(group=ENTRY_POINT_GROUP):
+        spec = entry.load()
+        _REGISTRY.setdefault(spec.name, spec)
+
+
+def generator_names() -> list[str]:
+    _load_known()
+    return list(_REGISTRY)
+
+
+def get_spec(name: str) -> GeneratorSpec:
+    _load_known()
+    if name not in _REGISTRY:
+        raise NnaugError(f"unknown generator model '{name}': nnaug knows {', '.join(_REGISTRY)}")
+    return _REGISTRY[name]
