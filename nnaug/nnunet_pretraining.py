@@ -372,6 +372,20 @@ def _run_pretraining(finetune_trainer, pretrain_class, synthetic: str, plans_ide
     log(f"nnaug: pretraining finished: {out / 'checkpoint_final.pth'}")
 
 
+def refuse_changed_schedule(output_folder: str | Path, schedule: Schedule, phase: str) -> None:
+    """``--c`` continues a run with the schedule it started with (recorded in its nnaug_training.json):
+    a schedule the NNAUG_* variables have changed since is refused, not silently switched to."""
+    recorded = (load_json_or_none(Path(output_folder) / TRAINING_RECORD) or {}).get("schedule")
+    if not isinstance(recorded, dict):
+        return  # no record (started before nnaug recorded it): nothing to hold it to
+    now = asdict(schedule)
+    changed = [f"{key} {recorded.get(key)} -> {value}" for key, value in now.items() if recorded.get(key) != value]
+    if changed:
+        names = " / ".join(ENV_VARS.get(phase, ()))
+        raise NnaugError(f"--c continues {output_folder} with the schedule it started with, but now {', '.join(changed)}: "
+                         f"set {names} back as they were (the record is {TRAINING_RECORD}), or train afresh without --c")
+
+
 def training_record(trainer, train_identifiers: list[str], val_identifiers: list[str], schedule: Schedule,
                     extra: dict | None = None) -> dict:
     """What one nnaug trainer run trained on (written as nnaug_training.json in its fold folder)."""

@@ -69,3 +69,19 @@ def test_an_unknown_generator_is_one_line(nnunet_env, run_cli, toy):
     assert_one_line_error(run_cli("train-generator", "999", "--model", "nope"), "--model", "jdm, siamese", "toy")
     assert_one_line_error(run_cli("train-generator", "999", "--model", "toy", "--preset", "paper"),
                           "unknown preset 'paper' for toy", "tiny")
+
+
+def test_a_jdm_folder_alone_rebuilds_the_generator(tmp_path):
+    """diffusers' idiom: ``from_pretrained(folder)`` needs nothing else; it meets the SampleableGenerator protocol."""
+    import torch
+    from test_bad_inputs import _generator_folder
+
+    from nnaug.errors import NnaugError
+    from nnaug.generators.jdm.sampling import JDMGenerator
+
+    generator = JDMGenerator.from_pretrained(_generator_folder(tmp_path))
+    assert isinstance(generator, SampleableGenerator) and generator.resolution == 16
+    images, labels = generator.sample([1, 2], sampler="ddim", steps=2)
+    assert images.shape == (2, 3, 16, 16) and labels.shape == (2, 16, 16) and torch.isfinite(images).all()
+    with pytest.raises(NnaugError, match="no conditioning to guide"):
+        generator.sample([1], sampler="ddim", steps=2, guidance_scale=7.5)

@@ -140,119 +140,181 @@ def test_file_lock_makes_the_second_process_wait(tmp_path, capsys):
     assert order == ["first", "other"]
 
 
-# ----------------------------------------------------------------------------- slow: a real run
-@pytest.mark.slow
-def test_pretrain_finetune_run_report_reuse_resume_and_predict(nnunet_env, monkeypatch, tmp_path, run_cli,
-                                                               random_weights):
-    import torch
+# ----------------------------------------------------------------------------- slow: one real run, checked by several tests
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """nnUNetv2_train -tr nnUNetTrainer_nnaugPretrainFinetune_5epochs on fold 0, as a user runs it, once for this module:
+    a 12-case real dataset, planned and preprocessed, and a 16-case synthetic one naming it as source."""
+    from types import SimpleNamespace
+
     from nnunetv2.experiment_planning.plan_and_preprocess_api import extract_fingerprints, plan_experiments, preprocess
 
-    real = write_example_dataset(998, "Real", num_cases=12, seed=0)
-    synthetic = fake_synthetic(999, real.name, num_cases=16, seed=1)
-    synth_ids = [f"synth_{i:06d}" for i in range(16)]
-    monkeypatch.setenv("nnUNet_def_n_proc", "1")
-    extract_fingerprints([998], num_processes=1, verbose=False, show_progress_bar=False)
-    plan_experiments([998])
-    preprocess([998], configurations=["2d"], num_processes=[1], show_progress_bar=False)
+    root = tmp_path_factory.mktemp("trained")
+    with pytest.MonkeyPatch.context() as mp:
+        env = {}
+        for var, name in (("nnUNet_raw", "raw"), ("nnUNet_preprocessed", "preprocessed"), ("nnUNet_results", "results")):
+            env[name] = root / name
+            env[name].mkdir()
+            mp.setenv(var, str(env[name]))
+        for var in NNAUG_VARS:
+            mp.delenv(var, raising=False)
+        # nnUNet_n_proc_DA=0: no augmentation workers on a 2-core machine
+        for var, value in (("nnUNet_def_n_proc", "1"), ("nnUNet_extTrainer", trainers_path()), ("nnUNet_n_proc_DA", "0")):
+            mp.setenv(var, value)
+        real = write_example_dataset(998, "Real", num_cases=12, seed=0)
+        synthetic = fake_synthetic(999, real.name, num_cases=16, seed=1)
+        extract_fingerprints([998], num_processes=1, verbose=False, show_progress_bar=False)
+        plan_experiments([998])
+        preprocess([998], configurations=["2d"], num_processes=[1], show_progress_bar=False)
+        trainer = "nnUNetTrainer_nnaugPretrainFinetune_5epochs"
+        proc = _nnunet_train("998", "0", "-tr", trainer)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        results = env["results"]
+        cache = results / synthetic.name / "nnUNetTrainer_nnaugPretrain_5epochs__nnUNetPlans_nnaugFrom998__2d" / "fold_all"
+        model = results / real.name / f"{trainer}__nnUNetPlans__2d"
+        yield SimpleNamespace(env=env, real=real, synthetic=synthetic, trainer=trainer, cache=cache,
+                              final=cache / "checkpoint_final.pth", model=model, fold0=model / "fold_0",
+                              synth_ids=[f"synth_{i:06d}" for i in range(16)])
 
-    # nnUNetv2_train as the user runs it; nnUNet_n_proc_DA=0: no augmentation workers on a 2-core machine
-    monkeypatch.setenv("nnUNet_extTrainer", trainers_path())
-    monkeypatch.setenv("nnUNet_n_proc_DA", "0")
-    trainer = "nnUNetTrainer_nnaugPretrainFinetune_5epochs"
+
+def _nnunet_train(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     train = Path(sys.executable).parent / "nnUNetv2_train"
-    proc = subprocess.run([str(train), "998", "2d", "0", "-tr", trainer, "-device", "cpu"],
-                          capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return subprocess.run([str(train), args[0], "2d", *args[1:], "-device", "cpu"], capture_output=True, text=True,
+                          timeout=900, env={**os.environ, **(env or {})})
 
-    results = nnunet_env["results"]
-    cache = results / synthetic.name / "nnUNetTrainer_nnaugPretrain_5epochs__nnUNetPlans_nnaugFrom998__2d" / "fold_all"
-    final = cache / "checkpoint_final.pth"
-    done = json.loads((cache / PRETRAIN_DONE_MARKER).read_text())
-    assert final.is_file() and done["identifiers"] == synth_ids and done["synthetic_dataset"] == synthetic.name
-    assert json.loads((cache / TRAINING_RECORD).read_text())["train_identifiers"] == synth_ids
-    (pretrain_log,) = cache.glob("training_log_*.txt")
+
+@pytest.mark.slow
+def test_pretrain_finetune_records_both_phases(trained):
+    done = json.loads((trained.cache / PRETRAIN_DONE_MARKER).read_text())
+    assert trained.final.is_file() and done["identifiers"] == trained.synth_ids
+    assert done["synthetic_dataset"] == trained.synthetic.name
+    assert json.loads((trained.cache / TRAINING_RECORD).read_text())["train_identifiers"] == trained.synth_ids
+    (pretrain_log,) = trained.cache.glob("training_log_*.txt")
     assert "Epoch 4" in pretrain_log.read_text()
 
-    model = results / real.name / f"{trainer}__nnUNetPlans__2d"
-    fold0 = model / "fold_0"
-    splits = json.loads((nnunet_env["preprocessed"] / real.name / "splits_final.json").read_text())
-    record = json.loads((fold0 / TRAINING_RECORD).read_text())
+    splits = json.loads((trained.env["preprocessed"] / trained.real.name / "splits_final.json").read_text())
+    record = json.loads((trained.fold0 / TRAINING_RECORD).read_text())
     assert record["train_identifiers"] == sorted(splits[0]["train"])
     assert record["val_identifiers"] == sorted(splits[0]["val"])
-    assert record["pretrained_weights"] == str(final)
-    assert record["pretraining"]["synthetic_dataset"] == synthetic.name
-    (log,) = fold0.glob("training_log_*.txt")
+    assert record["pretrained_weights"] == str(trained.final)
+    assert record["pretraining"]["synthetic_dataset"] == trained.synthetic.name
+    assert record["schedule"] == {"num_epochs": 5, "initial_lr": 1e-2, "num_iterations_per_epoch": 10,
+                                  "num_val_iterations_per_epoch": 2}
+    (log,) = trained.fold0.glob("training_log_*.txt")
     text = log.read_text()
     assert text.index("phase 1/2") < text.index("phase 2/2") < text.index("Epoch 4") < text.index("Mean Validation Dice")
-    dice = json.loads((fold0 / "validation" / "summary.json").read_text())["foreground_mean"]["Dice"]
+    dice = json.loads((trained.fold0 / "validation" / "summary.json").read_text())["foreground_mean"]["Dice"]
     assert 0.0 <= dice <= 1.0
-    assert (fold0 / "progress.png").is_file() and (fold0 / "checkpoint_final.pth").is_file()
+    assert (trained.fold0 / "progress.png").is_file() and (trained.fold0 / "checkpoint_final.pth").is_file()
+    results = trained.env["results"]
     assert not list(results.rglob("*.partial")) and not list(results.rglob("checkpoint_latest.pth"))
 
-    # nnaug report reads what nnU-Net wrote: the Dice of summary.json, and FID/KID of the synthetic set
+
+@pytest.mark.slow
+def test_report_reads_what_nnunet_wrote(trained, run_cli, random_weights):
+    """nnaug report: the Dice of summary.json, and FID/KID of the synthetic set."""
     result = run_cli("report", "998", "--inception-weights", random_weights, "--folds", "0")
     assert result.exit_code == 0, result.output
-    summary = json.loads((fold0 / "validation" / "summary.json").read_text())
-    report = json.loads((results / "nnaug" / real.name / "report.json").read_text())
+    summary = json.loads((trained.fold0 / "validation" / "summary.json").read_text())
+    report = json.loads((trained.env["results"] / "nnaug" / trained.real.name / "report.json").read_text())
     (row,) = report["dice"]
-    assert (row["trainer"], row["fold"], row["kind"]) == (trainer, 0, "pretrain→fine-tune")
+    assert (row["trainer"], row["fold"], row["kind"]) == (trained.trainer, 0, "pretrain→fine-tune")
     assert row["foreground_dice"] == summary["foreground_mean"]["Dice"]
-    labels = json.loads((real / "dataset.json").read_text())["labels"]
+    labels = json.loads((trained.real / "dataset.json").read_text())["labels"]
     assert row["dice"] == {name: summary["mean"][str(value)]["Dice"] for name, value in labels.items() if value}
-    assert f"{dice:.4f}" in result.stdout
+    assert f"{summary['foreground_mean']['Dice']:.4f}" in result.stdout
     (syn,) = report["synthetic"]
-    assert syn["dataset"] == synthetic.name and syn["fid"] >= 0 and syn["kid_mean"] == syn["kid_mean"]  # not NaN
+    assert syn["dataset"] == trained.synthetic.name and syn["fid"] >= 0 and syn["kid_mean"] == syn["kid_mean"]  # not NaN
 
-    # another fold reuses the cached pretraining (in-process: nnU-Net's own trainer construction)
+
+def _fold1(trained):
+    """Fold 1 of the same model, made in-process by nnU-Net's own trainer construction."""
+    import torch
     from nnunetv2.run.run_training import get_trainer_from_args
 
-    fold1 = get_trainer_from_args("998", "2d", 1, trainer, device=torch.device("cpu"))
-    pretrain_class = type(fold1).nnaug_pretrain_trainer
-    stamp = final.stat().st_mtime_ns
-    assert ensure_pretrained(fold1, pretrain_class)[0] == final
-    assert final.stat().st_mtime_ns == stamp and len(list(cache.glob("training_log_*.txt"))) == 1
+    return get_trainer_from_args("998", "2d", 1, trained.trainer, device=torch.device("cpu"))
 
-    # a pretraining killed after epoch 3 continues from its checkpoint_latest (as nnU-Net's --c does)
-    checkpoint = torch.load(final, map_location="cpu", weights_only=False)
+
+@pytest.mark.slow
+def test_another_fold_reuses_the_cached_pretraining(trained):
+    fold1 = _fold1(trained)
+    stamp = trained.final.stat().st_mtime_ns
+    assert ensure_pretrained(fold1, type(fold1).nnaug_pretrain_trainer)[0] == trained.final
+    assert trained.final.stat().st_mtime_ns == stamp and len(list(trained.cache.glob("training_log_*.txt"))) == 1
+
+
+@pytest.mark.slow
+def test_a_killed_pretraining_continues_and_a_changed_schedule_is_refused(trained):
+    import torch
+
+    fold1 = _fold1(trained)
+    pretrain_class = type(fold1).nnaug_pretrain_trainer
+    # killed after epoch 3: continues from its checkpoint_latest (as nnU-Net's --c does)
+    logs_before = set(trained.cache.glob("training_log_*.txt"))
+    checkpoint = torch.load(trained.final, map_location="cpu", weights_only=False)
     checkpoint["current_epoch"] = 3
     checkpoint["logging"] = {k: v[:3] for k, v in checkpoint["logging"].items()}
-    torch.save(checkpoint, cache / "checkpoint_latest.pth")
-    final.unlink()
-    (cache / PRETRAIN_DONE_MARKER).unlink()
-    assert ensure_pretrained(fold1, pretrain_class)[0] == final
-    (resumed_log,) = [p for p in cache.glob("training_log_*.txt") if p != pretrain_log]
+    torch.save(checkpoint, trained.cache / "checkpoint_latest.pth")
+    trained.final.unlink()
+    (trained.cache / PRETRAIN_DONE_MARKER).unlink()
+    assert ensure_pretrained(fold1, pretrain_class)[0] == trained.final
+    (resumed_log,) = set(trained.cache.glob("training_log_*.txt")) - logs_before
     resumed = resumed_log.read_text()
     assert "Epoch 3" in resumed and "Epoch 4" in resumed and "Epoch 2" not in resumed
-    assert final.is_file() and not (cache / "checkpoint_latest.pth").exists()
-    assert torch.load(final, map_location="cpu", weights_only=False)["current_epoch"] == 5
-    assert json.loads((cache / PRETRAIN_DONE_MARKER).read_text())["identifiers"] == synth_ids
+    assert trained.final.is_file() and not (trained.cache / "checkpoint_latest.pth").exists()
+    assert torch.load(trained.final, map_location="cpu", weights_only=False)["current_epoch"] == 5
+    assert json.loads((trained.cache / PRETRAIN_DONE_MARKER).read_text())["identifiers"] == trained.synth_ids
 
-    # a different pretraining schedule is refused instead of silently reusing these weights
-    pretrain_class.nnaug_defaults = Schedule(7, 1e-2, 10, 2)  # (a class object of this lookup only)
+    # the same trainer name with another schedule is refused instead of silently reusing these weights
+    other = type(pretrain_class.__name__, (pretrain_class,), {"nnaug_defaults": Schedule(7, 1e-2, 10, 2)})
     with pytest.raises(NnaugError, match="different schedule"):
-        ensure_pretrained(fold1, pretrain_class)
+        ensure_pretrained(fold1, other)
+
+
+@pytest.mark.slow
+def test_predict_finds_the_trainer_and_mask_consistency_matches_it(trained, tmp_path):
+    import numpy as np
+    import torch
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    from PIL import Image
+
+    from nnaug.mask_consistency import mask_consistency
 
     # inference finds the trainer by name, as nnUNetv2_predict -tr does
-    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-
     predictor = nnUNetPredictor(use_mirroring=False, device=torch.device("cpu"), allow_tqdm=False)
-    predictor.initialize_from_trained_model_folder(str(model), use_folds=(0,))
+    predictor.initialize_from_trained_model_folder(str(trained.model), use_folds=(0,))
     out = tmp_path / "pred"
     out.mkdir()  # predict_from_files_sequential does not create it
-    predictor.predict_from_files_sequential([[str(real / "imagesTr" / "example_000_0000.png")],
-                                             [str(synthetic / "imagesTr" / "synth_000000_0000.png")]], str(out))
+    predictor.predict_from_files_sequential([[str(trained.real / "imagesTr" / "example_000_0000.png")],
+                                             [str(trained.synthetic / "imagesTr" / "synth_000000_0000.png")]], str(out))
     assert (out / "example_000.png").is_file()
 
     # mask consistency = Dice of that same prediction against the synthetic mask, for every synthetic case
-    import numpy as np
-    from PIL import Image
-
-    from nnaug.metrics import mask_consistency
-
-    consistency = mask_consistency(synthetic, model, folds=(0,))
-    assert sorted(consistency["per_case"]) == synth_ids
+    consistency = mask_consistency(trained.synthetic, trained.model, folds=(0,))
+    assert sorted(consistency["per_case"]) == trained.synth_ids
     predicted = np.asarray(Image.open(out / "synth_000000.png"))
-    mask = np.asarray(Image.open(synthetic / "labelsTr" / "synth_000000.png"))
+    mask = np.asarray(Image.open(trained.synthetic / "labelsTr" / "synth_000000.png"))
     dices = [2 * ((predicted == v) & (mask == v)).sum() / ((predicted == v).sum() + (mask == v).sum())
              for v in (1, 2) if (predicted == v).any() or (mask == v).any()]
     assert consistency["per_case"]["synth_000000"] == pytest.approx(float(np.mean(dices)) if dices else 1.0, abs=1e-6)
+
+
+@pytest.mark.slow
+def test_continue_refuses_a_schedule_changed_by_the_variables(trained):
+    """--c continues with the recorded schedule: NNAUG_* changed since -> one line, exit 2, nothing trained."""
+    short = {"NNAUG_FINETUNE_EPOCHS": "1", "NNAUG_FINETUNE_ITERATIONS": "2"}
+    first = _nnunet_train("998", "1", "-tr", "nnUNetTrainer_nnaug", env=short)
+    assert first.returncode == 0, first.stderr[-3000:]
+    fold1 = trained.env["results"] / trained.real.name / "nnUNetTrainer_nnaug__nnUNetPlans__2d" / "fold_1"
+    assert json.loads((fold1 / TRAINING_RECORD).read_text())["schedule"]["num_epochs"] == 1
+    stamp = (fold1 / "checkpoint_final.pth").stat().st_mtime_ns
+
+    changed = _nnunet_train("998", "1", "-tr", "nnUNetTrainer_nnaug", "--c", env={**short, "NNAUG_FINETUNE_EPOCHS": "3"})
+    assert changed.returncode == 2, changed.stderr[-3000:]
+    errors = [line for line in changed.stderr.splitlines() if line.startswith("nnaug: error:")]
+    assert len(errors) == 1 and "num_epochs 1 -> 3" in errors[0] and "NNAUG_FINETUNE_EPOCHS" in errors[0]
+    assert "Traceback" not in changed.stderr
+    assert (fold1 / "checkpoint_final.pth").stat().st_mtime_ns == stamp
+
+    same = _nnunet_train("998", "1", "-tr", "nnUNetTrainer_nnaug", "--c", env=short)  # unchanged: continues (already done)
+    assert same.returncode == 0, same.stderr[-3000:]

@@ -18,8 +18,10 @@ is made (``nnaug sweep`` sets it per repeat); nnU-Net itself does not seed its t
 """
 from __future__ import annotations
 
+import functools
 import os
 import random
+import sys
 from os.path import join
 
 import numpy as np
@@ -49,6 +51,19 @@ def _seed_from_env() -> int | None:
     return seed
 
 
+def _one_line_exit(method):
+    """nnU-Net's command line prints a traceback for any exception; an NnaugError (bad input the user can fix)
+    becomes one ``nnaug: error:`` line and exit code 2 instead, as in nnaug's own commands."""
+    @functools.wraps(method)
+    def wrapper(*args, **kwargs):
+        try:
+            return method(*args, **kwargs)
+        except NnaugError as exc:
+            print(f"nnaug: error: {exc}", file=sys.stderr)
+            raise SystemExit(exc.exit_code) from None
+    return wrapper
+
+
 def _weights_signature(network: torch.nn.Module) -> tuple[float, ...]:
     """A cheap fingerprint of the weights (sum per tensor): tells whether someone loaded others."""
     with torch.no_grad():
@@ -62,6 +77,7 @@ class _NnaugTrainer(nnUNetTrainer):
     nnaug_defaults = _FINETUNE
     nnaug_env_overrides = True  # the *_5epochs variants keep their fixed schedule
 
+    @_one_line_exit
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device('cuda')):
         self.nnaug_seed = _seed_from_env()
@@ -91,8 +107,14 @@ class _NnaugTrainer(nnUNetTrainer):
         self.nnaug_cases = (list(dataset_tr.identifiers), list(dataset_val.identifiers))
         return dataset_tr, dataset_val
 
+    @_one_line_exit
+    def run_training(self):
+        super().run_training()
+
     def on_train_start(self):
         resumed = self.current_epoch > 0
+        if resumed:  # --c: refused before nnU-Net's start-up writes anything
+            _pt.refuse_changed_schedule(self.output_folder, self.nnaug_schedule(), self.nnaug_phase)
         super().on_train_start()
         extra = dict(self.nnaug_extra_record)
         if resumed:  # --c: keep what the first start recorded about the initial weights
@@ -134,6 +156,7 @@ class nnUNetTrainer_nnaugPretrainFinetune(nnUNetTrainer_nnaugFinetune):
 
     nnaug_pretrain_trainer = nnUNetTrainer_nnaugPretrain
 
+    @_one_line_exit
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device('cuda')):
         # refused before nnU-Net writes anything: the pretraining inside runs in this one process

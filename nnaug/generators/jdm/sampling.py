@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from nnaug.errors import NnaugError
 from nnaug.generators.reverse_process import per_sample_noise, reverse_process
 from nnaug.masks import decode_channels, encode_labels
 from nnaug.samplers import make_scheduler
@@ -109,16 +110,24 @@ class JDMGenerator:
         self.resolution = info["resolution"]
 
     @classmethod
-    def from_pretrained(cls, folder: Path, info: dict, device: str | torch.device = "cpu") -> "JDMGenerator":
+    def from_pretrained(cls, folder: Path, info: dict | None = None, device: str | torch.device = "cpu") -> "JDMGenerator":
+        """The folder alone rebuilds it: nnaug.json, the UNet's config and weights, the noise schedule."""
         from diffusers import DDPMScheduler, UNet2DModel
 
+        from nnaug.generators.folder import read_info
+
+        info = info or read_info(folder)
         unet = UNet2DModel.from_pretrained(str(folder)).to(device).eval()
         config = dict(DDPMScheduler.load_config(str(folder)))
         return cls(folder, info, unet, config)
 
     def sample(self, seeds: list[int], labels: torch.Tensor | None = None, sampler: str = "ddpm",
-               steps: int = 100) -> tuple[torch.Tensor, torch.Tensor]:
-        """(images [B, C, S, S] in [-1, 1], labels [B, S, S] holding label values 0..K)."""
+               steps: int = 100, guidance_scale: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(images [B, C, S, S] in [-1, 1], labels [B, S, S] holding label values 0..K).
+
+        ``guidance_scale``: JDM has no text or class conditioning to guide, so only None (or 1) is accepted."""
+        if guidance_scale not in (None, 1, 1.0):
+            raise NnaugError("JDM has no conditioning to guide: leave the guidance scale unset")
         scheduler = make_scheduler(sampler, self.scheduler_config)
         known = None if labels is None else encode_labels(labels.to(self.unet.device), self.mask_channels)
         x = sample(self.unet, scheduler, seeds, steps, self.image_channels, self.mask_channels, known_mask=known)

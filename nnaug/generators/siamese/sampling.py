@@ -98,11 +98,14 @@ class SiameseGenerator:
         self.resolution = int(info.get("resolution", components.resolution))
 
     @classmethod
-    def from_pretrained(cls, folder: Path, info: dict, device: str | torch.device = "cpu",
+    def from_pretrained(cls, folder: Path, info: dict | None = None, device: str | torch.device = "cpu",
                         base_model: str | Path | None = None) -> "SiameseGenerator":
-        """sd15 generators read their frozen VAE / text encoder from the folder, else from ``base_model``
-        (default: the Stable Diffusion folder recorded at training time)."""
+        """The folder alone rebuilds it. sd15 generators read their frozen VAE / text encoder from the folder,
+        else from ``base_model`` (default: the Stable Diffusion folder recorded at training time)."""
+        from nnaug.generators.folder import read_info
         from nnaug.generators.siamese.backbone import SiameseComponents
+
+        info = info or read_info(folder)
 
         components = SiameseComponents.from_pretrained(folder, base_model=base_model).to(device).eval()
         return cls(folder, info, components)
