@@ -29,6 +29,7 @@ def _verify_with_nnunet(folder: Path) -> None:
     ("kvasir-seg-80", "Kvasir", "background,polyp"),
     ("monuseg-train-30", "MoNuSeg", "background,nucleus"),
 ])
+@pytest.mark.slow
 def test_convert_real_folders_pass_nnunet_integrity_check(shared_data, nnunet_env, run_cli, folder_name, name, labels):
     source = shared_data / folder_name
     before = _tree_digest(source)
@@ -67,6 +68,7 @@ def test_convert_overwrite_replaces(shared_data, nnunet_env, run_cli, tmp_path):
     assert json.loads((nnunet_env["raw"] / "Dataset007_Small" / "dataset.json").read_text())["numTraining"] == 3
 
 
+@pytest.mark.slow
 def test_convert_multiclass_grayscale_masks(nnunet_env, run_cli, tmp_path):
     from skimage import io
 
@@ -89,6 +91,7 @@ def test_convert_multiclass_grayscale_masks(nnunet_env, run_cli, tmp_path):
     assert set(np.unique(label)) == {0, 1, 2}
 
 
+@pytest.mark.slow
 def test_example_dataset_and_check(nnunet_env, run_cli):
     result = run_cli("example-dataset", "--dataset-id", 999)
     assert result.exit_code == 0, result.output

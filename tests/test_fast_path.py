@@ -33,6 +33,7 @@ def _flat(params) -> torch.Tensor:
     return torch.cat([p.detach().flatten() for p in params])
 
 
+@pytest.mark.slow
 def test_fast_path_switches_learn_the_same_thing(tmp_path):
     plain = _run(tmp_path / "plain")
     fast = _run(tmp_path / "fast", tf32=True, channels_last=True, fused_adamw=True)

@@ -15,6 +15,7 @@ def _python(code: str, **env) -> subprocess.CompletedProcess:
                           env={**os.environ, **env}, timeout=300)
 
 
+@pytest.mark.slow
 def test_torch_fidelity_diffusers_timm_import_in_fresh_interpreter():
     result = _python("""
         import torch_fidelity, timm
@@ -26,6 +27,7 @@ def test_torch_fidelity_diffusers_timm_import_in_fresh_interpreter():
     assert result.stdout.startswith("ok")
 
 
+@pytest.mark.slow
 def test_shim_only_acts_when_torchvision_c_extension_cannot_load():
     result = _python("""
         import torch, torchvision, importlib.util, os
@@ -49,6 +51,7 @@ def test_torch_is_the_pinned_cpu_build_and_no_nvidia_packages():
     assert nvidia == [] or torch.cuda.is_available(), nvidia
 
 
+@pytest.mark.slow
 def test_nnunet_finds_external_trainer_through_nnUNet_extTrainer(tmp_path):
     folder = tmp_path / "ext"
     folder.mkdir()
@@ -67,6 +70,7 @@ def test_nnunet_finds_external_trainer_through_nnUNet_extTrainer(tmp_path):
     assert "found nnUNetTrainer_nnaugInstallProbe" in result.stdout
 
 
+@pytest.mark.slow
 def test_console_script_lists_commands():
     exe = os.path.join(os.path.dirname(sys.executable), "nnaug")
     result = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=120)

@@ -34,7 +34,7 @@ def _batch(b=2, size=16, seed=0):
 
 
 def test_presets_cover_every_setting_the_builder_reads():
-    from nnaug.generators.siamese.model import PRESETS
+    from nnaug.generators.siamese.presets import PRESETS
     from nnaug.train_generator import resolve_settings, train_config_from
 
     assert set(PRESETS) == {"tiny", "small", "paper"}
@@ -49,7 +49,8 @@ def test_presets_cover_every_setting_the_builder_reads():
 
 
 def test_no_consistency_trains_l0_only():
-    from nnaug.generators.siamese.model import PRESETS, build_siamese_model
+    from nnaug.generators.siamese.model import build_siamese_model
+    from nnaug.generators.siamese.presets import PRESETS
 
     settings = {**PRESETS["tiny"], "resolution": 16, "consistency": False}
     model = build_siamese_model(settings, None, 3, 2)
@@ -67,7 +68,8 @@ def test_no_consistency_trains_l0_only():
 def test_generator_refuses_joint_sampling_and_wrong_sizes(tmp_path):
     from nnaug.errors import NnaugError
     from nnaug.generators.siamese.sampling import SiameseGenerator
-    from nnaug.generators.siamese.model import PRESETS, build_siamese_model
+    from nnaug.generators.siamese.model import build_siamese_model
+    from nnaug.generators.siamese.presets import PRESETS
 
     model = build_siamese_model({**PRESETS["tiny"], "resolution": 16}, None, 3, 2)
     model.export(tmp_path)

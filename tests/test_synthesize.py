@@ -20,6 +20,8 @@ from nnaug.dataset import load_raw_dataset
 TINY_GEN = ["--preset", "tiny", "--resolution", "16", "--channels", "32,32", "--attention-resolutions", "8",
             "--steps", "4", "--cpu"]
 
+pytestmark = pytest.mark.slow  # every test here trains a generator (or converts Kvasir) first
+
 
 def _digest(folder: Path) -> dict[str, str]:
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()

@@ -47,6 +47,21 @@ class SampleableGenerator(Protocol):
         """(images [B, C, S, S] in [-1, 1] on the CPU, labels [B, S, S]); ``labels`` given: mask-conditioned."""
 
 
+def lazy(target: str) -> Callable:
+    """``"package.module:attr.attr"`` as a callable that imports it on first call: a spec names its build and
+    load functions without importing torch or diffusers when the registry is read."""
+    module, _, path = target.partition(":")
+
+    def call(*args, **kwargs):
+        obj = importlib.import_module(module)
+        for name in path.split("."):
+            obj = getattr(obj, name)
+        return obj(*args, **kwargs)
+
+    call.__qualname__ = call.__name__ = target
+    return call
+
+
 def _no_check(settings: dict) -> None:
     return None
 

@@ -6,24 +6,13 @@ sampleable generator that nnaug's train-generator and synthesize drive like the 
 """
 from __future__ import annotations
 
-from nnaug.generators.registry import GeneratorSpec
-
-
-def _build(settings, raw, image_channels, mask_channels):
-    from toy_generator.model import ToyModel, ToyNet
-
-    return ToyModel(ToyNet(image_channels=image_channels, mask_channels=mask_channels), noise=settings["noise"])
-
-
-def _load(folder, info, device="cpu"):
-    from toy_generator.model import ToyGenerator
-
-    return ToyGenerator.from_pretrained(folder, info, device=device)
+from nnaug.generators.registry import GeneratorSpec, lazy
 
 
 SPEC = GeneratorSpec(
     name="toy", summary="paints each mask class with a learnt colour",
     presets={"tiny": dict(resolution=16, steps=40, batch_size=4, lr=0.05, checkpoint_every=20, noise=0.02,
                           use_ema=False, preview_count=2)},
-    build=_build, load=_load, required_files=("config.json", "diffusion_pytorch_model.safetensors"),
+    build=lazy("toy_generator.model:build"), load=lazy("toy_generator.model:ToyGenerator.from_pretrained"),
+    required_files=("config.json", "diffusion_pytorch_model.safetensors"),
     supports_joint=False, default_sampling=("none", 1))

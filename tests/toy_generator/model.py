@@ -59,3 +59,7 @@ class ToyGenerator:
                              for s in seeds])
         images = self.net(labels.to(self.net.device)).cpu() + self.noise * noise
         return images.clamp(-1, 1), labels.cpu()
+
+
+def build(settings, raw, image_channels, mask_channels) -> ToyModel:
+    return ToyModel(ToyNet(image_channels=image_channels, mask_channels=mask_channels), noise=settings["noise"])

@@ -8,19 +8,7 @@ registry entry; this file stays import-light (no torch).
 from __future__ import annotations
 
 from nnaug.generators.jdm.presets import PRESETS
-from nnaug.generators.registry import GeneratorSpec
-
-
-def _build(settings, raw, image_channels, mask_channels):
-    from nnaug.generators.jdm.model import build_jdm_model
-
-    return build_jdm_model(settings, raw, image_channels, mask_channels)
-
-
-def _load(folder, info, device="cpu"):
-    from nnaug.generators.jdm.sampling import JDMGenerator
-
-    return JDMGenerator.from_pretrained(folder, info, device=device)
+from nnaug.generators.registry import GeneratorSpec, lazy
 
 
 # JDM samples with DPM-Solver++ 25 steps by default: 40x fewer network evaluations than DDPM 1000
@@ -29,6 +17,7 @@ def _load(folder, info, device="cpu"):
 # ancestral DDPM stays available with --sampler ddpm.
 SPEC = GeneratorSpec(
     name="jdm", summary="joint diffusion model: image and mask channels in one pixel-space DDPM",
-    presets=PRESETS, build=_build, load=_load,
+    presets=PRESETS, build=lazy("nnaug.generators.jdm.model:build_jdm_model"),
+    load=lazy("nnaug.generators.jdm.sampling:JDMGenerator.from_pretrained"),
     required_files=("config.json", "diffusion_pytorch_model.safetensors", "scheduler_config.json"),
     supports_joint=True, default_sampling=("dpmsolver++", 25))

@@ -11,25 +11,14 @@
 """
 from __future__ import annotations
 
-from nnaug.generators.registry import GeneratorSpec
+from nnaug.generators.registry import GeneratorSpec, lazy
 from nnaug.generators.siamese.presets import PRESETS, check_settings
-
-
-def _build(settings, raw, image_channels, mask_channels):
-    from nnaug.generators.siamese.model import build_siamese_model
-
-    return build_siamese_model(settings, raw, image_channels, mask_channels)
-
-
-def _load(folder, info, device="cpu"):
-    from nnaug.generators.siamese.sampling import SiameseGenerator
-
-    return SiameseGenerator.from_pretrained(folder, info, device=device)
 
 
 # Siamese-Diffusion samples with its published DDIM 50 (eta 0); the weight files are checked by
 # SiameseComponents when loading (they depend on the backbone).
 SPEC = GeneratorSpec(
     name="siamese", summary="Siamese-Diffusion: ControlNet with a Dense Hint Input, images for given masks",
-    presets=PRESETS, build=_build, load=_load, required_files=("siamese.json",), supports_joint=False,
+    presets=PRESETS, build=lazy("nnaug.generators.siamese.model:build_siamese_model"),
+    load=lazy("nnaug.generators.siamese.sampling:SiameseGenerator.from_pretrained"), required_files=("siamese.json",), supports_joint=False,
     default_sampling=("ddim", 50), check_settings=check_settings)
