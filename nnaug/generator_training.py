@@ -1,8 +1,9 @@
-"""The training run every generator shares (:class:`GeneratorTrainer`): accelerate, AdamW, linear decay, EMA, checkpoints, resume.
+"""The training run every generator shares (:class:`GeneratorTrainer`): accelerate, AdamW, LR schedule,
+EMA, the GPU fast-path switches, checkpoints, resume.
 
-A generator is one ``nn.Module`` whose ``forward(batch, step, max_steps, generator)`` returns
-``(loss, logs)`` and which can ``export(folder)`` itself with ``save_pretrained`` and
-``preview(labels, seeds)`` a few samples. This module owns everything else.
+A generator is a :class:`~nnaug.generators.registry.TrainableGenerator`: one ``nn.Module`` whose
+``forward(batch, step, max_steps, generator)`` returns ``(loss, logs)`` and which can ``export(folder)``
+itself with ``save_pretrained`` and ``preview(labels, seeds)`` a few samples. This module owns everything else.
 
 Randomness is derived from ``(seed, step, process)`` at every step (batch indices, augmentation,
 timesteps, noise), so a run resumed from a checkpoint takes exactly the path of an uninterrupted
@@ -21,8 +22,8 @@ from pathlib import Path
 
 import torch
 
-from nnaug.io import write_json_atomic
 from nnaug.errors import NnaugError
+from nnaug.io import write_json_atomic
 
 CHECKPOINTS = "checkpoints"
 KEEP_CHECKPOINTS = 2

@@ -33,19 +33,32 @@ def _batch(b=2, size=16, seed=0):
     return {"image": torch.rand(b, 3, size, size, generator=g) * 2 - 1, "label": torch.randint(0, 3, (b, size, size), generator=g)}
 
 
-def test_presets_cover_every_setting_the_builder_reads():
-    from nnaug.generators.siamese.presets import PRESETS
-    from nnaug.train_generator import resolve_settings, train_config_from
+class ReadRecorder(dict):
+    """Settings that remember which keys were read (with [] or .get)."""
 
-    assert set(PRESETS) == {"tiny", "small", "paper"}
-    for name, preset in PRESETS.items():
-        config = train_config_from(resolve_settings("siamese", name, {"steps": None}))
-        assert config.steps == preset["steps"]
-    paper = PRESETS["paper"]
-    assert (paper["backbone"], paper["lr"], paper["weight_decay"], paper["resolution"]) == ("sd15", 1e-5, 0.01, 384)
-    assert paper["batch_size"] * paper["grad_accum"] == 48 and paper["steps"] == 3000
-    assert paper["use_ema"] is False and paper["augment"] is False
-    assert PRESETS["tiny"]["backbone"] == "pixel" and PRESETS["tiny"]["consistency"] is True
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.read = set()
+
+    def __getitem__(self, key):
+        self.read.add(key)
+        return super().__getitem__(key)
+
+    def get(self, key, default=None):
+        self.read.add(key)
+        return super().get(key, default)
+
+
+def test_pixel_presets_hold_every_setting_the_builder_reads():
+    """A setting the builder reads with a fallback but no preset defines would be invisible to users and to --resume."""
+    from nnaug.generators.siamese.model import build_siamese_model
+    from nnaug.generators.siamese.presets import PRESETS
+
+    settings = ReadRecorder({**PRESETS["tiny"], "resolution": 16, "channels": (8, 16)})
+    build_siamese_model(settings, None, 3, 2)
+    assert {"backbone", "resolution", "channels", "cross_attention_dim", "dhi_channels"} <= settings.read
+    for name in ("tiny", "small"):
+        assert settings.read - set(PRESETS[name]) == set(), name
 
 
 def test_no_consistency_trains_l0_only():
