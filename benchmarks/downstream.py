@@ -109,8 +109,8 @@ def main() -> None:
         torch.set_num_threads(os.cpu_count() or 1)
 
     from nnaug.dataset import load_raw_dataset
-    from nnaug.metrics import make_random_inception_weights, mask_consistency, resolve_inception_weights
-    from nnaug.metrics import segmentation_dice, synthetic_fidelity
+    from nnaug.fidelity import make_random_inception_weights, resolve_inception_weights, synthetic_fidelity
+    from nnaug.mask_consistency import mask_consistency, segmentation_dice
     from nnaug.synthesize import SynthesisOptions, synthesize
     from nnaug.train_generator import train_generator
 

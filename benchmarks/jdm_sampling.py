@@ -7,7 +7,7 @@ generator, seeds and masks, as a user would get it. Each set is scored by
   images (nnU-Net's predictor; the same model for every row);
 * KID against the real training images and against the DDPM-1000 set (torch-fidelity; a local
   InceptionV3 weights file when given, else a fixed-seed random extractor: relative numbers only);
-* FRD against the real images, when ``nnaug.metrics.synthetic_fidelity`` provides it.
+* FRD against the real images, when ``nnaug.fidelity.synthetic_fidelity`` provides it.
 
 The cheapest row within 10 % of DDPM 1000 on mask consistency and on KID-vs-real is marked: that is
 how ``nnaug synthesize``'s default sampler is chosen (``default_sampling`` in the JDM's registry entry, nnaug/generators/jdm/__init__.py).
@@ -72,7 +72,8 @@ def main() -> None:
 
     from nnaug.dataset import load_raw_dataset
     from nnaug.generators import read_info
-    from nnaug.metrics import make_random_inception_weights, mask_consistency, synthetic_fidelity
+    from nnaug.fidelity import make_random_inception_weights, synthetic_fidelity
+    from nnaug.mask_consistency import mask_consistency
     from nnaug.synthesize import SynthesisOptions, synthesize
 
     work = Path(tempfile.mkdtemp(prefix="nnaug-bench-"))

@@ -38,8 +38,9 @@ ARMS = {  # name -> (model, extra settings)
 def run_arm(index: int, args, device: str) -> dict:
     """Train, synthesize and score one arm (called in a process of its own, so memory and time are its own)."""
     from nnaug.dataset import load_raw_dataset
-    from nnaug.metrics import mask_consistency, synthetic_fidelity
+    from nnaug.fidelity import synthetic_fidelity
     from nnaug.generators import get_spec
+    from nnaug.mask_consistency import mask_consistency
     from nnaug.synthesize import SynthesisOptions, synthesize
     from nnaug.train_generator import train_generator
 
@@ -91,7 +92,7 @@ def main() -> None:
 
     import shutil
 
-    from nnaug.metrics import make_random_inception_weights, resolve_inception_weights
+    from nnaug.fidelity import make_random_inception_weights, resolve_inception_weights
 
     kvasir_split(args.data, args.workdir, args.size, TRAIN_ID, HELDOUT_ID)
     weights = resolve_inception_weights(args.inception_weights, required=False)

@@ -33,6 +33,21 @@ def _run(cmd: list[str], env: dict) -> None:
 
 def run_demo(workdir: Path, generator_steps: int | None = None, ratio: float = 2.0, overwrite: bool = False,
              device: str = "cpu") -> dict:
+    """Run the demo; the nnU-Net folder variables and ``nnUNet_extTrainer`` point at the demo's folders
+    while it runs (nnaug's own steps read them in this process) and are restored afterwards."""
+    names = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_extTrainer")
+    saved = {name: os.environ.get(name) for name in names}
+    try:
+        return _run_demo(workdir, generator_steps, ratio, overwrite, device)
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _run_demo(workdir: Path, generator_steps: int | None, ratio: float, overwrite: bool, device: str) -> dict:
     from nnaug.example import write_example_dataset
     from nnaug.nnunet_pretraining import trainers_path
     from nnaug.synthesize import SynthesisOptions, synthesize

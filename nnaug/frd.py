@@ -91,8 +91,8 @@ def parse_list(text, what: str, option: str) -> list[str] | None:
 
 
 def to_gray_uint8(images) -> np.ndarray:
-    """uint8 grayscale [N, H, W] from images as :func:`nnaug.metrics.to_uint8_batch` takes them (RGB: ITU-R 601 luma)."""
-    from nnaug.metrics import to_uint8_batch
+    """uint8 grayscale [N, H, W] from images as :func:`nnaug.dataset_images.to_uint8_batch` takes them (RGB: ITU-R 601 luma)."""
+    from nnaug.dataset_images import to_uint8_batch
 
     x = to_uint8_batch(images).numpy().astype(np.float32)  # [N, 3, H, W]; grayscale was replicated
     luma = 0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]
@@ -144,7 +144,7 @@ def frd(images_a, images_b, masks_a=None, masks_b=None, image_types=None, featur
         num_workers: int | None = None) -> dict:
     """FRD between image set A (the reference, e.g. the real images) and set B (e.g. synthetic).
 
-    Images: as :func:`nnaug.metrics.fid_kid` takes them (uint8 RGB or grayscale, [N, C, H, W] or
+    Images: as :func:`nnaug.fidelity.fid_kid` takes them (uint8 RGB or grayscale, [N, C, H, W] or
     [N, H, W, C]); they are turned into 8-bit grayscale (luma). Sizes may differ between the sets.
     ``masks_a``/``masks_b`` ([N, H, W] label maps, both or neither): the foreground (label > 0) is the
     region of interest, and cases with fewer than :data:`MIN_ROI_PIXELS` foreground pixels are left

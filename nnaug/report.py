@@ -142,13 +142,15 @@ def build_report(dataset: str, inception_weights: str | Path | None = None, fold
     (``inception_weights``, torch-fidelity's cache, or a download into it) and otherwise prints one
     warning line and goes on; True requires them (one-line error without); False skips them.
     ``frd``: the same for FRD (needs the frd-score package, no weights); ``frd_roi``,
-    ``frd_image_types``, ``frd_features`` as for :func:`nnaug.metrics.synthetic_fidelity`.
-    ``memorisation``: nearest-real distances of every synthetic case (:func:`nnaug.metrics.memorisation_summary`).
+    ``frd_image_types``, ``frd_features`` as for :func:`nnaug.fidelity.synthetic_fidelity`.
+    ``memorisation``: nearest-real distances of every synthetic case (:func:`nnaug.memorisation.memorisation_summary`).
     The pictures (contact sheets, closest pairs) are written into :func:`report_folder` as they are made.
     """
     from nnaug.dataset import load_raw_dataset
-    from nnaug.metrics import (inception_weights_or_reason, mask_consistency, memorisation_summary, synthetic_fidelity,
-                               synthetic_identifiers)
+    from nnaug.dataset_images import synthetic_identifiers
+    from nnaug.fidelity import inception_weights_or_reason, synthetic_fidelity
+    from nnaug.mask_consistency import mask_consistency
+    from nnaug.memorisation import memorisation_summary
     from nnaug.provenance import read_provenance, synthetic_datasets_for
 
     real = load_raw_dataset(dataset)
@@ -539,10 +541,10 @@ def nearest_histogram(memorisation: dict, title: str, path: Path) -> Path:
 
 
 def _contact_sheet_png(raw, identifiers: list[str] | None, path: Path, max_cases: int = 16) -> Path | None:
-    from nnaug.metrics import _select_cases, load_cases
+    from nnaug.dataset_images import load_cases, select_cases
     from nnaug.visualize import contact_sheet
 
-    cases = _select_cases(raw, identifiers)[:max_cases]
+    cases = select_cases(raw, identifiers)[:max_cases]
     if not cases:
         return None
     _, first_label, _ = raw.read_case(cases[0])

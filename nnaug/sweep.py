@@ -545,20 +545,21 @@ def test_results(test_raw, model_dir: Path, folds: list, root: Path, device: str
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
     from nnaug.io import write_json_atomic
-    from nnaug.nnunet_pretraining import load_json_or_none, trainers_path
+    from nnaug.mask_consistency import nnaug_trainers_env
+    from nnaug.nnunet_pretraining import load_json_or_none
 
     record_file = root / TEST_RECORD
     key = {"test_dataset": test_raw.name, "folds": [str(f) for f in folds], "checkpoints": _checkpoint_stamp(model_dir, folds)}
     record = load_json_or_none(record_file)
     if record is not None and record.get("key") == key:
         return record["metric_per_case"]
-    os.environ.setdefault("nnUNet_extTrainer", trainers_path())
     out = root / f"test_{test_raw.name}"
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
     dev = torch.device(device)
-    with contextlib.redirect_stdout(io.StringIO()):  # nnU-Net prints a line per case
+    # nnU-Net prints a line per case; nnaug's trainers are findable by name only inside the block
+    with contextlib.redirect_stdout(io.StringIO()), nnaug_trainers_env():
         predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True,
                                     perform_everything_on_device=dev.type == "cuda", device=dev, verbose=False,
                                     verbose_preprocessing=False, allow_tqdm=False)
@@ -583,9 +584,10 @@ def test_results(test_raw, model_dir: Path, folds: list, root: Path, device: str
 # ----------------------------------------------------------------------------- fidelity of the synthetic sets
 def synthetic_quality(raw, synthetic: Path, weights: Path | None, model_dir: Path, folds: list, device: str,
                       cache: Path, log=print) -> dict:
-    """FID/KID (and FRD when nnaug.metrics gives it) and mask consistency of one synthetic dataset, cached."""
+    """FID/KID (and FRD when nnaug.fidelity gives it) and mask consistency of one synthetic dataset, cached."""
+    from nnaug.fidelity import synthetic_fidelity
     from nnaug.io import write_json_atomic
-    from nnaug.metrics import mask_consistency, synthetic_fidelity
+    from nnaug.mask_consistency import mask_consistency
     from nnaug.nnunet_pretraining import load_json_or_none
     from nnaug.provenance import read_provenance
 
@@ -600,7 +602,7 @@ def synthetic_quality(raw, synthetic: Path, weights: Path | None, model_dir: Pat
         return record["quality"]
     quality: dict = {"dataset": synthetic.name, "num_cases": provenance.get("num_cases")}
     log(f"nnaug sweep: fidelity (FID/KID/FRD) of {synthetic.name} against {raw.name} ...")
-    try:  # whatever keys nnaug.metrics gives (fid, kid_mean, kid_std, frd, ... and *_note for what is missing)
+    try:  # whatever keys nnaug.fidelity gives (fid, kid_mean, kid_std, frd, ... and *_note for what is missing)
         quality["fidelity"] = synthetic_fidelity(raw, synthetic, weights)
     except NnaugError as exc:
         quality["fidelity_note"] = f"n/a ({exc})"
@@ -672,7 +674,7 @@ def run_sweep(dataset: str, ratios=(1.0, 2.5, 5.0), seeds: int = 3, generator: P
     from nnaug.dataset import check_dataset, load_raw_dataset
     from nnaug.io import write_json_atomic
     from nnaug.generators import checkpoint_sha256, find_latest_generator, read_info
-    from nnaug.metrics import resolve_inception_weights
+    from nnaug.fidelity import resolve_inception_weights
     from nnaug.nnunet_pretraining import file_lock
     from nnaug.stats import DEFAULT_RESAMPLES
     from nnaug.stats import METHOD as CI_METHOD
@@ -958,15 +960,16 @@ def to_markdown(result: dict) -> str:
 def plot(result: dict, path: Path) -> Path:
     """Foreground Dice vs ratio (pretrain arms, 95 % CI bars; per-seed means as dots), real-only arms as bands;
     right: paired differences to real-only."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # a Figure on its own Agg canvas: no pyplot, so the caller's matplotlib backend stays as it was
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     arms = result["arms"]
     pretrain = [a for a in arms if a["kind"] == "pretrain"]
     ratios = [a["ratio"] for a in pretrain]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.4), dpi=110)
+    fig = Figure(figsize=(11, 4.4), dpi=110)
+    FigureCanvasAgg(fig)
+    left, right = fig.subplots(1, 2)
     colours = {"real-only": "tab:gray", "compute-matched": "tab:orange"}
     span = (-0.06 * max(ratios or [1]), max(ratios or [1]) * 1.08)
     for arm in arms:
@@ -1024,7 +1027,6 @@ def plot(result: dict, path: Path) -> Path:
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png")
-    plt.close(fig)
     return path
 
 

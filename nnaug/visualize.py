@@ -54,14 +54,15 @@ def contact_sheet(images, labels, path: Path, columns: int = 4) -> Path:
 
 def loss_curve(history: list[list[float]], path: Path) -> Path:
     """Training loss per step (and a running mean) as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # a Figure on its own Agg canvas: no pyplot, so the caller's matplotlib backend stays as it was
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     steps = np.array([h[0] for h in history])
     losses = np.array([h[1] for h in history])
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    fig = Figure(figsize=(6, 3.5), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
     ax.plot(steps, losses, lw=0.8, alpha=0.5, label="loss")
     if len(losses) >= 5:
         k = max(5, len(losses) // 20)
@@ -74,5 +75,4 @@ def loss_curve(history: list[list[float]], path: Path) -> Path:
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path)
-    plt.close(fig)
     return path

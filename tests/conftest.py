@@ -70,6 +70,6 @@ def assert_one_line_error(result, *fragments: str) -> str:
 @pytest.fixture(scope="session")
 def random_weights(tmp_path_factory):
     """A fixed-seed random InceptionV3 weights file, loaded through the same path as real weights."""
-    from nnaug.metrics import make_random_inception_weights
+    from nnaug.fidelity import make_random_inception_weights
 
     return make_random_inception_weights(tmp_path_factory.mktemp("inception") / "random_inception.pth", seed=0)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -33,7 +34,7 @@ def kvasir_folder(shared_data, tmp_path_factory):
     return out
 
 
-def _synthetic_like(real, dataset_id: int, name: str, images, labels, ids) -> "Path":
+def _synthetic_like(real, dataset_id: int, name: str, images, labels, ids) -> Path:
     """A raw dataset of the given pairs with an nnaug provenance naming ``real`` as its source."""
     from nnunetv2.imageio.natural_image_reader_writer import NaturalImage2DIO
 
@@ -49,12 +50,13 @@ def _synthetic_like(real, dataset_id: int, name: str, images, labels, ids) -> "P
     return folder
 
 
+@pytest.mark.slow  # radiomics features of real Kvasir images
 def test_frd_of_copied_real_images_is_finite_and_below_noise(nnunet_env, kvasir_folder):
     """Kvasir as the real dataset; a 'synthetic' set that copies 8 of its cases scores far lower
     (better) than one with the same masks and uniform noise as images — whole image and mask ROI."""
     from nnaug.convert import convert_folder
     from nnaug.dataset import load_raw_dataset
-    from nnaug.metrics import synthetic_fidelity
+    from nnaug.fidelity import synthetic_fidelity
 
     real = load_raw_dataset(convert_folder(kvasir_folder, 501, "Kvasir", progress=False))
     cases = real.cases[2:10]
@@ -103,9 +105,10 @@ def test_frd_feature_subset_and_bad_inputs(shared_data):
         parse_list("firstorder,texture", "feature_classes", "--frd-features")
 
 
+@pytest.mark.slow  # InceptionV3 forward passes
 def test_inception_weights_are_downloaded_into_the_cache_once(random_weights, tmp_path, monkeypatch, one_torch_thread):
     """As torch-fidelity does on first use: the file lands in torch's hub cache, and is used from there."""
-    from nnaug.metrics import fid_kid, inception_cache_path
+    from nnaug.fidelity import fid_kid, inception_cache_path
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
     monkeypatch.setenv("NNAUG_INCEPTION_URL", random_weights.as_uri())
@@ -123,11 +126,12 @@ def test_inception_weights_are_downloaded_into_the_cache_once(random_weights, tm
     assert np.isfinite(first["fid"]) and first["fid"] > 0
 
 
+@pytest.mark.slow  # InceptionV3 forward passes
 def test_report_offline_says_where_the_weights_go_and_goes_on(nnunet_env, run_cli, tmp_path, monkeypatch):
     """Offline without weights: one warning line naming --inception-weights and the cache path, exit 0,
     FRD and memorisation still reported; with --fidelity the same situation is exit 2 and one error line."""
     from nnaug.example import write_example_dataset
-    from nnaug.metrics import inception_cache_path
+    from nnaug.fidelity import inception_cache_path
     from test_metrics_report import _fake_synthetic
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))

@@ -22,8 +22,9 @@ def _images(n, size, seed):
     return np.stack([make_case(rng, size)[0] for _ in range(n)])  # uint8 [N, 3, H, W]
 
 
+@pytest.mark.slow  # InceptionV3 forward passes
 def test_fid_kid_real_vs_real_below_real_vs_noise(random_weights):
-    from nnaug.metrics import fid_kid
+    from nnaug.fidelity import fid_kid
 
     a, b = _images(10, 32, 1), _images(10, 32, 2)
     noise = np.random.default_rng(3).integers(0, 256, a.shape).astype(np.uint8)
@@ -42,7 +43,7 @@ def offline(monkeypatch, tmp_path):
 
 
 def test_no_weights_no_cache_is_one_line_error(tmp_path, monkeypatch):
-    from nnaug.metrics import fid_kid, inception_cache_path
+    from nnaug.fidelity import fid_kid, inception_cache_path
 
     offline(monkeypatch, tmp_path)
     assert str(inception_cache_path()).startswith(str(tmp_path))
@@ -71,7 +72,7 @@ def _fake_synthetic(nnunet_env, real, copy_of: list[str]):
 
 def test_memorisation_finds_the_copied_case(nnunet_env, tmp_path):
     from nnaug.example import write_example_dataset
-    from nnaug.metrics import memorisation
+    from nnaug.memorisation import memorisation
 
     real = write_example_dataset(dataset_id=997, name="nnaugExample", num_cases=8, size=32, seed=0)
     synth = _fake_synthetic(nnunet_env, real, ["example_005"])
@@ -109,6 +110,7 @@ def _fake_results(results, dataset: str):
     return written
 
 
+@pytest.mark.slow  # InceptionV3 forward passes
 def test_report_on_fake_results_tree(nnunet_env, run_cli, random_weights, tmp_path, monkeypatch):
     from nnaug.example import write_example_dataset
 

@@ -12,6 +12,8 @@ import pytest
 from conftest import REPO
 from test_metrics_report import _fake_results, _fake_synthetic
 
+pytestmark = pytest.mark.slow  # a whole report with FID/KID, and headless Chromium in a subprocess
+
 
 def _render_module():
     spec = importlib.util.spec_from_file_location("render_report", REPO / "docs" / "render_report.py")

@@ -1,0 +1,122 @@
+"""Everything that runs a trained nnU-Net on images to score them: :func:`mask_consistency` (Dice
+between each synthetic mask and what a real-trained nnU-Net predicts on the synthetic image) and
+:func:`segmentation_dice` (the same for any raw dataset, e.g. held-out test Dice), with
+:func:`dice_per_label` and :func:`nnaug_trainers_env`, which lets nnU-Net find nnaug's trainer
+classes for the duration of one call without changing the process environment for good.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+import numpy as np
+
+from nnaug.dataset_images import as_raw, select_cases, synthetic_identifiers
+from nnaug.errors import NnaugError
+
+
+@contextlib.contextmanager
+def nnaug_trainers_env():
+    """``nnUNet_extTrainer`` set to nnaug's trainers inside the block (when unset or empty), restored after.
+
+    nnU-Net resolves a checkpoint's trainer class by name, looking in ``nnUNet_extTrainer`` (read at
+    call time), so a model trained with an nnaug trainer only loads with it set; a value the user set
+    is left alone.
+    """
+    from nnaug.nnunet_pretraining import trainers_path
+
+    name = "nnUNet_extTrainer"
+    previous = os.environ.get(name)
+    if previous:
+        yield
+        return
+    os.environ[name] = trainers_path()
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = previous
+
+
+def dice_per_label(reference: np.ndarray, prediction: np.ndarray, labels: list[int] | None = None) -> dict[int, float]:
+    """Dice per foreground label present in either map (both empty for a label: not counted)."""
+    values = labels if labels is not None else sorted(set(np.unique(reference).tolist()) | set(np.unique(prediction).tolist()))
+    out = {}
+    for value in values:
+        if value == 0:
+            continue
+        r, p = reference == value, prediction == value
+        denom = r.sum() + p.sum()
+        if denom == 0:
+            continue
+        out[int(value)] = float(2.0 * np.logical_and(r, p).sum() / denom)
+    return out
+
+
+def mask_consistency(synthetic_folder, model_training_output_dir, folds=(0,), device: str = "cpu",
+                     max_cases: int | None = None, checkpoint_name: str = "checkpoint_final.pth",
+                     progress: bool = False) -> dict:
+    """Dice between each synthetic mask and a real-trained nnU-Net's prediction on the synthetic image.
+
+    ``synthetic_folder``: the synthetic raw dataset (folder, name or ID); ``model_training_output_dir``:
+    ``$nnUNet_results/<Dataset>/<Trainer>__<Plans>__<config>``. Only the synthetic cases of a
+    ``--mix`` dataset are checked. See :func:`segmentation_dice` for the prediction and the Dice.
+    """
+    raw = as_raw(synthetic_folder)
+    return segmentation_dice(raw, model_training_output_dir, folds, device, synthetic_identifiers(raw), max_cases,
+                             checkpoint_name, progress, desc=f"mask consistency {raw.name}")
+
+
+def segmentation_dice(dataset, model_training_output_dir, folds=(0,), device: str = "cpu",
+                      identifiers: list[str] | None = None, max_cases: int | None = None,
+                      checkpoint_name: str = "checkpoint_final.pth", progress: bool = False, desc: str = "Dice") -> dict:
+    """Dice between the labels of a raw dataset's cases and a trained nnU-Net's predictions on their images.
+
+    Prediction is nnU-Net's own ``nnUNetPredictor`` (no mirroring, tile step 0.5, the ensemble of
+    ``folds``; ``"all"`` for fold_all). Per case: mean foreground Dice over the labels present in the
+    label or the prediction (1.0 when both are empty). Used for mask consistency (synthetic cases)
+    and for held-out test Dice (benchmarks/downstream.py).
+    Returns ``dict(mean_dice=, per_case={case: dice}, folds=, model=)``.
+    """
+    import io
+
+    import torch
+
+    model_dir = Path(model_training_output_dir)
+    folds = tuple(folds)
+    missing = [f for f in folds if not (model_dir / f"fold_{f}" / checkpoint_name).is_file()]
+    if not folds or missing:
+        raise NnaugError(f"no {checkpoint_name} for fold(s) {missing or '(none given)'} in {model_dir}: "
+                         "train those folds first or choose others with --folds")
+    raw = as_raw(dataset)
+    cases = select_cases(raw, identifiers, max_cases)
+    if not cases:
+        raise NnaugError(f"{raw.name} has no cases to check")
+
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    dev = torch.device(device)
+    # nnU-Net prints chatter on CPU (into nnaug report's tables); the trainer class is looked up by
+    # name while the checkpoint loads, so nnaug's trainers must be findable just then
+    with contextlib.redirect_stdout(io.StringIO()), nnaug_trainers_env():
+        predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False,
+                                    perform_everything_on_device=dev.type == "cuda", device=dev,
+                                    verbose=False, verbose_preprocessing=False, allow_tqdm=False)
+        predictor.initialize_from_trained_model_folder(str(model_dir), use_folds=folds, checkpoint_name=checkpoint_name)
+    rw = raw.reader_writer()
+    per_case = {}
+    from tqdm.auto import tqdm
+
+    for case in tqdm(cases, desc=desc, disable=None if progress else True, leave=False):
+        image, props = rw.read_images(case.image_files)
+        label, _ = rw.read_seg(case.label_file)
+        with contextlib.redirect_stdout(io.StringIO()):
+            seg = predictor.predict_single_npy_array(image, props, None, None, False)
+        seg = np.asarray(seg).reshape(label.shape)
+        dices = dice_per_label(label, seg)
+        per_case[case.identifier] = float(np.mean(list(dices.values()))) if dices else 1.0
+    return {"mean_dice": float(np.mean(list(per_case.values()))), "per_case": per_case,
+            "folds": list(folds), "model": str(model_dir)}
