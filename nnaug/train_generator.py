@@ -103,10 +103,11 @@ def train_generator(dataset: str, model: str = "jdm", preset: str = "tiny", outp
                                                 "settings": settings})
     config = train_config_from(settings)
     accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=cpu)
-    torch.manual_seed(config.seed)  # weight initialisation
     pairs = PairDataset(raw, int(settings["resolution"]), progress=progress)
     mask_channels = num_mask_channels(raw.label_values)
-    net = build_model(model, settings, raw, raw.num_channels, mask_channels)
+    with torch.random.fork_rng(devices=[]):  # the weight initialisation is seeded; the caller's RNG is left alone
+        torch.manual_seed(config.seed)
+        net = build_model(model, settings, raw, raw.num_channels, mask_channels)
     info = {
         "model": model, "preset": preset, "image_channels": raw.num_channels, "mask_channels": mask_channels,
         "channel_names": raw.channel_names, "labels": raw.labels, "label_values": raw.label_values,
