@@ -158,14 +158,15 @@ def trained(tmp_path_factory):
             mp.setenv(var, str(env[name]))
         for var in NNAUG_VARS:
             mp.delenv(var, raising=False)
-        # nnUNet_n_proc_DA=0: no augmentation workers on a 2-core machine
-        for var, value in (("nnUNet_def_n_proc", "1"), ("nnUNet_extTrainer", trainers_path()), ("nnUNet_n_proc_DA", "0")):
-            mp.setenv(var, value)
+        mp.setenv("nnUNet_def_n_proc", "1")
+        mp.setenv("nnUNet_extTrainer", trainers_path())
         real = write_example_dataset(998, "Real", num_cases=12, seed=0)
         synthetic = fake_synthetic(999, real.name, num_cases=16, seed=1)
         extract_fingerprints([998], num_processes=1, verbose=False, show_progress_bar=False)
         plan_experiments([998])
         preprocess([998], configurations=["2d"], num_processes=[1], show_progress_bar=False)
+        # nnUNet_n_proc_DA=0 (no augmentation workers on a 2-core machine) only now: the planner sets torch's threads from it
+        mp.setenv("nnUNet_n_proc_DA", "0")
         trainer = "nnUNetTrainer_nnaugPretrainFinetune_5epochs"
         proc = _nnunet_train("998", "0", "-tr", trainer)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
