@@ -35,16 +35,10 @@ def run_demo(workdir: Path, generator_steps: int | None = None, ratio: float = 2
              device: str = "cpu") -> dict:
     """Run the demo; the nnU-Net folder variables and ``nnUNet_extTrainer`` point at the demo's folders
     while it runs (nnaug's own steps read them in this process) and are restored afterwards."""
-    names = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_extTrainer")
-    saved = {name: os.environ.get(name) for name in names}
-    try:
+    from unittest import mock
+
+    with mock.patch.dict(os.environ):  # the standard library's restore-the-environment-afterwards
         return _run_demo(workdir, generator_steps, ratio, overwrite, device)
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def _run_demo(workdir: Path, generator_steps: int | None, ratio: float, overwrite: bool, device: str) -> dict:

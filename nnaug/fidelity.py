@@ -14,6 +14,7 @@ import numpy as np
 
 from nnaug.dataset_images import as_raw, load_cases, select_cases, synthetic_identifiers, to_uint8_batch, uint8_images
 from nnaug.errors import NnaugError
+from nnaug.io import write_atomic
 
 INCEPTION_URL = "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"
 """What torch-fidelity (0.4) downloads on first use; kept in sync with feature_extractor_inceptionv3.URL_INCEPTION_V3."""
@@ -145,7 +146,6 @@ def make_random_inception_weights(path: str | Path, seed: int = 0) -> Path:
     # __init__ loads a state dict from a file when given one (else downloads it): a file holding
     # None keeps it off the network, and _Uninitialised skips loading that None
     empty = path.with_name(f".{path.name}.{os.getpid()}.none")
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         torch.save(None, empty)
         with torch.random.fork_rng(devices=[]):
@@ -156,11 +156,9 @@ def make_random_inception_weights(path: str | Path, seed: int = 0) -> Path:
                     nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
                     if module.bias is not None:
                         nn.init.zeros_(module.bias)
-        torch.save(model.state_dict(), tmp)
-        os.replace(tmp, path)
+        write_atomic(path, lambda tmp: torch.save(model.state_dict(), tmp))
     finally:
         empty.unlink(missing_ok=True)
-        tmp.unlink(missing_ok=True)
     return path
 
 

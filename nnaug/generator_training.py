@@ -182,8 +182,8 @@ class GeneratorTrainer:
     def batch(self, step: int, micro: int) -> tuple[dict, torch.Generator]:
         device = self.accelerator.device
         g = step_generator(self.config.seed, step * self.config.grad_accum + micro, self.accelerator.process_index, "cpu")
-        idx = torch.randint(0, self.images.shape[0], (self.config.batch_size,), generator=g)
-        images, labels = self.images[idx.to(self.images.device)], self.labels[idx.to(self.labels.device)]
+        idx = torch.randint(0, self.images.shape[0], (self.config.batch_size,), generator=g).to(self.images.device)
+        images, labels = self.images[idx], self.labels[idx]
         if self.config.augment:
             images, labels = augment_pairs(images, labels, g)
         device_g = step_generator(self.config.seed + 1, step * self.config.grad_accum + micro,

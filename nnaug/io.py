@@ -27,6 +27,7 @@ def one_line(exc: BaseException) -> str:
 def write_atomic(path: Path | str, write: Callable[[Path], None]) -> None:
     """``write(tmp)`` to a temp file beside ``path`` (same suffix, so savers pick the format), then rename."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
     try:
         write(tmp)

@@ -24,21 +24,13 @@ def nnaug_trainers_env():
     call time), so a model trained with an nnaug trainer only loads with it set; a value the user set
     is left alone.
     """
+    from unittest import mock
+
     from nnaug.nnunet_pretraining import trainers_path
 
-    name = "nnUNet_extTrainer"
-    previous = os.environ.get(name)
-    if previous:
+    values = {} if os.environ.get("nnUNet_extTrainer") else {"nnUNet_extTrainer": trainers_path()}
+    with mock.patch.dict(os.environ, values):
         yield
-        return
-    os.environ[name] = trainers_path()
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = previous
 
 
 def dice_per_label(reference: np.ndarray, prediction: np.ndarray, labels: list[int] | None = None) -> dict[int, float]:

@@ -4,7 +4,6 @@ image (:func:`memorisation`), what counts as close given how near real images ar
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +11,7 @@ import numpy as np
 from nnaug.dataset_images import as_raw, load_cases, select_cases, synthetic_identifiers, uint8_images
 from nnaug.errors import NnaugError
 from nnaug.fidelity import inception_features
+from nnaug.io import write_atomic
 
 
 def memorisation(synthetic_raw, real_raw, top: int = 8, out_png=None, size: int = 32,
@@ -153,8 +153,5 @@ def _pairs_png(syn, real, pairs, rows, path: Path, tile: int = 128) -> Path:
     draw.text((2 * tile + 2 + 14 + 4, 4), "nearest real: image | mask", fill=(20, 20, 20), font=font)
     gap = np.full((4, width, 3), 255, np.uint8)
     sheet = np.concatenate([np.asarray(header)] + [np.concatenate([gap, s]) for s in strips])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
-    Image.fromarray(sheet).save(tmp)
-    os.replace(tmp, path)
+    write_atomic(path, Image.fromarray(sheet).save)
     return path

@@ -479,14 +479,10 @@ def _figure(width: float, height: float):
 
 def _save_atomic(save, path: Path) -> Path:
     """``save(tmp_path)`` then rename onto ``path``: a reader never sees half a PNG."""
-    import os
+    from nnaug.io import write_atomic
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
-    save(tmp)
-    os.replace(tmp, path)
-    return path
+    write_atomic(path, save)
+    return Path(path)
 
 
 def bar_chart(report: dict, path: Path) -> Path | None:
@@ -572,9 +568,7 @@ def _json_safe(value):
 
 def write_report(report: dict) -> dict[str, Path]:
     """Write report.{json,md,html,png} and the per-dataset pictures into ``$nnUNet_results/nnaug/<Dataset>/``."""
-    import os
-
-    from nnaug.io import write_json_atomic
+    from nnaug.io import write_json_atomic, write_text_atomic
 
     folder = report_folder(report["dataset"])
     folder.mkdir(parents=True, exist_ok=True)
@@ -590,9 +584,7 @@ def write_report(report: dict) -> dict[str, Path]:
         report["files"] = {**report.get("files", {}), "bar_chart": str(png)}
     write_json_atomic(paths["json"], _json_safe(report))
     for key, text in (("md", to_markdown(report)), ("html", to_html(report))):
-        tmp = folder / f".report.{key}.{os.getpid()}.tmp"
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, paths[key])
+        write_text_atomic(paths[key], text)
     return paths
 
 

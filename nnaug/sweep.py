@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from nnaug.errors import NnaugError
+from nnaug.io import write_atomic
 
 CONFIGURATION = "2d"
 PLANS = "nnUNetPlans"
@@ -1030,12 +1031,6 @@ def plot(result: dict, path: Path) -> Path:
     return path
 
 
-def _write_atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def write_outputs(result: dict, folder: Path, latest: dict[str, Path]) -> list[Path]:
     """sweep.{md,json,png} into the sweep's folder, then the same three files as the dataset's latest sweep."""
     markdown = to_markdown(result)
@@ -1043,9 +1038,8 @@ def write_outputs(result: dict, folder: Path, latest: dict[str, Path]) -> list[P
     written = []
     for target in (folder, None):
         paths = {k: (folder / f"sweep.{k}") if target is not None else latest[k] for k in ("md", "json", "png")}
-        paths["md"].parent.mkdir(parents=True, exist_ok=True)
-        _write_atomic(paths["json"], lambda p: p.write_text(text))
-        _write_atomic(paths["png"], lambda p: plot(result, p))
-        _write_atomic(paths["md"], lambda p: p.write_text(markdown))
+        write_atomic(paths["json"], lambda p: p.write_text(text))
+        write_atomic(paths["png"], lambda p: plot(result, p))
+        write_atomic(paths["md"], lambda p: p.write_text(markdown))
         written += [paths["md"], paths["json"], paths["png"]]
     return written
