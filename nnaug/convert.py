@@ -7,18 +7,22 @@ uint8 labels 0..K and a dataset.json written by nnunetv2's ``generate_dataset_js
 """
 from __future__ import annotations
 
+import contextlib
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from nnaug.dataset import raw_root, write_case
-from nnaug.io import atomic_output_dir
 from nnaug.errors import NnaugError
+from nnaug.io import atomic_output_dir, write_json_atomic
+from nnaug.split import SplitPart, assign_split, parse_split
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"}
 MAX_CLASSES = 32  # more distinct mask values than this means noise, not classes
 NOISE_BAND = (30, 225)  # a noisy binary mask has almost no pixels in this band
+SPLIT_FILE = "nnaug_split.json"
 
 
 def _list_images(folder: Path) -> dict[str, Path]:
@@ -121,29 +125,23 @@ def _identifier(stem: str) -> str:
     return re.sub(r"[^A-Za-z0-9-]+", "-", stem).strip("-") or "case"
 
 
-def convert_folder(
-    source: Path,
-    dataset_id: int,
-    name: str,
-    images: str = "images",
-    masks: str = "masks",
-    threshold: float | None = None,
-    label_names: list[str] | None = None,
-    overwrite: bool = False,
-    progress: bool = True,
-) -> Path:
-    """Convert ``source`` into ``$nnUNet_raw/Dataset{id:03d}_{name}``; returns the new folder. The source is only read."""
-    from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
-    from nnunetv2.imageio.natural_image_reader_writer import NaturalImage2DIO
-    from tqdm.auto import tqdm
+def _resize(image: np.ndarray, label: np.ndarray, size: int, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """``size`` x ``size``: the image bicubic; the label per class (bilinear on its one-hot map, then the
+    most likely class), which keeps thin structures and smooth edges that nearest-neighbour would break."""
+    from PIL import Image
 
+    channels = [np.asarray(Image.fromarray(c).resize((size, size), Image.BICUBIC)) for c in image]
+    scores = [np.asarray(Image.fromarray((label == k).astype(np.float32), mode="F").resize((size, size), Image.BILINEAR))
+              for k in range(num_classes)]
+    return np.stack(channels), np.argmax(np.stack(scores), axis=0).astype(np.uint8)
+
+
+def _check_new_dataset(dataset_id: int, name: str, overwrite: bool) -> Path:
+    """The target folder ``$nnUNet_raw/DatasetID_NAME``; refuses a bad name or an ID another dataset uses."""
     if not 1 <= dataset_id <= 999:
         raise NnaugError(f"--dataset-id must be between 1 and 999, got {dataset_id}")
     if not re.fullmatch(r"[A-Za-z0-9-]+", name):
         raise NnaugError(f"--name '{name}' may only hold letters, digits and '-' (nnU-Net uses '_' as separator)")
-    source = Path(source)
-    if not source.is_dir():
-        raise NnaugError(f"{source} is not a folder: give the folder that holds '{images}/' and '{masks}/'")
     root = raw_root()
     clash = [p.name for p in root.glob(f"Dataset{dataset_id:03d}_*") if p.name != f"Dataset{dataset_id:03d}_{name}"]
     if clash:
@@ -151,7 +149,28 @@ def convert_folder(
     target = root / f"Dataset{dataset_id:03d}_{name}"
     if target.exists() and not overwrite:
         raise NnaugError(f"{target} already exists: pass --overwrite to replace it, or choose another ID/name")
+    return target
 
+
+@dataclass
+class _Source:
+    """What every output dataset of one conversion shares: the cases, one label mapping, the label names."""
+
+    folder: Path
+    pairs: list[tuple[str, Path, Path]]
+    ids: list[str]
+    gray_masks: list[np.ndarray]
+    mapping: tuple
+    label_names: list[str]
+
+
+def _read_source(source: Path, images: str, masks: str, threshold: float | None, label_names: list[str] | None,
+                 progress: bool) -> _Source:
+    from tqdm.auto import tqdm
+
+    source = Path(source)
+    if not source.is_dir():
+        raise NnaugError(f"{source} is not a folder: give the folder that holds '{images}/' and '{masks}/'")
     pairs = pair_files(source, images, masks)
     ids = [_identifier(stem) for stem, _, _ in pairs]
     if len(set(ids)) != len(ids):
@@ -165,34 +184,107 @@ def convert_folder(
         label_names = ["background"] + (["foreground"] if num_classes == 2 else [f"class_{i}" for i in range(1, num_classes)])
     if len(label_names) != num_classes:
         raise NnaugError(f"--labels names {len(label_names)} labels but the masks hold {num_classes} (background included)")
+    return _Source(source, pairs, ids, gray_masks, mapping, label_names)
+
+
+def _write_dataset(src: _Source, indices: list[int], work: Path, target: Path, size: int | None, progress: bool) -> None:
+    """Cases ``indices`` of ``src`` into the folder ``work`` (to become ``target``), with dataset.json."""
+    from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
+    from nnunetv2.imageio.natural_image_reader_writer import NaturalImage2DIO
+    from tqdm.auto import tqdm
 
     num_channels = None
+    for i in tqdm(indices, desc=f"writing {target.name}", disable=None if progress else True):
+        (stem, image_path, _), gray = src.pairs[i], src.gray_masks[i]
+        image = read_image(image_path)
+        if num_channels is None:
+            num_channels = image.shape[0]
+        elif image.shape[0] != num_channels:
+            raise NnaugError(f"{image_path} has {image.shape[0]} channel(s), earlier images {num_channels}: use all RGB or all grayscale")
+        if image.shape[1:] != gray.shape:
+            raise NnaugError(
+                f"{stem}: image is {image.shape[1]}x{image.shape[2]} but mask is {gray.shape[0]}x{gray.shape[1]} — they must match"
+            )
+        label = apply_mapping(gray, src.mapping)
+        if size is not None:
+            image, label = _resize(image.astype(np.uint8), label, size, len(src.label_names))
+        write_case(work, src.ids[i], image, label, ".png", [num_channels], NaturalImage2DIO)
+    generate_dataset_json(
+        str(work),
+        channel_names={"0": "R", "1": "G", "2": "B"} if num_channels == 3 else {"0": "gray"},
+        labels={n: i for i, n in enumerate(src.label_names)},
+        num_training_cases=len(indices),
+        file_ending=".png",
+        dataset_name=target.name,
+        description=f"Converted by nnaug from {src.folder.resolve()}",
+        license="see the source data",
+        converted_by="nnaug convert",
+    )
+
+
+def _note_threshold(src: _Source, threshold: float | None) -> None:
+    if src.mapping[0] == "threshold" and threshold is None:
+        print(f"note: masks looked like noisy binary masks; binarised at > {src.mapping[1]:g} (pass --threshold to change)")
+
+
+def convert_folder(
+    source: Path,
+    dataset_id: int,
+    name: str,
+    images: str = "images",
+    masks: str = "masks",
+    threshold: float | None = None,
+    label_names: list[str] | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    size: int | None = None,
+) -> Path:
+    """Convert ``source`` into ``$nnUNet_raw/Dataset{id:03d}_{name}``; returns the new folder. The source is only read.
+
+    ``size``: resize every case to ``size`` x ``size`` (image bicubic, labels per class)."""
+    target = _check_new_dataset(dataset_id, name, overwrite)
+    src = _read_source(source, images, masks, threshold, label_names, progress)
     with atomic_output_dir(target, overwrite=overwrite) as work:
-        for identifier, (stem, image_path, _), gray in tqdm(
-            list(zip(ids, pairs, gray_masks)), desc=f"writing {target.name}", disable=None if progress else True
-        ):
-            image = read_image(image_path)
-            if num_channels is None:
-                num_channels = image.shape[0]
-            elif image.shape[0] != num_channels:
-                raise NnaugError(f"{image_path} has {image.shape[0]} channel(s), earlier images {num_channels}: use all RGB or all grayscale")
-            if image.shape[1:] != gray.shape:
-                raise NnaugError(
-                    f"{stem}: image is {image.shape[1]}x{image.shape[2]} but mask is {gray.shape[0]}x{gray.shape[1]} — they must match"
-                )
-            write_case(work, identifier, image, apply_mapping(gray, mapping), ".png", [num_channels], NaturalImage2DIO)
-        channel_names = {"0": "R", "1": "G", "2": "B"} if num_channels == 3 else {"0": "gray"}
-        generate_dataset_json(
-            str(work),
-            channel_names=channel_names,
-            labels={n: i for i, n in enumerate(label_names)},
-            num_training_cases=len(pairs),
-            file_ending=".png",
-            dataset_name=target.name,
-            description=f"Converted by nnaug from {source.resolve()}",
-            license="see the source data",
-            converted_by="nnaug convert",
-        )
-    if mapping[0] == "threshold" and threshold is None:
-        print(f"note: masks looked like noisy binary masks; binarised at > {mapping[1]:g} (pass --threshold to change)")
+        _write_dataset(src, list(range(len(src.pairs))), work, target, size, progress)
+    _note_threshold(src, threshold)
     return target
+
+
+def split_dataset_names(name: str, parts: list[SplitPart]) -> list[str]:
+    """``Kvasir64`` + parts train, val, test -> ``Kvasir64Train``, ``Kvasir64Val``, ``Kvasir64Test``."""
+    return [name + part.name[0].upper() + part.name[1:] for part in parts]
+
+
+def convert_split(
+    source: Path,
+    first_id: int,
+    name: str,
+    split: str,
+    seed: int = 0,
+    images: str = "images",
+    masks: str = "masks",
+    threshold: float | None = None,
+    label_names: list[str] | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    size: int | None = None,
+) -> list[Path]:
+    """Convert ``source`` into one raw dataset per part of ``split`` (``train=40,val=200,test=rest``):
+    IDs ``first_id``, ``first_id + 1``, ... named ``<name><Part>``. The parts are disjoint, drawn with
+    ``seed`` (nnaug.split); all datasets share one label mapping and appear together, or not at all.
+    Each gets ``nnaug_split.json`` (source, seed, the split, its cases) so the split can be traced."""
+    parts = parse_split(split)
+    names = split_dataset_names(name, parts)
+    targets = [_check_new_dataset(first_id + k, n, overwrite) for k, n in enumerate(names)]
+    src = _read_source(source, images, masks, threshold, label_names, progress)
+    assignment = assign_split(src.ids, parts, seed)
+    index = {identifier: i for i, identifier in enumerate(src.ids)}
+    record = {"source": str(src.folder.resolve()), "seed": seed, "split": split, "size": size,
+              "datasets": {p.name: t.name for p, t in zip(parts, targets)}, "cases": assignment}
+    with contextlib.ExitStack() as stack:  # every part is renamed into place only after all were written
+        for part, target in zip(parts, targets):
+            work = stack.enter_context(atomic_output_dir(target, overwrite=overwrite))
+            _write_dataset(src, [index[c] for c in assignment[part.name]], work, target, size, progress)
+            write_json_atomic(work / SPLIT_FILE, {**record, "part": part.name})
+    _note_threshold(src, threshold)
+    return targets

@@ -18,16 +18,28 @@ from nnaug_cli.params import DATASET_ID, POSITIVE
               help="Binarise masks at value > T (for noisy binary masks, e.g. JPEG). Default: detect.")
 @click.option("--labels", "label_names", default=None,
               help="Comma-separated label names, background first, e.g. background,polyp.")
-@click.option("--overwrite", is_flag=True, help="Replace the dataset if it exists.")
-def convert(source, dataset_id, name, images, masks, threshold, label_names, overwrite):
-    """Convert a folder SOURCE with images/ and masks/ into an nnU-Net raw dataset."""
-    from nnaug.convert import convert_folder
+@click.option("--size", type=click.IntRange(min=8), default=None,
+              help="Resize every case to SIZE x SIZE pixels (image bicubic, labels per class). Default: keep.")
+@click.option("--split", default=None,
+              help="Split the cases into several datasets, e.g. train=40,val=200,test=rest: IDs DATASET_ID, "
+                   "DATASET_ID+1, ... named NAME+Part (Kvasir64Train, Kvasir64Val, ...).")
+@click.option("--split-seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Seed of the split: the same files and seed give the same split anywhere.")
+@click.option("--overwrite", is_flag=True, help="Replace the dataset(s) if they exist.")
+def convert(source, dataset_id, name, images, masks, threshold, label_names, size, split, split_seed, overwrite):
+    """Convert a folder SOURCE with images/ and masks/ into an nnU-Net raw dataset (or, with --split,
+    into a training dataset and held-out datasets)."""
+    from nnaug.convert import convert_folder, convert_split
 
     names = [n.strip() for n in label_names.split(",")] if label_names else None
-    target = convert_folder(source, dataset_id, name, images=images, masks=masks, threshold=threshold,
-                            label_names=names, overwrite=overwrite)
-    _print_summary(target.name)
-    click.echo(f"wrote {target}")
+    common = dict(images=images, masks=masks, threshold=threshold, label_names=names, overwrite=overwrite, size=size)
+    if split is None:
+        targets = [convert_folder(source, dataset_id, name, **common)]
+    else:
+        targets = convert_split(source, dataset_id, name, split, seed=split_seed, **common)
+    for target in targets:
+        _print_summary(target.name)
+        click.echo(f"wrote {target}")
 
 
 @click.command()
