@@ -13,7 +13,9 @@ from __future__ import annotations
 
 from nnaug.errors import NnaugError
 
-SAMPLERS = ("ddim", "dpmsolver++", "ddpm", "unipc")
+DIFFUSION_SAMPLERS = ("ddim", "dpmsolver++", "ddpm", "unipc")
+FLOW_SAMPLERS = ("euler", "heun")  # for flow-matching models (nnaug.generators.jdm.flow)
+SAMPLERS = DIFFUSION_SAMPLERS + FLOW_SAMPLERS
 SPACING = "trailing"
 _DDPM_ONLY = ("variance_type", "clip_sample", "clip_sample_range", "set_alpha_to_one", "thresholding")
 
@@ -96,10 +98,22 @@ def _ddpm_class():
 
 
 def make_scheduler(name: str, config: dict, clip_x0: bool = True):
-    """A diffusers scheduler for ``name``; ``ddpm`` keeps the config's variance type (e.g. learned range)."""
+    """A diffusers scheduler for ``name``; ``ddpm`` keeps the config's variance type (e.g. learned range).
+
+    A flow-matching model (its config names a ``FlowMatch*`` scheduler) samples with ``euler`` or
+    ``heun`` only, a diffusion model with the others: the two integrate different equations."""
     from diffusers import DPMSolverMultistepScheduler, UniPCMultistepScheduler
 
+    if name not in SAMPLERS:
+        raise NnaugError(f"unknown sampler '{name}': choose one of {', '.join(SAMPLERS)}")
+    is_flow = str(dict(config).get("_class_name", "")).startswith("FlowMatch")
+    if (name in FLOW_SAMPLERS) != is_flow:
+        allowed = FLOW_SAMPLERS if is_flow else DIFFUSION_SAMPLERS
+        kind = "flow-matching" if is_flow else "diffusion"
+        raise NnaugError(f"sampler '{name}' does not fit this {kind} generator: choose one of {', '.join(allowed)}")
     config = {k: v for k, v in dict(config).items() if not k.startswith("_")}
+    if is_flow:
+        return _flow_scheduler(name, config)
     config["timestep_spacing"] = SPACING
     base = {k: v for k, v in config.items() if k not in _DDPM_ONLY}
     clip = {"clip_sample": clip_x0, "clip_sample_range": 1.0}
@@ -111,6 +125,16 @@ def make_scheduler(name: str, config: dict, clip_x0: bool = True):
     if name == "dpmsolver++":
         return DPMSolverMultistepScheduler.from_config({**base, **threshold, "algorithm_type": "dpmsolver++",
                                                         "solver_order": 2})
-    if name == "unipc":
-        return UniPCMultistepScheduler.from_config({**base, **threshold, "solver_order": 2, "predict_x0": True})
-    raise NnaugError(f"unknown sampler '{name}': choose one of {', '.join(SAMPLERS)}")
+    return UniPCMultistepScheduler.from_config({**base, **threshold, "solver_order": 2, "predict_x0": True})
+
+
+def _flow_scheduler(name: str, config: dict):
+    from diffusers import FlowMatchEulerDiscreteScheduler, FlowMatchHeunDiscreteScheduler
+
+    kind = FlowMatchEulerDiscreteScheduler if name == "euler" else FlowMatchHeunDiscreteScheduler
+    return kind.from_config({k: v for k, v in config.items() if k in ("num_train_timesteps", "shift")})
+
+
+def network_evaluations(name: str, steps: int) -> int:
+    """How often a sampler calls the network for ``steps`` steps (Heun: twice per step but the last)."""
+    return 2 * steps - 1 if name == "heun" else steps

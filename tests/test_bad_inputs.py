@@ -143,7 +143,7 @@ BAD_OPTIONS = [
     (["synthesize", "999", "--ratio", "1", "--shard", "2/2"], ["--shard", "0 <= i < n"]),
     (["synthesize", "999", "--ratio", "1", "--shard", "a/b"], ["--shard", "i/n"]),
     (["synthesize", "999", "--ratio", "1", "--output-id", "1000"], ["--output-id"]),
-    (["synthesize", "999", "--ratio", "1", "--sampler", "euler"], ["--sampler"]),
+    (["synthesize", "999", "--ratio", "1", "--sampler", "rk4"], ["--sampler"]),
     (["synthesize", "999", "--ratio", "1", "--aug-shift", "2"], ["--aug-shift"]),
     (["synthesize", "999", "--ratio", "1", "--aug-scale", "0", "1"], ["--aug-scale"]),
     (["synthesize", "999", "--ratio", "1", "--seed", "-3"], ["--seed"]),
@@ -185,3 +185,12 @@ def test_resume_refuses_changed_options_and_names_them(example, run_cli, tmp_pat
     assert resumed.exit_code == 0, resumed.output
     info = json.loads((out / "nnaug.json").read_text())
     assert info["steps_trained"] == 3 and info["train_config"]["channels_last"] and info["train_config"]["fused_adamw"]
+
+
+def test_channels_narrower_than_an_attention_head_are_one_line(example, run_cli, nnunet_env):
+    """The UNet would divide by zero heads (a ZeroDivisionError deep in diffusers); refused before any work."""
+    line = assert_one_line_error(run_cli("train-generator", "999", "--preset", "small", "--resolution", "32", "--channels",
+                                         "32,32", "--attention-resolutions", "16", "--steps", "1", "--cpu"),
+                                 "width 32", "attention head (64 channels)")
+    assert "--channels" in line
+    assert not (nnunet_env["results"] / "nnaug").exists()  # nothing written

@@ -77,13 +77,20 @@ class GeneratorSpec:
     supports_joint: bool  # can it sample masks too (joint mode), or only images for given masks
     default_sampling: tuple[str, int]  # sampler and steps of `nnaug synthesize` when none are given
     check_settings: Callable[[dict], None] = _no_check  # refuse what the user can fix, before anything is written
+    # a trained folder's own default, from its nnaug.json settings (e.g. a flow-matching JDM: euler, not DPM-Solver++)
+    sampling_for_settings: Callable[[dict], tuple[str, int] | None] | None = None
 
-    def resolve_sampling(self, mode: str | None, sampler: str | None, steps: int | None) -> tuple[str, str, int]:
-        """(mode, sampler, steps) for synthesis: the user's choice, else this generator's defaults."""
+    def resolve_sampling(self, mode: str | None, sampler: str | None, steps: int | None,
+                         info: dict | None = None) -> tuple[str, str, int]:
+        """(mode, sampler, steps) for synthesis: the user's choice, else the defaults of this generator
+        (of the trained folder whose nnaug.json is ``info``, where they differ by its settings)."""
         mode = mode or ("joint" if self.supports_joint else "mask-conditioned")
         if mode == "joint" and not self.supports_joint:
             raise NnaugError(f"a {self.name} generator cannot sample masks: use --mode mask-conditioned")
-        return mode, sampler or self.default_sampling[0], int(steps or self.default_sampling[1])
+        default = self.default_sampling
+        if info is not None and self.sampling_for_settings is not None:
+            default = self.sampling_for_settings(info.get("settings", {})) or default
+        return mode, sampler or default[0], int(steps or default[1])
 
 
 _REGISTRY: dict[str, GeneratorSpec] = {}

@@ -41,14 +41,16 @@ def reverse_process(scheduler, seeds: Sequence[int], shape: tuple, num_steps: in
     from tqdm.auto import tqdm
 
     generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
-    x = (per_sample_noise(shape, generators, device) * scheduler.init_noise_sigma).to(dtype)
+    # flow-matching schedulers start at unit noise and take the state as it is (no scaling hooks)
+    x = (per_sample_noise(shape, generators, device) * getattr(scheduler, "init_noise_sigma", 1.0)).to(dtype)
     scheduler.set_timesteps(num_steps, device=device)
     timesteps = scheduler.timesteps
     if start is not None:
         x = start(x, timesteps, generators)
     extra = _step_kwargs(scheduler, generators, eta)
     for i, t in enumerate(tqdm(timesteps, desc="sampling", leave=False, disable=not progress)):
-        out = predict(scheduler.scale_model_input(x, t), t)
+        x_in = scheduler.scale_model_input(x, t) if hasattr(scheduler, "scale_model_input") else x
+        out = predict(x_in, t)
         x = scheduler.step(out, t, x, **extra, return_dict=True).prev_sample
         if after_step is not None:
             x = after_step(i, t, x, generators)

@@ -7,8 +7,28 @@ registry entry; this file stays import-light (no torch).
 """
 from __future__ import annotations
 
-from nnaug.generators.jdm.presets import PRESETS
+from nnaug.generators.jdm.presets import FLOW_DEFAULT_SAMPLING, OBJECTIVES, PRESETS
 from nnaug.generators.registry import GeneratorSpec, lazy
+
+
+def check_settings(settings: dict) -> None:
+    """Refuse, in one line, settings the UNet cannot be built with."""
+    from nnaug.errors import NnaugError
+
+    resolution, channels = int(settings["resolution"]), tuple(settings["channels"])
+    levels = [resolution // 2**i for i in range(len(channels))]
+    narrow = [w for w, r in zip(channels, levels) if r in tuple(settings["attention_resolutions"])
+              and w < int(settings["attention_head_dim"])]
+    if narrow:
+        raise NnaugError(f"--channels: width {narrow[0]} at an attention level is narrower than one attention head "
+                         f"({settings['attention_head_dim']} channels): widen those levels or change --attention-resolutions")
+    if settings.get("objective", "diffusion") not in OBJECTIVES:
+        raise NnaugError(f"--objective must be one of {', '.join(OBJECTIVES)}")
+
+
+def flow_sampling(settings: dict) -> tuple[str, int] | None:
+    """A flow-matching JDM integrates its velocity with Heun (see FLOW_DEFAULT_SAMPLING)."""
+    return FLOW_DEFAULT_SAMPLING if settings.get("objective") == "flow" else None
 
 
 # JDM samples with DPM-Solver++ 25 steps by default: 40x fewer network evaluations than DDPM 1000
@@ -20,4 +40,5 @@ SPEC = GeneratorSpec(
     presets=PRESETS, build=lazy("nnaug.generators.jdm.model:build_jdm_model"),
     load=lazy("nnaug.generators.jdm.sampling:JDMGenerator.from_pretrained"),
     required_files=("config.json", "diffusion_pytorch_model.safetensors", "scheduler_config.json"),
-    supports_joint=True, default_sampling=("dpmsolver++", 25))
+    supports_joint=True, default_sampling=("dpmsolver++", 25), sampling_for_settings=flow_sampling,
+    check_settings=check_settings)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from nnaug.generators.jdm import flow
 from nnaug.generators.jdm.objective import GaussianDiffusion
 from nnaug.generators.jdm.presets import OBJECTIVE_PAPER, PREDICTION_TYPES, SCHEDULER_CONFIG, scheduler_config
 from nnaug.masks import decode_channels, encode_labels
@@ -41,14 +42,19 @@ class JDMArchitecture:
 
 
 class JDMModel(torch.nn.Module):
-    """UNet over ``[image ; mask channels]`` trained with the improved-DDPM hybrid loss."""
+    """UNet over ``[image ; mask channels]`` trained with the improved-DDPM hybrid loss, or, for a
+    flow-matching scheduler config, with rectified flow (:mod:`nnaug.generators.jdm.flow`)."""
 
     def __init__(self, unet, image_channels: int, mask_channels: int, scheduler_config: dict | None = None,
-                 snr_gamma: float | None = None):
+                 snr_gamma: float | None = None, flow_t: str = "logit-normal"):
         super().__init__()
         self.unet = unet
         self.image_channels, self.mask_channels = image_channels, mask_channels
         self.scheduler_config = dict(scheduler_config or SCHEDULER_CONFIG)
+        self.flow_t = flow_t
+        if flow.is_flow_config(self.scheduler_config):
+            self.diffusion = None
+            return
         self.prediction = {v: k for k, v in PREDICTION_TYPES.items()}[self.scheduler_config["prediction_type"]]
         self.learned_variance = self.scheduler_config["variance_type"] in ("learned", "learned_range")
         self.snr_gamma = snr_gamma
@@ -61,6 +67,8 @@ class JDMModel(torch.nn.Module):
 
     def forward(self, batch: dict, step: int, max_steps: int, generator: torch.Generator):
         x0 = self.joint(batch["image"], batch["label"])
+        if self.diffusion is None:
+            return self._flow_forward(x0, generator)
         t = torch.randint(0, self.diffusion.num_timesteps, (x0.shape[0],), device=x0.device, generator=generator)
         noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
         xt = self.diffusion.q_sample(x0, t, noise)
@@ -70,11 +78,19 @@ class JDMModel(torch.nn.Module):
         loss = terms["loss"].mean()
         return loss, {"loss": loss.item(), "mse": terms["mse"].mean().item(), "vb": terms["vb"].mean().item()}
 
+    def _flow_forward(self, x0: torch.Tensor, generator: torch.Generator):
+        t = flow.sample_t(x0.shape[0], self.flow_t, generator, x0.device)
+        noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
+        out = self.unet(flow.interpolate(x0, noise, t), t * flow.TIME_SCALE).sample
+        loss = flow.training_loss(out.float(), x0, noise).mean()
+        return loss, {"loss": loss.item()}
+
     def export(self, folder: Path) -> None:
-        from diffusers import DDPMScheduler
+        from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler
 
         self.unet.save_pretrained(folder)
-        DDPMScheduler.from_config(self.scheduler_config).save_pretrained(folder)
+        kind = FlowMatchEulerDiscreteScheduler if self.diffusion is None else DDPMScheduler
+        kind.from_config(self.scheduler_config).save_pretrained(folder)
 
     @torch.no_grad()
     def preview(self, labels: torch.Tensor, seeds: list[int]):
@@ -82,7 +98,7 @@ class JDMModel(torch.nn.Module):
         from nnaug.generators.jdm.sampling import sample
         from nnaug.samplers import make_scheduler
 
-        scheduler = make_scheduler("ddim", self.scheduler_config)
+        scheduler = make_scheduler("ddim" if self.diffusion is not None else "euler", self.scheduler_config)
         was_training = self.unet.training
         self.unet.eval()
         try:
@@ -95,11 +111,15 @@ class JDMModel(torch.nn.Module):
 def build_jdm_model(settings: dict, raw, image_channels: int, mask_channels: int) -> JDMModel:
     """The trainable JDM for ``settings`` (a preset updated with the command-line overrides)."""
     objective = {**OBJECTIVE_PAPER, **{k: settings[k] for k in OBJECTIVE_PAPER if k in settings}}
+    is_flow = settings.get("objective", "diffusion") == "flow"
+    if is_flow:  # rectified flow: velocity only (no variance to learn), no noise schedule
+        objective["learned_variance"] = False
     arch = JDMArchitecture(resolution=int(settings["resolution"]), image_channels=image_channels,
                            mask_channels=mask_channels, channels=tuple(settings["channels"]),
                            layers_per_block=int(settings["layers_per_block"]),
                            attention_resolutions=tuple(settings["attention_resolutions"]),
                            attention_head_dim=int(settings["attention_head_dim"]),
                            learned_variance=bool(objective["learned_variance"]))
-    return JDMModel(arch.build_unet(), image_channels, mask_channels, scheduler_config(**objective),
-                    snr_gamma=objective["snr_gamma"])
+    config = dict(flow.SCHEDULER_CONFIG) if is_flow else scheduler_config(**objective)
+    return JDMModel(arch.build_unet(), image_channels, mask_channels, config, snr_gamma=objective["snr_gamma"],
+                    flow_t=settings.get("flow_t", "logit-normal"))

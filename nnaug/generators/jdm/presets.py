@@ -23,6 +23,10 @@ PRESETS = {
                   attention_resolutions=(16, 8), attention_head_dim=128, steps=60000, batch_size=10, lr=1e-4,
                   ema_decay=0.9999, checkpoint_every=5000, **OBJECTIVE_PAPER),
 }
+# --objective flow (nnaug/generators/jdm/flow.py): rectified flow on the same UNet; --flow-t picks how training
+# draws t. The default sampler of a flow JDM: Heun, 4 steps = 7 network evaluations (docs/train-generator.md).
+OBJECTIVES = ("diffusion", "flow")
+FLOW_DEFAULT_SAMPLING = ("heun", 4)
 PREDICTION_TYPES = {"epsilon": "epsilon", "v": "v_prediction"}
 BETA_SCHEDULES = {"linear": "linear", "cosine": "squaredcos_cap_v2"}
 

@@ -12,6 +12,9 @@ Mask-conditioned sampling keeps the mask channels on the given mask's forward-no
 * ancestral DDPM: RePaint-style replacement (thesis Algorithm 2): after every step the mask
   channels are the mask forward-noised with fresh noise to the level just reached.
 
+* flow matching (Euler, Heun): one mask noise ``z`` per sample; the mask channels start at ``z`` and
+  their velocity is replaced by the exact ``z - m``, so every step keeps them on ``(1 - t) m + t z``.
+
 After the last step the mask channels are exactly the given mask. Each sample has its own seed
 (its initial noise, ancestral noise and mask noise come from a generator of its own), so a seed
 gives the same pair whatever batch it is in (the loop is :mod:`nnaug.generators.reverse_process`).
@@ -33,9 +36,17 @@ def on_mask_path(mask: torch.Tensor, noise: torch.Tensor, alpha_bar: torch.Tenso
     return alpha_bar.sqrt() * mask + (1 - alpha_bar).sqrt() * noise
 
 
+def on_flow_path(mask: torch.Tensor, noise: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """The straight path of rectified flow at noise level ``s``: ``(1 - s) m + s z``."""
+    return (1 - s) * mask + s * noise
+
+
 def oracle_mask_output(mask: torch.Tensor, noise: torch.Tensor, alpha_bar: torch.Tensor,
                        prediction_type: str) -> torch.Tensor:
-    """What a perfect model predicts for the mask channels on the path of ``noise``."""
+    """What a perfect model predicts for the mask channels on the path of ``noise``
+    (``flow``: the velocity ``z - m``, the same at every level)."""
+    if prediction_type == "flow":
+        return noise - mask
     if prediction_type == "epsilon":
         return noise
     if prediction_type == "v_prediction":
@@ -43,6 +54,31 @@ def oracle_mask_output(mask: torch.Tensor, noise: torch.Tensor, alpha_bar: torch
     if prediction_type == "sample":
         return mask
     raise ValueError(f"unknown prediction_type {prediction_type}")
+
+
+class _MaskPath:
+    """Where the mask channels of a known mask are at timestep ``t``, and what a perfect model predicts there."""
+
+    def __init__(self, scheduler, device):
+        from diffusers import DDPMScheduler
+
+        self.flow = not hasattr(scheduler, "alphas_cumprod")
+        self.ancestral = isinstance(scheduler, DDPMScheduler)  # adds fresh noise every step: replacement instead
+        if self.flow:
+            self.prediction_type, self.scale = "flow", float(scheduler.config.num_train_timesteps)
+        else:
+            self.prediction_type = scheduler.config.prediction_type
+            self.alphas_cumprod = scheduler.alphas_cumprod.to(device=device, dtype=torch.float32)
+
+    def level(self, t) -> torch.Tensor:
+        """abar_t (diffusion) or the flow's noise level s = t / T."""
+        return torch.as_tensor(t, dtype=torch.float32) / self.scale if self.flow else self.alphas_cumprod[t]
+
+    def at(self, mask, noise, t) -> torch.Tensor:
+        return (on_flow_path if self.flow else on_mask_path)(mask, noise, self.level(t).to(mask.device))
+
+    def oracle(self, mask, noise, t) -> torch.Tensor:
+        return oracle_mask_output(mask, noise, self.level(t).to(mask.device), self.prediction_type)
 
 
 @torch.no_grad()
@@ -54,15 +90,11 @@ def sample(unet, scheduler, seeds: list[int], num_steps: int, image_channels: in
     The scheduler is configured here for ``num_steps`` steps (any count the scheduler allows).
     ``on_step(t_next, x)``, if given, sees the state after every step (tests follow the mask path).
     """
-    from diffusers import DDPMScheduler
-
     device = unet.device
     size = unet.config.sample_size
     channels = image_channels + mask_channels
-    alphas_cumprod = scheduler.alphas_cumprod.to(device=device, dtype=torch.float32)
     learned_variance = getattr(scheduler.config, "variance_type", None) in ("learned", "learned_range")
-    ancestral = isinstance(scheduler, DDPMScheduler)  # adds fresh noise every step: replacement instead
-    prediction_type = scheduler.config.prediction_type
+    path = _MaskPath(scheduler, device)
     if known_mask is not None:
         known_mask = known_mask.to(device=device, dtype=torch.float32)
     mask_noise = None
@@ -71,26 +103,25 @@ def sample(unet, scheduler, seeds: list[int], num_steps: int, image_channels: in
         nonlocal mask_noise
         if known_mask is not None:
             mask_noise = per_sample_noise(known_mask.shape[1:], generators, device)
-            x[:, image_channels:] = on_mask_path(known_mask, mask_noise, alphas_cumprod[timesteps[0]])
+            x[:, image_channels:] = path.at(known_mask, mask_noise, timesteps[0])
         return x
 
     def predict(x_in, t):
         out = unet(x_in, t).sample.float()
         if not learned_variance:
             out = out[:, :channels]  # the prediction only: these schedulers use their own variance
-        if known_mask is not None and not ancestral:
-            out[:, image_channels:channels] = oracle_mask_output(known_mask, mask_noise, alphas_cumprod[t],
-                                                                 prediction_type)
+        if known_mask is not None and not path.ancestral:
+            out[:, image_channels:channels] = path.oracle(known_mask, mask_noise, t)
         return out
 
     def after_step(i, t, x, generators):
         timesteps = scheduler.timesteps
         last = i + 1 == len(timesteps)
-        if known_mask is not None and (ancestral or last):
-            x[:, image_channels:] = known_mask if last else on_mask_path(
-                known_mask, per_sample_noise(known_mask.shape[1:], generators, device), alphas_cumprod[timesteps[i + 1]])
+        if known_mask is not None and (path.ancestral or last):
+            x[:, image_channels:] = known_mask if last else path.at(
+                known_mask, per_sample_noise(known_mask.shape[1:], generators, device), timesteps[i + 1])
         if on_step is not None:
-            on_step(-1 if last else int(timesteps[i + 1]), x)
+            on_step(-1 if last else timesteps[i + 1].item(), x)
         return x
 
     x = reverse_process(scheduler, seeds, (channels, size, size), num_steps, device, predict, start=start,
