@@ -5,6 +5,7 @@ from pathlib import Path
 
 import click
 
+from nnaug.samplers import SAMPLERS
 from nnaug_cli.params import FloatList, FoldList
 
 
@@ -33,7 +34,7 @@ from nnaug_cli.params import FloatList, FoldList
               help="Synthesis mode (default: joint for JDM, mask-conditioned otherwise).")
 @click.option("--masks", type=click.Choice(["train", "augmented"]), default="train", show_default=True,
               help="mask-conditioned synthesis: the training masks, or augmented copies.")
-@click.option("--sampler", type=click.Choice(["ddim", "dpmsolver++", "ddpm", "unipc"]), default=None,
+@click.option("--sampler", type=click.Choice(SAMPLERS), default=None,
               help="Synthesis sampler (default: the generator's, as nnaug synthesize).")
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="Synthesis sampling steps.")
 @click.option("--overwrite", is_flag=True,

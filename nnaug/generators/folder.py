@@ -61,10 +61,15 @@ def load_generator(folder: Path, device="cpu"):
         raise NnaugError(f"cannot load the generator weights in {folder}: {one_line(exc)} — train it again") from None
 
 
+def generators_root(dataset_name: str) -> Path:
+    """``$nnUNet_results/nnaug/<Dataset>/generators``: next to nnU-Net's own results."""
+    from nnaug.dataset import results_root
+
+    return results_root() / "nnaug" / dataset_name / "generators"
+
+
 def find_latest_generator(dataset_name: str) -> Path:
     """The most recently updated generator trained on ``dataset_name``."""
-    from nnaug.train_generator import generators_root
-
     root = generators_root(dataset_name)
     found = sorted((p.parent for p in root.glob("*/nnaug.json")), key=lambda p: (p / "nnaug.json").stat().st_mtime)
     if not found:

@@ -1,0 +1,221 @@
+"""Does synthetic pretraining help nnU-Net on Kvasir-SEG? The whole experiment of docs/results.md, resumably.
+
+Every stage is the ``nnaug`` / ``nnUNetv2_*`` commands a user would type (printed before they run), and
+every stage skips what is already done, so the same command continues after any stop:
+
+1. ``split``     kvasir-seg-1000 at 64 px -> 40 training (601), 200 validation (602), 760 test (603) cases.
+2. ``generator`` a JDM on the 40 training cases, in chunks of a constant-lr run (``--resume`` to more steps
+                 is then the same run); after each chunk 200 joint pairs are scored: FRD against the 40
+                 real images, and mask consistency with a real-only nnU-Net. It stops when neither improved
+                 by more than 3 % over the last chunk (or at the last chunk); ``curve.json`` / ``curve.png``.
+3. ``validate``  ``nnaug sweep 601 --test 602`` for joint pairs and for mask-then-image (``--mode
+                 mask-conditioned --masks augmented``) at ratios 1, 2.5, 5, 3 seeds; per arm, the ratio
+                 with the best validation Dice is chosen (``choice.json``).
+4. ``test``      ``nnaug sweep 601 --test 603`` once per arm at its chosen ratio, 5 seeds; real-only and
+                 compute-matched real-only are shared by both sweeps (the same runs).
+5. ``summary``   the numbers for docs/results.md (``summary.json`` and a markdown block on stdout).
+
+    python benchmarks/kvasir_evidence.py [--workdir kvasir-evidence] [--stages split,generator,...]
+                                         [--seeds 5] [--budget small] [--dry-run]
+
+``--dry-run`` prints the commands of every stage without running them. The test set is touched only
+in stage 4, after every choice was made on the validation set.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("NNAUG_SHARED_DATA", REPO.parent / "shared" / "data")) / "kvasir-seg-1000"
+TRAIN, VAL, TEST = 601, 602, 603
+NAMES = {TRAIN: "Dataset601_Kvasir64Train", VAL: "Dataset602_Kvasir64Val", TEST: "Dataset603_Kvasir64Test"}
+GENERATOR = ["--model", "jdm", "--preset", "tiny", "--resolution", "64", "--channels", "32,64,64,128",
+             "--lr-schedule", "constant", "--checkpoint-every", "250", "--cpu"]
+CHUNKS = (500, 1000, 1500, 2000, 3000, 4000)
+ARMS = {"joint": [], "mask-then-image": ["--mode", "mask-conditioned", "--masks", "augmented"]}
+VALIDATION_RATIOS, VALIDATION_SEEDS = "1,2.5,5", 3
+CURVE_CASES_RATIO = 5.0  # 200 synthetic pairs per point of the curve
+MIN_GAIN = 0.03
+
+
+class Runner:
+    def __init__(self, work: Path, dry_run: bool):
+        self.work, self.dry_run = work, dry_run
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+            self.env[var] = str(work / var)
+            (work / var).mkdir(parents=True, exist_ok=True)
+            os.environ[var] = self.env[var]
+
+    def __call__(self, *args) -> None:
+        command = [str(a) for a in args]
+        print("$ " + shlex.join(command), flush=True)
+        if not self.dry_run and subprocess.run(command, env=self.env).returncode != 0:
+            raise SystemExit(f"kvasir_evidence: {command[0]} {command[1]} failed (output above); run again to continue")
+
+    @property
+    def results(self) -> Path:
+        return self.work / "nnUNet_results"
+
+
+def stage_split(run: Runner, args) -> None:
+    if (run.work / "nnUNet_raw" / NAMES[TEST] / "dataset.json").is_file():
+        return
+    run("nnaug", "convert", args.data, "-d", TRAIN, "--name", "Kvasir64", "--size", 64, "--labels", "background,polyp",
+        "--split", "train=40,val=200,test=rest", "--split-seed", 0)
+
+
+def generator_folder(run: Runner) -> Path:
+    return run.results / "nnaug" / NAMES[TRAIN] / "generators" / "jdm_kvasir64"
+
+
+def real_only_model(run: Runner, args) -> Path:
+    """A real-only nnU-Net on the 40 cases (fold all, the sweep's real-only schedule of --budget): the
+    mask-consistency judge of the curve. It never sees a validation or test case."""
+    from nnaug.sweep import BUDGETS
+
+    budget = BUDGETS[args.budget]
+    results = run.work / "judge"
+    model = results / NAMES[TRAIN] / f"{budget.trainer('real-only')}__nnUNetPlans__2d"
+    if not (model / "fold_all" / "checkpoint_final.pth").is_file():
+        run("nnUNetv2_plan_and_preprocess", "-d", TRAIN, "-c", "2d", "-np", 2)
+        trainers = subprocess.run(["nnaug", "trainers-path"], capture_output=True, text=True).stdout.strip()
+        schedule = [f"{k}={v}" for k, v in budget.env("real-only").items()]
+        run("env", f"nnUNet_results={results}", f"nnUNet_extTrainer={trainers}", *schedule, "nnUNetv2_train", TRAIN,
+            "2d", "all", "-tr", budget.trainer("real-only"), "-device", args.device, "--c")
+    return model
+
+
+def score_chunk(run: Runner, args, steps: int, judge: Path) -> dict:
+    from nnaug.dataset import load_raw_dataset
+    from nnaug.fidelity import synthetic_fidelity
+    from nnaug.mask_consistency import mask_consistency
+
+    output_id = 650 + CHUNKS.index(steps)
+    run("nnaug", "synthesize", TRAIN, "--generator", generator_folder(run), "--ratio", CURVE_CASES_RATIO,
+        "--output-id", output_id, "--overwrite")
+    if run.dry_run:
+        return {}
+    folder = next((run.work / "nnUNet_raw").glob(f"Dataset{output_id}_*"))
+    quality = synthetic_fidelity(load_raw_dataset(TRAIN), folder, fid=False)
+    consistency = mask_consistency(folder, judge, folds=("all",), device=args.device)["mean_dice"]
+    return {"steps": steps, "frd": quality["frd"], "mask_consistency": consistency, "dataset": folder.name}
+
+
+def stage_generator(run: Runner, args) -> None:
+    curve_file = run.work / "curve.json"
+    curve = json.loads(curve_file.read_text()) if curve_file.is_file() else []
+    judge = real_only_model(run, args)
+    for steps in CHUNKS:
+        if any(point["steps"] == steps for point in curve):
+            continue
+        resume = ["--resume"] if (generator_folder(run) / "checkpoints").is_dir() else []
+        run("nnaug", "train-generator", TRAIN, *GENERATOR, "--steps", steps, "--output", generator_folder(run), *resume)
+        point = score_chunk(run, args, steps, judge)
+        if run.dry_run:
+            continue
+        curve.append(point)
+        curve_file.write_text(json.dumps(curve, indent=1))
+        print(f"curve: {curve[-1]}", flush=True)
+        if len(curve) >= 2 and not _improved(curve[-2], curve[-1]):
+            break
+    if not run.dry_run:
+        _plot_curve(curve, run.work / "curve.png")
+
+
+def _improved(before: dict, after: dict) -> bool:
+    """More than MIN_GAIN better on FRD (lower) or on mask consistency (higher)."""
+    return (after["frd"] < (1 - MIN_GAIN) * before["frd"]
+            or after["mask_consistency"] > (1 + MIN_GAIN) * before["mask_consistency"])
+
+
+def _plot_curve(curve: list[dict], path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8, 3.2))
+    steps = [p["steps"] for p in curve]
+    for ax, key, label in zip(fig.subplots(1, 2), ("frd", "mask_consistency"), ("FRD vs the 40 real (lower is better)",
+                                                                                  "mask consistency (higher is better)")):
+        ax.plot(steps, [p[key] for p in curve], "o-")
+        ax.set_xlabel("generator steps")
+        ax.set_title(label, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def _sweep(run: Runner, args, test: int, arm: str, ratios: str, seeds: int) -> None:
+    run("nnaug", "sweep", TRAIN, "--test", test, "--ratios", ratios, "--seeds", seeds, "--budget", args.budget,
+        "--device", args.device, "--generator", generator_folder(run), *ARMS[arm])
+
+
+def _sweep_json(run: Runner, test: int, arm: str, budget: str) -> dict:
+    """The sweep.json of this generator's sweep on ``test`` for ``arm`` (the newest if there are several)."""
+    root = run.results / "nnaug" / NAMES[TRAIN] / "sweep" / f"test-{NAMES[test]}_{budget}"
+    mode = "mask-conditioned" if ARMS[arm] else "joint"
+    found = sorted((p for p in root.glob("*/sweep.json") if f"_{mode}" in p.parent.name), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise SystemExit(f"kvasir_evidence: no sweep.json for {arm} on {NAMES[test]} under {root}: run that stage")
+    return json.loads(found[-1].read_text())
+
+
+def stage_validate(run: Runner, args) -> None:
+    choice = {}
+    for arm in ARMS:
+        _sweep(run, args, VAL, arm, VALIDATION_RATIOS, VALIDATION_SEEDS)
+        if run.dry_run:
+            continue
+        rows = [r for r in _sweep_json(run, VAL, arm, args.budget)["arms"] if r["kind"] == "pretrain"]
+        best = max(rows, key=lambda r: r["foreground"]["mean"])
+        choice[arm] = {"ratio": best["ratio"], "validation_dice": {str(r["ratio"]): r["foreground"]["mean"] for r in rows}}
+    if not run.dry_run:
+        (run.work / "choice.json").write_text(json.dumps(choice, indent=1))
+        print(f"chosen on the validation set: {choice}")
+
+
+def stage_test(run: Runner, args) -> None:
+    choice = json.loads((run.work / "choice.json").read_text()) if not run.dry_run else {a: {"ratio": "R"} for a in ARMS}
+    for arm in ARMS:
+        _sweep(run, args, TEST, arm, str(choice[arm]["ratio"]), args.seeds)
+
+
+def stage_summary(run: Runner, args) -> None:
+    if run.dry_run:
+        return
+    summary = {arm: _sweep_json(run, TEST, arm, args.budget) for arm in ARMS}
+    (run.work / "summary.json").write_text(json.dumps(summary, indent=1))
+    for arm, result in summary.items():
+        print(f"\n### {arm}\n")
+        for d in result["differences"]:
+            fg = d["foreground"]
+            print(f"- {d['arm']} - {d['reference']}: {fg['mean']:+.4f} [{fg['low']:+.4f}, {fg['high']:+.4f}]")
+
+
+STAGES = {"split": stage_split, "generator": stage_generator, "validate": stage_validate, "test": stage_test,
+          "summary": stage_summary}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", type=Path, default=Path("kvasir-evidence"))
+    parser.add_argument("--data", type=Path, default=DATA, help="the kvasir-seg-1000 folder")
+    parser.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated, from {','.join(STAGES)}")
+    parser.add_argument("--seeds", type=int, default=5, help="seeds of the final test-set sweeps")
+    parser.add_argument("--budget", default="small", choices=["tiny", "small", "gpu"])
+    parser.add_argument("--device", default="cuda" if __import__("torch").cuda.is_available() else "cpu")
+    parser.add_argument("--dry-run", action="store_true", help="print every stage's commands, run nothing")
+    args = parser.parse_args()
+    run = Runner(args.workdir.resolve(), args.dry_run)
+    for name in args.stages.split(","):
+        if name not in STAGES:
+            raise SystemExit(f"kvasir_evidence: unknown stage {name!r}: choose from {', '.join(STAGES)}")
+        print(f"\n== {name}", flush=True)
+        STAGES[name](run, args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""Two diffusers schedulers with one ``step()`` each changed, for pixel-space models (see nnaug.samplers).
+
+Both are adapted from diffusers' own ``step()`` (``DDIMScheduler.step`` and ``DDPMScheduler.step``,
+diffusers 0.3x-0.4x, Apache-2.0): the same arithmetic with the two changes their docstrings name.
+This module imports diffusers; :mod:`nnaug.samplers` imports it only when it builds a scheduler.
+"""
+from __future__ import annotations
+
+from diffusers import DDIMScheduler, DDPMScheduler
+from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
+from diffusers.schedulers.scheduling_ddpm import DDPMSchedulerOutput
+from diffusers.utils.torch_utils import randn_tensor
+
+
+class ScheduledDDIMScheduler(DDIMScheduler):
+    """DDIM that steps to the next *scheduled* timestep and re-derives epsilon from the clipped x0.
+
+    diffusers' DDIM goes to ``t - T // n``, which is not the next scheduled timestep unless n
+    divides T; here any step count visits exactly ``self.timesteps`` and ends on x0. And
+    diffusers keeps the raw epsilon next to the clipped x0; improved-diffusion's ``ddim_sample``
+    re-derives it — on an under-trained pixel model, whose early x0 estimates overshoot
+    [-1, 1], the raw form pulled every sample to a grey mean image.
+    """
+
+    def previous_timestep(self, timestep) -> int:
+        index = int((self.timesteps == timestep).nonzero()[0, 0])
+        return int(self.timesteps[index + 1]) if index + 1 < len(self.timesteps) else -1
+
+    def step(self, model_output, timestep, sample, eta: float = 0.0, use_clipped_model_output: bool = True,
+             generator=None, variance_noise=None, return_dict: bool = True):
+        prev = self.previous_timestep(timestep)
+        a = self.alphas_cumprod[int(timestep)].to(sample.device, sample.dtype)
+        a_prev = (self.alphas_cumprod[prev] if prev >= 0 else self.final_alpha_cumprod).to(sample.device,
+                                                                                            sample.dtype)
+        kind = self.config.prediction_type
+        if kind == "epsilon":
+            x0, eps = (sample - (1 - a).sqrt() * model_output) / a.sqrt(), model_output
+        elif kind == "v_prediction":
+            x0 = a.sqrt() * sample - (1 - a).sqrt() * model_output
+            eps = a.sqrt() * model_output + (1 - a).sqrt() * sample
+        elif kind == "sample":
+            x0, eps = model_output, (sample - a.sqrt() * model_output) / (1 - a).sqrt()
+        else:
+            raise ValueError(f"unknown prediction_type {kind}")
+        if self.config.thresholding:
+            x0 = self._threshold_sample(x0)
+        elif self.config.clip_sample:
+            x0 = x0.clamp(-self.config.clip_sample_range, self.config.clip_sample_range)
+        if use_clipped_model_output:
+            eps = (sample - a.sqrt() * x0) / (1 - a).sqrt()
+        sigma = eta * ((1 - a_prev) / (1 - a) * (1 - a / a_prev)).clamp(min=0).sqrt()
+        prev_sample = a_prev.sqrt() * x0 + (1 - a_prev - sigma**2).clamp(min=0).sqrt() * eps
+        if eta > 0:
+            if variance_noise is None:
+                variance_noise = randn_tensor(model_output.shape, generator=generator, device=model_output.device,
+                                              dtype=model_output.dtype)
+            prev_sample = prev_sample + sigma * variance_noise
+        if not return_dict:
+            return prev_sample, x0
+        return DDIMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=x0)
+
+
+class NoiseFreeLastStepDDPMScheduler(DDPMScheduler):
+    """Ancestral DDPM whose last step returns the x0 estimate without adding noise.
+
+    With respaced (trailing) timesteps the last step starts at t > 0, where diffusers still adds
+    noise (from a log variance that mixes in log(1e-20)); improved-diffusion's respaced
+    sampler adds none on its last step.
+    """
+
+    def step(self, model_output, timestep, sample, generator=None, return_dict: bool = True):
+        out = super().step(model_output, timestep, sample, generator=generator, return_dict=True)
+        if int(self.previous_timestep(timestep)) < 0:
+            out = DDPMSchedulerOutput(prev_sample=out.pred_original_sample,
+                                      pred_original_sample=out.pred_original_sample)
+        return out if return_dict else (out.prev_sample, out.pred_original_sample)
