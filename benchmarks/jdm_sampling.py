@@ -45,22 +45,31 @@ FLOW_SETTINGS = [("euler", n) for n in (1, 2, 4, 8, 16)] + [("heun", n) for n in
 TOLERANCE = 0.10
 
 
-def _example_setup(work: Path) -> tuple[Path, Path]:
-    """Tiny JDM + 5-epoch real-only nnU-Net on the example dataset."""
+def _example_real_only(work: Path) -> Path:
+    """The example dataset in ``work`` and a 5-epoch real-only nnU-Net (fold 0) on it; returns its training folder."""
     nnunet_folders(work)
     from nnaug.example import write_example_dataset
     from nnaug.nnunet_pretraining import trainers_path
-    from nnaug.train_generator import train_generator
 
-    write_example_dataset(999)
-    generator = train_generator("999", model="jdm", preset="tiny", progress=False)
+    model = work / "nnUNet_results" / "Dataset999_nnaugExample" / "nnUNetTrainer_nnaug_5epochs__nnUNetPlans__2d"
+    if (model / "fold_0" / "checkpoint_final.pth").is_file():
+        return model
+    write_example_dataset(999, overwrite=True)
     env = {**os.environ, "nnUNet_extTrainer": trainers_path()}
     bin_dir = Path(sys.executable).parent
     subprocess.run([str(bin_dir / "nnUNetv2_plan_and_preprocess"), "-d", "999", "-c", "2d", "-np", "2"], env=env,
                    check=True, capture_output=True)
     subprocess.run([str(bin_dir / "nnUNetv2_train"), "999", "2d", "0", "-tr", "nnUNetTrainer_nnaug_5epochs",
                     "-device", "cpu"], env=env, check=True, capture_output=True)
-    return generator, work / "nnUNet_results" / "Dataset999_nnaugExample" / "nnUNetTrainer_nnaug_5epochs__nnUNetPlans__2d"
+    return model
+
+
+def _example_setup(work: Path) -> tuple[Path, Path]:
+    """Tiny JDM + 5-epoch real-only nnU-Net on the example dataset."""
+    from nnaug.train_generator import train_generator
+
+    model = _example_real_only(work)
+    return train_generator("999", model="jdm", preset="tiny", progress=False), model
 
 
 def main() -> None:
