@@ -3,14 +3,20 @@
 FRD (Konz, Osuala et al., Medical Image Analysis 110, 103943, 2026) fits a Gaussian to
 standardised radiomic features (PyRadiomics: first-order statistics and texture matrices, on
 the original image and on LoG- and wavelet-filtered versions of it) of each image set and
-reports the log of the squared Fréchet distance between the two Gaussians. It needs no network
-weights. nnaug does not re-implement any of it: :func:`frd` writes the images (and masks) as
-8-bit grayscale PNGs into a temporary folder and calls ``frd_score.compute_frd`` on them with
-the package's defaults (FRDv1: ~464 features, z-scored with the first set's statistics).
+compares the two Gaussians. It needs no network weights. nnaug does not re-implement any of it:
+:func:`frd` writes the images (and masks) as 8-bit PNGs into a temporary folder — RGB images as
+RGB, grayscale ones as grayscale, exactly the pixels it was given — and calls
+``frd_score.compute_frd`` on them with the package's defaults (FRDv1: ~464 features, z-scored with
+the first set's statistics). frd-score reads each PNG itself (SimpleITK, float luminance for RGB),
+so the number equals what ``frd_score.compute_frd`` (or ``python -m frd_score``) gives on a folder
+of the same PNGs (``tests/test_frd.py`` checks it to 1e-6).
 
-Lower is better; the value is a log, so it can be negative, and identical feature statistics
-give -inf. Values are comparable only between runs with the same image types, feature classes,
-ROI and resolution.
+The number is frd-score's default ``log(d²)``, the natural log of the *squared* Fréchet distance
+(:data:`LOG_CONVENTION`); the paper's Eq. 3, ``log(d)`` (frd-score's ``use_paper_log``), is half of
+it. Lower is better; the value is a log, so it can be negative, and identical feature statistics
+give -inf. FRD depends on the number of images per set (the covariance estimates), so values are
+comparable only between runs with the same set sizes, image types, feature classes, ROI and
+resolution.
 """
 from __future__ import annotations
 
@@ -29,6 +35,9 @@ from nnaug.errors import NnaugError
 FRD_VERSION = "v1"
 ROI_CHOICES = ("image", "mask")
 DEFAULT_IMAGE_TYPES = ("Original", "LoG", "Wavelet")
+LOG_CONVENTION = "log(d²)"
+LOG_CONVENTION_NOTE = ("log(d²): natural log of the squared Fréchet distance, frd-score's default; the FRD paper's "
+                       "Eq. 3 log(d) (frd-score --use_paper_log) is half of it")
 MIN_ROI_PIXELS = 16
 """A mask ROI with fewer foreground pixels (at the compared resolution) is left out: PyRadiomics
 resamples to 2 px spacing first, and a ROI of a few pixels has no texture to measure."""
@@ -90,25 +99,31 @@ def parse_list(text, what: str, option: str) -> list[str] | None:
     return out
 
 
-def to_gray_uint8(images) -> np.ndarray:
-    """uint8 grayscale [N, H, W] from images as :func:`nnaug.dataset_images.to_uint8_batch` takes them (RGB: ITU-R 601 luma)."""
+def to_frd_uint8(images) -> np.ndarray:
+    """The 8-bit pixels frd-score will read: [N, H, W] when the images are grayscale (one channel, or three
+    equal ones, as :func:`nnaug.dataset_images.uint8_images` replicates gray), else RGB [N, H, W, 3].
+
+    Images as :func:`nnaug.dataset_images.to_uint8_batch` takes them. No colour conversion here:
+    frd-score converts RGB to luminance itself when it reads the files, as it does for a user's folder.
+    """
     from nnaug.dataset_images import to_uint8_batch
 
-    x = to_uint8_batch(images).numpy().astype(np.float32)  # [N, 3, H, W]; grayscale was replicated
-    luma = 0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]
-    return np.clip(np.round(luma), 0, 255).astype(np.uint8)
+    x = to_uint8_batch(images).numpy()  # [N, 3, H, W]; grayscale was replicated
+    if np.array_equal(x[:, 0], x[:, 1]) and np.array_equal(x[:, 0], x[:, 2]):
+        return np.ascontiguousarray(x[:, 0])
+    return np.ascontiguousarray(np.moveaxis(x, 1, -1))
 
 
-def _write_set(folder: Path, gray: np.ndarray, masks: np.ndarray | None) -> tuple[list[str], list[str] | None, int]:
+def _write_set(folder: Path, pixels: np.ndarray, masks: np.ndarray | None) -> tuple[list[str], list[str] | None, int]:
     from PIL import Image
 
     (folder / "img").mkdir(parents=True)
     images, mask_files, skipped = [], ([] if masks is not None else None), 0
-    for i, image in enumerate(gray):
+    for i, image in enumerate(pixels):
         if masks is not None:
             roi = (np.asarray(masks[i]) > 0).astype(np.uint8)
-            if roi.shape != image.shape:
-                raise NnaugError(f"FRD: mask {i} has shape {roi.shape}, its image {image.shape}")
+            if roi.shape != image.shape[:2]:
+                raise NnaugError(f"FRD: mask {i} has shape {roi.shape}, its image {image.shape[:2]}")
             if roi.sum() < MIN_ROI_PIXELS:
                 skipped += 1
                 continue
@@ -145,7 +160,8 @@ def frd(images_a, images_b, masks_a=None, masks_b=None, image_types=None, featur
     """FRD between image set A (the reference, e.g. the real images) and set B (e.g. synthetic).
 
     Images: as :func:`nnaug.fidelity.fid_kid` takes them (uint8 RGB or grayscale, [N, C, H, W] or
-    [N, H, W, C]); they are turned into 8-bit grayscale (luma). Sizes may differ between the sets.
+    [N, H, W, C]); they are written as 8-bit RGB or grayscale PNGs (:func:`to_frd_uint8`) for frd-score to
+    read. Sizes may differ between the sets.
     ``masks_a``/``masks_b`` ([N, H, W] label maps, both or neither): the foreground (label > 0) is the
     region of interest, and cases with fewer than :data:`MIN_ROI_PIXELS` foreground pixels are left
     out; without masks the whole image is the ROI. ``image_types`` (PyRadiomics filter images, default
@@ -153,7 +169,8 @@ def frd(images_a, images_b, masks_a=None, masks_b=None, image_types=None, featur
     glrlm, glszm, ngtdm) select frd-score's feature subset. ``num_workers``: frd-score's process pool
     (default: its own, CPU count − 2, at least 1).
     Returns ``dict(frd=, roi=, n_a=, n_b=, skipped_a=, skipped_b=, image_types=, features=, version=,
-    package=, seconds=)``; ``frd`` is -inf when the two feature distributions are identical.
+    package=, log=, colour=, seconds=)``; ``frd`` (:data:`LOG_CONVENTION`) is -inf when the two feature
+    distributions are identical; ``colour``: "rgb" or "gray", what frd-score read.
     """
     reason = frd_available()
     if reason is not None:
@@ -163,11 +180,11 @@ def frd(images_a, images_b, masks_a=None, masks_b=None, image_types=None, featur
     from frd_score import compute_frd
 
     start = time.time()
-    gray_a, gray_b = to_gray_uint8(images_a), to_gray_uint8(images_b)
+    pixels_a, pixels_b = to_frd_uint8(images_a), to_frd_uint8(images_b)
     roi = "image" if masks_a is None else "mask"
     with tempfile.TemporaryDirectory(prefix="nnaug-frd-") as tmp:
-        files_a, mask_files_a, skipped_a = _write_set(Path(tmp) / "a", gray_a, masks_a)
-        files_b, mask_files_b, skipped_b = _write_set(Path(tmp) / "b", gray_b, masks_b)
+        files_a, mask_files_a, skipped_a = _write_set(Path(tmp) / "a", pixels_a, masks_a)
+        files_b, mask_files_b, skipped_b = _write_set(Path(tmp) / "b", pixels_b, masks_b)
         for name, files, skipped in (("reference", files_a, skipped_a), ("compared", files_b, skipped_b)):
             if len(files) < 2:
                 extra = f" ({skipped} left out: mask ROI under {MIN_ROI_PIXELS} pixels)" if skipped else ""
@@ -190,4 +207,6 @@ def frd(images_a, images_b, masks_a=None, masks_b=None, image_types=None, featur
     return {"frd": value, "roi": roi, "n_a": len(files_a), "n_b": len(files_b), "skipped_a": skipped_a,
             "skipped_b": skipped_b, "image_types": list(image_types) if image_types else list(DEFAULT_IMAGE_TYPES),
             "features": list(features) if features else ["firstorder", "glcm", "glrlm", "glszm", "ngtdm"],
-            "version": FRD_VERSION, "package": frd_package_version(), "seconds": round(time.time() - start, 2)}
+            "version": FRD_VERSION, "package": frd_package_version(), "log": LOG_CONVENTION,
+            "colour": "rgb" if pixels_a.ndim == 4 or pixels_b.ndim == 4 else "gray",
+            "seconds": round(time.time() - start, 2)}

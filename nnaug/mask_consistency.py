@@ -1,8 +1,10 @@
 """Everything that runs a trained nnU-Net on images to score them: :func:`mask_consistency` (Dice
 between each synthetic mask and what a real-trained nnU-Net predicts on the synthetic image) and
-:func:`segmentation_dice` (the same for any raw dataset, e.g. held-out test Dice), with
-:func:`dice_per_label` and :func:`nnaug_trainers_env`, which lets nnU-Net find nnaug's trainer
-classes for the duration of one call without changing the process environment for good.
+:func:`segmentation_dice` (the same for any raw dataset, e.g. held-out test Dice); :func:`load_predictor`
+and :func:`predicted_dices`, the same scoring for pairs held in memory with one loaded model
+(``nnaug synthesize --min-consistency``); :func:`dice_per_label` and :func:`nnaug_trainers_env`, which
+lets nnU-Net find nnaug's trainer classes for the duration of one call without changing the process
+environment for good.
 """
 from __future__ import annotations
 
@@ -73,20 +75,55 @@ def segmentation_dice(dataset, model_training_output_dir, folds=(0,), device: st
     and for held-out test Dice (benchmarks/downstream.py).
     Returns ``dict(mean_dice=, per_case={case: dice}, folds=, model=)``.
     """
+    folds = tuple(folds)
+    _require_folds(Path(model_training_output_dir), folds, checkpoint_name)
+    raw = as_raw(dataset)
+    cases = select_cases(raw, identifiers, max_cases)
+    if not cases:
+        raise NnaugError(f"{raw.name} has no cases to check")
+    predictor = load_predictor(model_training_output_dir, folds, device, checkpoint_name)
+    rw = raw.reader_writer()
+    per_case = {}
+    from tqdm.auto import tqdm
+
+    for case in tqdm(cases, desc=desc, disable=None if progress else True, leave=False):
+        image, props = rw.read_images(case.image_files)
+        label, _ = rw.read_seg(case.label_file)
+        per_case[case.identifier] = predicted_dice(predictor, image, props, label)
+    return {"mean_dice": float(np.mean(list(per_case.values()))), "per_case": per_case,
+            "folds": list(folds), "model": str(model_training_output_dir)}
+
+
+def trained_folds(model_training_output_dir, checkpoint_name: str = "checkpoint_final.pth") -> list:
+    """The folds of an nnU-Net training output folder that have ``checkpoint_name`` (``fold_all`` as "all")."""
+    folds = []
+    for fold_dir in sorted(Path(model_training_output_dir).glob("fold_*")):
+        text = fold_dir.name[len("fold_"):]
+        if (fold_dir / checkpoint_name).is_file():
+            folds.append(int(text) if text.isdigit() else text)
+    return folds
+
+
+def _require_folds(model_dir: Path, folds: tuple, checkpoint_name: str) -> None:
+    missing = [f for f in folds if not (model_dir / f"fold_{f}" / checkpoint_name).is_file()]
+    if not folds or missing:
+        raise NnaugError(f"no {checkpoint_name} for fold(s) {missing or '(none given)'} in {model_dir}: "
+                         "train those folds first or choose others with --folds")
+
+
+def load_predictor(model_training_output_dir, folds=(0,), device: str = "cpu",
+                   checkpoint_name: str = "checkpoint_final.pth"):
+    """nnU-Net's own ``nnUNetPredictor`` for the ensemble of ``folds`` (no mirroring, tile step 0.5), loaded once.
+
+    Raises a one-line :class:`NnaugError` when a fold has no ``checkpoint_name``.
+    """
     import io
 
     import torch
 
     model_dir = Path(model_training_output_dir)
     folds = tuple(folds)
-    missing = [f for f in folds if not (model_dir / f"fold_{f}" / checkpoint_name).is_file()]
-    if not folds or missing:
-        raise NnaugError(f"no {checkpoint_name} for fold(s) {missing or '(none given)'} in {model_dir}: "
-                         "train those folds first or choose others with --folds")
-    raw = as_raw(dataset)
-    cases = select_cases(raw, identifiers, max_cases)
-    if not cases:
-        raise NnaugError(f"{raw.name} has no cases to check")
+    _require_folds(model_dir, folds, checkpoint_name)
 
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
@@ -98,17 +135,31 @@ def segmentation_dice(dataset, model_training_output_dir, folds=(0,), device: st
                                     perform_everything_on_device=dev.type == "cuda", device=dev,
                                     verbose=False, verbose_preprocessing=False, allow_tqdm=False)
         predictor.initialize_from_trained_model_folder(str(model_dir), use_folds=folds, checkpoint_name=checkpoint_name)
-    rw = raw.reader_writer()
-    per_case = {}
-    from tqdm.auto import tqdm
+    return predictor
 
-    for case in tqdm(cases, desc=desc, disable=None if progress else True, leave=False):
-        image, props = rw.read_images(case.image_files)
-        label, _ = rw.read_seg(case.label_file)
-        with contextlib.redirect_stdout(io.StringIO()):
-            seg = predictor.predict_single_npy_array(image, props, None, None, False)
-        seg = np.asarray(seg).reshape(label.shape)
-        dices = dice_per_label(label, seg)
-        per_case[case.identifier] = float(np.mean(list(dices.values()))) if dices else 1.0
-    return {"mean_dice": float(np.mean(list(per_case.values()))), "per_case": per_case,
-            "folds": list(folds), "model": str(model_dir)}
+
+def predicted_dice(predictor, image: np.ndarray, properties: dict, label: np.ndarray) -> float:
+    """Mean foreground Dice between ``label`` and the predictor's segmentation of ``image`` (1.0 when both are empty).
+
+    ``image`` and ``properties`` as nnU-Net's reader/writer returns them (e.g. [C, 1, H, W] float32 for a
+    2D PNG); ``label`` of the image's spatial shape.
+    """
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        seg = predictor.predict_single_npy_array(image, properties, None, None, False)
+    seg = np.asarray(seg).reshape(label.shape)
+    dices = dice_per_label(label, seg)
+    return float(np.mean(list(dices.values()))) if dices else 1.0
+
+
+def predicted_dices(predictor, images: list[np.ndarray], properties: dict, labels: list[np.ndarray]) -> list[float]:
+    """:func:`predicted_dice` for a batch of pairs that share ``properties``, with one loaded predictor.
+
+    nnU-Net's predictor segments one case per call (its sliding window batches tiles, not cases), and
+    this is the same call the report makes on the files, so a score here equals the report's.
+    """
+    import copy
+
+    # nnU-Net's preprocessing writes crop/shape entries into the properties it is given
+    return [predicted_dice(predictor, image, copy.deepcopy(properties), label) for image, label in zip(images, labels)]

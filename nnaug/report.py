@@ -147,103 +147,36 @@ def build_report(dataset: str, inception_weights: str | Path | None = None, fold
     The pictures (contact sheets, closest pairs) are written into :func:`report_folder` as they are made.
     """
     from nnaug.dataset import load_raw_dataset
-    from nnaug.dataset_images import synthetic_identifiers
-    from nnaug.fidelity import inception_weights_or_reason, synthetic_fidelity
-    from nnaug.mask_consistency import mask_consistency
-    from nnaug.memorisation import memorisation_summary
-    from nnaug.provenance import read_provenance, synthetic_datasets_for
+    from nnaug.fidelity import synthetic_fidelity
+    from nnaug.provenance import synthetic_datasets_for
 
     real = load_raw_dataset(dataset)
     warnings_: list[str] = []
-    weights, fid_note = None, None
-    if fidelity is False:
-        fid_note = "skipped (--no-fidelity)"
-    elif fidelity or inception_weights is not None:  # demanded, or a file given: resolve now, errors are errors
-        weights, reason = inception_weights_or_reason(inception_weights, download=download)
-        if weights is None:
-            raise NnaugError(reason + " (--fidelity demands FID/KID)")
     synthetic_folders = synthetic_datasets_for(real.name)
-    if synthetic_folders and fidelity is None and weights is None:
-        weights, reason = inception_weights_or_reason(None, download=download)
-        if weights is None:
-            fid_note = reason
-            message = ("FID/KID skipped: " + reason.replace("no InceptionV3 weights for FID/KID", "no InceptionV3 weights", 1)
-                       + "; the other metrics go on (--fidelity makes this an error)")
-            _warn(message)
-            warnings_.append(message)
+    weights, fid_note = _inception_weights(fidelity, inception_weights, download, bool(synthetic_folders), warnings_)
     out = report_folder(real.name)
     files = {}
     if synthetic_folders:
         sheet = _contact_sheet_png(real, None, out / "real_contact_sheet.png")
         files["real_contact_sheet"] = str(sheet) if sheet else None
     model = find_real_only_model(real.name, folds) if mask_check else None
+    heldout = _sweep_test_dataset(real.name) if memorisation and synthetic_folders else None
     validation = real_only_validation_dice(*model) if model is not None else None
     synthetic_rows = []
     for folder in synthetic_folders:
-        provenance = read_provenance(folder) or {}
         syn = load_raw_dataset(folder)
-        row = {
-            "dataset": folder.name, "ratio": provenance.get("ratio"), "num_cases": provenance.get("num_cases"),
-            "generator": provenance.get("generator_model"), "generator_folder": provenance.get("generator"),
-            "mode": provenance.get("mode"), "sampler": provenance.get("sampler"), "steps": provenance.get("steps"),
-        }
-        sheet = folder / "contact_sheet.png"  # what nnaug synthesize wrote; made here for older datasets
-        if not sheet.is_file():
-            sheet = _contact_sheet_png(syn, synthetic_identifiers(syn), out / f"{folder.name}_contact_sheet.png")
-        row["files"] = {"contact_sheet": str(sheet) if sheet else None}
-        fid_wanted = weights is not None
+        row = _synthetic_row(folder, syn, out)
         fidelity_result = synthetic_fidelity(
-            real, syn, weights, max_images, fid=True if fid_wanted else False, frd=frd, frd_roi=frd_roi,
+            real, syn, weights, max_images, fid=weights is not None, frd=frd, frd_roi=frd_roi,
             frd_image_types=frd_image_types, frd_features=frd_features, download=False, progress=progress)
-        if not fid_wanted:
-            fidelity_result["fid_note"] = fid_note or fidelity_result.get("fid_note")
-        row["fidelity"] = fidelity_result
-        row["frd"], row["frd_roi"] = fidelity_result["frd"], fidelity_result["frd_roi"]
-        row["fid"], row["kid_mean"], row["kid_std"] = (fidelity_result[k] for k in ("fid", "kid_mean", "kid_std"))
-        if row["fid"] is None:
-            row["fidelity_note"] = "skipped (--no-fidelity)" if fidelity is False else NO_WEIGHTS_NOTE
-        for key in ("frd_note", "frd_mask_note"):
-            if key in fidelity_result:
-                row[key] = fidelity_result[key]
+        _add_fidelity(row, fidelity_result, weights, fid_note, fidelity)
         if memorisation:
-            if progress:
-                print(f"nnaug: memorisation {folder.name} vs {real.name} ...", file=sys.stderr, flush=True)
-            pairs_png = out / f"{folder.name}_memorisation.png"
-            mem = memorisation_summary(syn, real, top=8, max_cases=max_images, out_png=pairs_png)
-            row["memorisation"] = mem
-            row["files"]["memorisation"] = str(pairs_png)
-            if mem["n_below"]:
-                message = (f"{mem['n_below']} of {mem['n_synthetic']} synthetic images of {folder.name} are closer to "
-                           f"a real training image than {100 - mem['percentile']:g} % of real images are to their "
-                           f"nearest other real image ({mem['image_metric']} < {mem['threshold']:.4f}): possible "
-                           f"copies, see the memorisation pairs")
-                _warn(message)
-                warnings_.append(message)
-        if model is not None:
-            if progress:
-                print(f"nnaug: mask consistency of {folder.name} with {model[0].name} folds {model[1]} ...", file=sys.stderr, flush=True)
-            mc = mask_consistency(folder, model[0], folds=model[1], device=device, max_cases=max_images)
-            row["mask_consistency_dice"] = mc["mean_dice"]
-            row["mask_consistency"] = mc
-            if validation["dice"]:
-                row["mask_consistency_ratio"] = mc["mean_dice"] / validation["dice"]
-            else:
-                row["mask_consistency_ratio"] = None
-                row["mask_consistency_ratio_note"] = (f"n/a (no validation summary.json for {model[0].name} "
-                                                      f"folds {model[1]})")
-        else:
-            row["mask_consistency_dice"] = row["mask_consistency_ratio"] = None
-            row["mask_consistency_note"] = ("skipped" if not mask_check else
-                                            f"n/a (no trained real-only model under $nnUNet_results/{real.name})")
+            _add_memorisation(row, syn, real, heldout, out, max_images, progress, warnings_)
+        _add_mask_consistency(row, folder, real, model, validation, mask_check, device, max_images, progress)
         synthetic_rows.append(row)
     dice_rows = collect_dice(real.name, folds, real.dataset_json)
-    from nnaug.sweep import latest_outputs, latest_sweep_markdown
-
-    sweep_md = latest_sweep_markdown(real.name)
-    sweep = None
-    if sweep_md is not None:
-        png = latest_outputs(real.name)["png"]
-        sweep = {"markdown": sweep_md, "png": str(png) if png.is_file() else None}
+    _check_folds(real.name, folds, dice_rows, warnings_)
+    sweep = _latest_sweep(real.name)
     model_info = None
     if model is not None:
         model_info = {"folder": str(model[0]), "folds": model[1], "validation_dice": validation["dice"],
@@ -255,6 +188,150 @@ def build_report(dataset: str, inception_weights: str | Path | None = None, fold
         "synthetic": synthetic_rows, "dice": dice_rows, "dice_summary": summarise_dice(dice_rows),
         "sweep": sweep,
     }
+
+
+def _synthetic_row(folder: Path, syn, out: Path) -> dict:
+    """A synthetic dataset's row: what its provenance says (filter record included) and its contact sheet."""
+    from nnaug.dataset_images import synthetic_identifiers
+    from nnaug.provenance import read_provenance
+
+    provenance = read_provenance(folder) or {}
+    row = {
+        "dataset": folder.name, "ratio": provenance.get("ratio"), "num_cases": provenance.get("num_cases"),
+        "generator": provenance.get("generator_model"), "generator_folder": provenance.get("generator"),
+        "mode": provenance.get("mode"), "sampler": provenance.get("sampler"), "steps": provenance.get("steps"),
+        "filter": provenance.get("filter"), "filter_consistency": provenance.get("consistency"),
+    }
+    sheet = folder / "contact_sheet.png"  # what nnaug synthesize wrote; made here for older datasets
+    if not sheet.is_file():
+        sheet = _contact_sheet_png(syn, synthetic_identifiers(syn), out / f"{folder.name}_contact_sheet.png")
+    row["files"] = {"contact_sheet": str(sheet) if sheet else None}
+    return row
+
+
+def _check_folds(dataset_name: str, folds, dice_rows: list[dict], warnings_: list) -> None:
+    """--folds that no run has: one warning line naming the folds there are."""
+    missing = [f for f in folds or [] if f not in {r["fold"] for r in dice_rows}]
+    if missing:
+        message = (f"--folds: no validation summary.json for fold {', '.join(map(str, missing))} under "
+                   f"$nnUNet_results/{dataset_name} (folds found: {_folds_found(dataset_name)})")
+        _warn(message)
+        warnings_.append(message)
+
+
+def _inception_weights(fidelity, inception_weights, download: bool, needed: bool, warnings_: list):
+    """(weights or None, why not): demanded or given weights must resolve (else an error); otherwise, when a
+    synthetic set needs them, one warning line without them."""
+    from nnaug.fidelity import inception_weights_or_reason
+
+    if fidelity is False:
+        return None, "skipped (--no-fidelity)"
+    if fidelity or inception_weights is not None:  # demanded, or a file given: resolve now, errors are errors
+        weights, reason = inception_weights_or_reason(inception_weights, download=download)
+        if weights is None:
+            raise NnaugError(reason + " (--fidelity demands FID/KID)")
+        return weights, None
+    if not needed:
+        return None, None
+    weights, reason = inception_weights_or_reason(None, download=download)
+    if weights is None:
+        message = ("FID/KID skipped: " + reason.replace("no InceptionV3 weights for FID/KID", "no InceptionV3 weights", 1)
+                   + "; the other metrics go on (--fidelity makes this an error)")
+        _warn(message)
+        warnings_.append(message)
+        return None, reason
+    return weights, None
+
+
+def _add_fidelity(row: dict, result: dict, weights, fid_note, fidelity) -> None:
+    if weights is None:
+        result["fid_note"] = fid_note or result.get("fid_note")
+    row["fidelity"] = result
+    row["frd"], row["frd_roi"] = result["frd"], result["frd_roi"]
+    row["fid"], row["kid_mean"], row["kid_std"] = (result[k] for k in ("fid", "kid_mean", "kid_std"))
+    if row["fid"] is None:
+        row["fidelity_note"] = "skipped (--no-fidelity)" if fidelity is False else NO_WEIGHTS_NOTE
+    for key in ("frd_note", "frd_mask_note"):
+        if key in result:
+            row[key] = result[key]
+
+
+def _add_memorisation(row: dict, syn, real, heldout, out: Path, max_images, progress: bool, warnings_: list) -> None:
+    from nnaug.memorisation import memorisation_summary
+
+    if progress:
+        print(f"nnaug: memorisation {syn.name} vs {real.name} ...", file=sys.stderr, flush=True)
+    pairs_png = out / f"{syn.name}_memorisation.png"
+    mem = memorisation_summary(syn, real, heldout_raw=heldout, top=8, max_cases=max_images, out_png=pairs_png)
+    row["memorisation"] = mem
+    row["files"]["memorisation"] = str(pairs_png)
+    if mem["alarm"]:
+        message = (f"{mem['n_flagged']} of {mem['n_synthetic']} synthetic images of {syn.name} are more "
+                   f"similar to a real training image than {mem['percentile']:g} % of {_null_name(mem)} are "
+                   f"({mem['image_metric']} > {mem['threshold']:.3f}; {mem['calibration']}; "
+                   f"chance alone: about {mem['expected_by_chance']:.1f}): possible copies, see the memorisation pairs")
+        _warn(message)
+        warnings_.append(message)
+
+
+def _add_mask_consistency(row: dict, folder: Path, real, model, validation, mask_check: bool, device: str,
+                          max_images, progress: bool) -> None:
+    from nnaug.mask_consistency import mask_consistency
+
+    if model is None:
+        row["mask_consistency_dice"] = row["mask_consistency_ratio"] = None
+        row["mask_consistency_note"] = ("skipped" if not mask_check else
+                                        f"n/a (no trained real-only model under $nnUNet_results/{real.name})")
+        return
+    if progress:
+        print(f"nnaug: mask consistency of {folder.name} with {model[0].name} folds {model[1]} ...", file=sys.stderr,
+              flush=True)
+    mc = mask_consistency(folder, model[0], folds=model[1], device=device, max_cases=max_images)
+    row["mask_consistency_dice"] = mc["mean_dice"]
+    row["mask_consistency"] = mc
+    if validation["dice"]:
+        row["mask_consistency_ratio"] = mc["mean_dice"] / validation["dice"]
+    else:
+        row["mask_consistency_ratio"] = None
+        row["mask_consistency_ratio_note"] = f"n/a (no validation summary.json for {model[0].name} folds {model[1]})"
+
+
+def _folds_found(dataset_name: str) -> str:
+    found = sorted({r["fold"] for r in collect_dice(dataset_name)}, key=str)
+    return ", ".join(map(str, found)) or "none"
+
+
+def _latest_sweep(dataset_name: str) -> dict | None:
+    """The latest finished sweep (markdown, picture, and its paired differences) or None."""
+    import json
+
+    from nnaug.sweep import latest_outputs, latest_sweep_markdown
+
+    markdown = latest_sweep_markdown(dataset_name)
+    if markdown is None:
+        return None
+    paths = latest_outputs(dataset_name)
+    try:
+        result = json.loads(paths["json"].read_text())
+    except (OSError, ValueError):
+        result = {}
+    return {"markdown": markdown, "png": str(paths["png"]) if paths["png"].is_file() else None,
+            "seeds": result.get("seeds"), "evaluation": result.get("evaluation"),
+            "differences": [d for d in result.get("differences", []) if d.get("reference") == "real-only"]}
+
+
+def _sweep_test_dataset(dataset_name: str):
+    """The latest sweep's held-out test dataset (real cases no generator saw), to calibrate memorisation, or None."""
+    from nnaug.dataset import load_raw_dataset
+
+    sweep = _latest_sweep(dataset_name) or {}
+    name = (sweep.get("evaluation") or {}).get("test_dataset")
+    if not name:
+        return None
+    try:
+        return load_raw_dataset(name)
+    except NnaugError:
+        return None
 
 
 def summarise_dice(rows: list[dict]) -> list[dict]:
@@ -310,14 +387,98 @@ def memorisation_line(r: dict) -> str:
     if not m:
         return "not computed"
     q = m["synthetic_quantiles"]
-    text = (f"nearest-real {m['image_metric']} distance: min {q['min']:.4f}, median {q['median']:.4f}; ")
+    text = f"similarity to the nearest real training image ({m['image_metric']}): max {q['max']:.3f}, median {q['median']:.3f}; "
     if m["threshold"] is None:
         return text + "threshold n/a (fewer than 2 real cases)"
-    rq = m["real_quantiles"]
-    verdict = (f"**{m['n_below']} of {m['n_synthetic']} below the threshold — possible copies**" if m["n_below"]
-               else f"none of {m['n_synthetic']} below the threshold")
-    return (text + f"real–real nearest: {m['percentile']:g}th percentile {m['threshold']:.4f} (the threshold), "
-            f"median {rq['median']:.4f}; {verdict}")
+    nq = m["null_quantiles"]
+    chance = f"about {m['expected_by_chance']:.1f} expected by chance"
+    verdict = (f"**{m['n_flagged']} of {m['n_synthetic']} above the threshold ({chance}) — possible copies**"
+               if m["alarm"] else f"{m['n_flagged']} of {m['n_synthetic']} above the threshold ({chance}): no more "
+               "than chance, no sign of copies")
+    return (text + f"{_null_name(m)} ({m['calibration']}): {m['percentile']:g}th percentile "
+            f"{m['threshold']:.3f} (the threshold), median {nq['median']:.3f}; {verdict}")
+
+
+def _consistency_values(r: dict) -> tuple[list[float], str] | None:
+    """Per-case mask consistency of a synthetic set: the report's own (real-only model), else what the
+    filtering of ``nnaug synthesize --min-consistency`` recorded in the provenance."""
+    mc = r.get("mask_consistency")
+    if isinstance(mc, dict) and mc.get("per_case"):
+        return [float(v) for v in mc["per_case"].values()], f"Dice with {Path(mc.get('model') or 'the real-only model').name}"
+    if r.get("filter_consistency"):
+        model = (r.get("filter") or {}).get("model")
+        return ([float(v) for v in r["filter_consistency"].values()],
+                "recorded by the filter" + (f" ({Path(str(model)).name})" if model else ""))
+    return None
+
+
+def consistency_line(r: dict) -> str | None:
+    """Mean and spread of per-case mask consistency, and the acceptance rate when the set was filtered."""
+    parts = []
+    values = _consistency_values(r)
+    if values:
+        v = np.asarray(values[0])
+        parts.append(f"{len(v)} cases, median {np.median(v):.3f}, 10th percentile {np.percentile(v, 10):.3f} "
+                     f"({values[1]})")
+    f = r.get("filter")
+    if isinstance(f, dict):
+        try:
+            parts.append(f"filtered with --min-consistency {float(f['min_consistency']):g}: kept {f['kept']} of "
+                         f"{f['candidates_tried']} candidates, acceptance rate {100 * float(f['acceptance_rate']):.1f} %")
+        except (KeyError, TypeError, ValueError):
+            parts.append("filtered (the provenance's filter record is incomplete)")
+    return "; ".join(parts) or None
+
+
+def _null_name(m: dict) -> str:
+    """What the threshold was calibrated on, in words."""
+    return ("held-out real images the generator never saw" if "held-out" in m.get("calibration", "")
+            else "real training images against the parts of the training set they are not in")
+
+
+def _mem_cell(m: dict | None) -> str:
+    if not m:
+        return "—"
+    return (f"{m['synthetic_quantiles']['max']:.3f} / {_fmt(m['threshold'], 3)}"
+            + (f" ({m['n_flagged']} above)" if m["n_flagged"] else ""))
+
+
+def dice_difference_line(report: dict) -> tuple[str, str] | None:
+    """(label, value) of the pretrain→fine-tune − real-only Dice difference: the latest sweep's paired difference
+    with its 95 % CI when there is one, else the best models' difference, marked as runs without an interval."""
+    sweep = report.get("sweep") or {}
+    diffs = [d for d in sweep.get("differences") or [] if d.get("foreground", {}).get("mean") is not None]
+    if diffs:
+        best = max(diffs, key=lambda d: d["foreground"]["mean"])
+        fg = best["foreground"]
+        return (f"Dice difference {best['arm']} − real-only (latest sweep, {len(sweep.get('seeds') or [])} seeds, "
+                f"paired 95 % CI)", f"{fg['mean']:+.4f} [{fg['low']:+.4f}, {fg['high']:+.4f}]")
+    real_only = [s for s in report["dice_summary"] if s["kind"] == "real-only"]
+    tuned = [s for s in report["dice_summary"] if s["kind"] == "pretrain→fine-tune"]
+    if not (real_only and tuned):
+        return None
+    a, b = max(tuned, key=lambda s: s["foreground_dice"]), max(real_only, key=lambda s: s["foreground_dice"])
+    runs = min(len(a["folds"]), len(b["folds"]))
+    return (f"Dice difference pretrain→fine-tune − real-only: {runs} run{'s' if runs > 1 else ''} per arm, no interval "
+            f"(run `nnaug sweep` for one)", f"{a['foreground_dice'] - b['foreground_dice']:+.4f}")
+
+
+def _md_synthetic_notes(report: dict) -> list[str]:
+    """report.md's memorisation and mask consistency lines (and picture links) per synthetic dataset."""
+    lines = []
+    for r in report["synthetic"]:
+        if r.get("memorisation"):
+            lines += ["", f"Memorisation of {r['dataset']}: {memorisation_line(r)}."]
+            if r.get("files", {}).get("memorisation"):
+                lines += ["", f"![closest pairs of {r['dataset']}]({Path(r['files']['memorisation']).name}) "
+                              f"![nearest-real similarities of {r['dataset']}]({Path(r['files']['nearest']).name})"]
+    for r in report["synthetic"]:
+        line = consistency_line(r)
+        if line:
+            lines += ["", f"Mask consistency of {r['dataset']}: {line}."]
+            if r.get("files", {}).get("consistency"):
+                lines += ["", f"![mask consistency of {r['dataset']}]({Path(r['files']['consistency']).name})"]
+    return lines
 
 
 def to_markdown(report: dict) -> str:
@@ -329,24 +490,17 @@ def to_markdown(report: dict) -> str:
     lines += ["## Synthetic datasets", ""]
     if report["synthetic"]:
         lines += ["| synthetic dataset | ratio | cases | generator | FRD (image) | FRD (mask ROI) | FID | KID (mean ± std) "
-                  "| mask consistency | MC ÷ real-only val. Dice | closest to real / threshold |",
+                  "| mask consistency | MC ÷ real-only val. Dice | max similarity to real / copy threshold |",
                   "|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in report["synthetic"]:
             fid, kid = _fid_cells(r)
             mc, ratio = _mc_cells(r)
-            m = r.get("memorisation")
-            mem = (f"{m['synthetic_quantiles']['min']:.4f} / {_fmt(m['threshold'])}"
-                   + (f" ({m['n_below']} below)" if m["n_below"] else "")) if m else "—"
+            mem = _mem_cell(r.get("memorisation"))
             lines.append(f"| {r['dataset']} | {_fmt(r['ratio'], 2)} | {_fmt(r['num_cases'])} | {_fmt(r['generator'])} "
                          f"| {fmt_frd(r.get('frd'), r.get('frd_note'))} | {fmt_frd(r.get('frd_roi'), r.get('frd_mask_note'))} "
                          f"| {fid} | {kid} | {mc} | {ratio} | {mem} |")
         lines += [""] + _method_notes(report)
-        for r in report["synthetic"]:
-            if r.get("memorisation"):
-                lines += ["", f"Memorisation of {r['dataset']}: {memorisation_line(r)}."]
-                if r.get("files", {}).get("memorisation"):
-                    lines += ["", f"![closest pairs of {r['dataset']}]({Path(r['files']['memorisation']).name}) "
-                                  f"![nearest-real distances of {r['dataset']}]({Path(r['files']['nearest']).name})"]
+        lines += _md_synthetic_notes(report)
     else:
         lines.append(f"No synthetic dataset in $nnUNet_raw names {report['dataset']} as its source "
                      "(make one with `nnaug synthesize`).")
@@ -365,6 +519,9 @@ def to_markdown(report: dict) -> str:
         for s in report["dice_summary"]:
             lines.append(f"| {s['trainer']} | {s['kind']} | {','.join(map(str, s['folds']))} | {s['foreground_dice']:.4f} | "
                          + " | ".join(_fmt(s['dice'].get(k)) for k in labels) + " |")
+        difference = dice_difference_line(report)
+        if difference:
+            lines += ["", f"{difference[0]}: {difference[1]}."]
     else:
         lines.append(f"No validation summary.json under $nnUNet_results/{report['dataset']} yet "
                      "(train with nnUNetv2_train, e.g. -tr nnUNetTrainer_nnaug and -tr nnUNetTrainer_nnaugPretrainFinetune).")
@@ -430,11 +587,16 @@ def _method_notes(report: dict) -> list[str]:
     if frd:
         d = next(iter(frd.values()))
         res = next(r["fidelity"]["resolution"] for r in report["synthetic"] if r.get("fidelity", {}).get("frd_details"))
-        notes.append(f"FRD: Fréchet Radiomics Distance ({d['package']}, FRD{d['version']}: log of the squared Fréchet "
-                     f"distance of z-scored radiomic features, image types {', '.join(d['image_types'])}, feature "
-                     f"classes {', '.join(d['features'])}), real training images as reference, 8-bit grayscale at "
-                     f"{res[0]}x{res[1]}; *image*: the whole image is the ROI, *mask ROI*: the mask's foreground. "
-                     "Lower is better; compare only values made with the same settings.")
+        colour = {"rgb": "8-bit RGB PNGs (frd-score reads them as luminance)", "gray": "8-bit grayscale PNGs"}
+        notes.append(f"FRD: Fréchet Radiomics Distance ({d['package']}, FRD{d['version']}, computed by frd_score.compute_frd "
+                     f"with its defaults on {colour.get(d.get('colour'), '8-bit PNGs')} at {res[0]}x{res[1]}: "
+                     f"the same number frd-score gives on a folder of those files). The value is "
+                     f"{d.get('log', 'log(d²)')}, the natural log of the squared Fréchet distance of z-scored radiomic "
+                     f"features (frd-score's default; the paper's log(d) is half of it); image types "
+                     f"{', '.join(d['image_types'])}, feature classes {', '.join(d['features'])}; real training images "
+                     f"as reference, {d['n_a']} real vs {d['n_b']} synthetic images (FRD depends on the set sizes); "
+                     "*image*: the whole image is the ROI, *mask ROI*: the mask's foreground. Lower is better; compare "
+                     "only values made with the same settings and set sizes.")
     fidelity = [r["fidelity"] for r in report["synthetic"] if r.get("fid") is not None]
     if fidelity:
         f0 = fidelity[0]
@@ -460,9 +622,11 @@ def _method_notes(report: dict) -> list[str]:
             notes.append(f"Mask consistency: {missing}.")
     mem = next((r["memorisation"] for r in report["synthetic"] if r.get("memorisation")), None)
     if mem:
-        notes.append(f"Memorisation: distance of each synthetic image to its nearest real training image "
-                     f"({mem['image_metric']}: RMS difference of the [-1, 1] images at 32x32); threshold = the "
-                     f"{mem['percentile']:g}th percentile of each real image's distance to its nearest other real image.")
+        notes.append(f"Memorisation: similarity of each synthetic image to its most similar real training image "
+                     f"({mem['image_metric']}: normalised cross-correlation of the grayscale images minus their blur, "
+                     "best over flips and small shifts; blur does not make images similar, copies score near 1); "
+                     f"copy threshold = the {mem['percentile']:g}th percentile of the same similarity for "
+                     f"{_null_name(mem)} ({mem['calibration']}).")
     return [n for note in notes for n in (note, "")][:-1]
 
 
@@ -513,24 +677,56 @@ def bar_chart(report: dict, path: Path) -> Path | None:
 
 
 def nearest_histogram(memorisation: dict, title: str, path: Path) -> Path:
-    """Histograms of synthetic→nearest-real and real→nearest-other-real distances, with the threshold."""
-    syn = np.asarray(memorisation["synthetic_nearest"], np.float64)
-    real = np.asarray(memorisation["real_nearest"], np.float64)
+    """Histograms of synthetic→most-similar-real and unseen-real→most-similar-training similarities, with the threshold."""
+    syn = np.asarray(memorisation["synthetic_similarity"], np.float64)
+    null = np.asarray(memorisation["null_similarity"], np.float64)
     fig = _figure(5.2, 3.9)
     ax = fig.add_subplot()
-    both = np.concatenate([syn, real]) if len(real) else syn
-    bins = np.linspace(0, max(float(both.max()), 1e-6) * 1.05, 30)
-    if len(real):
-        ax.hist(real, bins=bins, alpha=0.55, color="#4c72b0", label=f"real → nearest other real ({len(real)})")
-    ax.hist(syn, bins=bins, alpha=0.55, color="#dd8452", label=f"synthetic → nearest real ({len(syn)})")
+    both = np.concatenate([syn, null]) if len(null) else syn
+    bins = np.linspace(min(0.0, float(both.min())), 1.0, 34)
+    if len(null):
+        unseen = ("held-out real" if "held-out" in memorisation.get("calibration", "")
+                  else "training, cross-fit (each vs the other parts)")
+        ax.hist(null, bins=bins, alpha=0.55, color="#4c72b0", label=f"{unseen} ({len(null)})")
+    ax.hist(syn, bins=bins, alpha=0.55, color="#dd8452", label=f"synthetic ({len(syn)})")
     if memorisation["threshold"] is not None:
         ax.axvline(memorisation["threshold"], color="#c44e52", ls="--", lw=1.2,
-                   label=f"threshold ({memorisation['percentile']:g}th pct of real–real) {memorisation['threshold']:.3f}")
-    ax.set_xlabel(f"nearest distance ({memorisation['image_metric']})")
+                   label=f"copy threshold ({memorisation['percentile']:g}th percentile of the blue) "
+                         f"{memorisation['threshold']:.3f}")
+    ax.set_xlabel(f"similarity to the most similar training image\n({memorisation['image_metric']})", fontsize=9)
     ax.set_ylabel("images")
     ax.set_title(title, fontsize=11)
     ax.tick_params(labelsize=9)
-    ax.legend(fontsize=9, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=1, frameon=False)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.28), ncol=1, frameon=False)
+    ax.spines[["top", "right"]].set_visible(False)
+    fig.tight_layout()
+    return _save_atomic(fig.savefig, path)
+
+
+def consistency_histogram(r: dict, path: Path) -> Path | None:
+    """Per-case mask consistency of one synthetic set (and the filter's threshold when it was filtered)."""
+    found = _consistency_values(r)
+    if not found:
+        return None
+    values, source = np.asarray(found[0]), found[1]
+    fig = _figure(5.2, 3.4)
+    ax = fig.add_subplot()
+    ax.hist(values, bins=np.linspace(0, 1, 21), color="#55a868", alpha=0.8)
+    ax.axvline(float(np.median(values)), color="#333333", lw=1.2, label=f"median {np.median(values):.3f}")
+    f = r.get("filter") if isinstance(r.get("filter"), dict) else {}
+    if f.get("min_consistency") is not None:
+        rate = f.get("acceptance_rate")
+        ax.axvline(float(f["min_consistency"]), color="#c44e52", ls="--", lw=1.2,
+                   label=f"--min-consistency {float(f['min_consistency']):g}"
+                         + (f" (acceptance {100 * float(rate):.1f} %)" if rate is not None else ""))
+    from matplotlib.ticker import MaxNLocator
+
+    ax.set_xlim(0, 1)
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("mask consistency per case (Dice)", fontsize=9)
+    ax.set_ylabel("cases")
+    ax.set_title(f"{r['dataset']}: {len(values)} cases\n{source}", fontsize=9)
+    ax.legend(fontsize=8, loc="upper left", frameon=False)
     ax.spines[["top", "right"]].set_visible(False)
     fig.tight_layout()
     return _save_atomic(fig.savefig, path)
@@ -575,8 +771,11 @@ def write_report(report: dict) -> dict[str, Path]:
     for row in report["synthetic"]:
         files = row.setdefault("files", {})
         if row.get("memorisation"):
-            files["nearest"] = str(nearest_histogram(row["memorisation"], "nearest-neighbour distances",
+            files["nearest"] = str(nearest_histogram(row["memorisation"], "similarity to the training images",
                                                      folder / f"{row['dataset']}_nearest.png"))
+        histogram = consistency_histogram(row, folder / f"{row['dataset']}_mask_consistency.png")
+        if histogram is not None:
+            files["consistency"] = str(histogram)
     paths = {"json": folder / "report.json", "md": folder / "report.md", "html": folder / "report.html"}
     png = bar_chart(report, folder / "report.png")
     if png is not None:
@@ -634,13 +833,17 @@ def _at_a_glance(report: dict) -> list[tuple[str, str]]:
         items.append(("real-only validation Dice (best model)", f"{max(real_only):.4f}"))
     if tuned:
         items.append(("pretrain→fine-tune validation Dice (best model)", f"{max(tuned):.4f}"))
-    if real_only and tuned:
-        items.append(("Dice gain from synthetic pretraining", f"{max(tuned) - max(real_only):+.4f}"))
+    difference = dice_difference_line(report)
+    if difference:
+        items.append((difference[0].replace("`", ""), difference[1]))
     for r in report["synthetic"][:3]:
         if r.get("frd") is not None:
             items.append((f"FRD (image) {r['dataset']}", fmt_frd(r["frd"])))
         if r.get("mask_consistency_dice") is not None:
             items.append((f"mask consistency {r['dataset']}", f"{r['mask_consistency_dice']:.3f}"))
+        if isinstance(r.get("filter"), dict) and r["filter"].get("acceptance_rate") is not None:
+            items.append((f"acceptance rate of the consistency filter {r['dataset']}",
+                          f"{100 * float(r['filter']['acceptance_rate']):.1f} %"))
     return items
 
 
@@ -674,7 +877,7 @@ def to_html(report: dict) -> str:
     if report["synthetic"]:
         out.append('<div class="card"><div class="scroll"><table><tr><th>synthetic dataset</th><th>ratio</th><th>cases</th>'
                    "<th>generator</th><th>FRD<br>(image)</th><th>FRD<br>(mask ROI)</th><th>FID</th><th>KID<br>(mean ± std)</th>"
-                   "<th>mask<br>consistency</th><th>MC ÷ real-only<br>val. Dice</th><th>closest to real<br>/ threshold</th></tr>")
+                   "<th>mask<br>consistency</th><th>MC ÷ real-only<br>val. Dice</th><th>max similarity to real<br>/ copy threshold</th></tr>")
         for r in report["synthetic"]:
             fid, kid = _fid_cells(r)
             if r["fid"] is None:
@@ -682,9 +885,9 @@ def to_html(report: dict) -> str:
             mc, ratio = _mc_cells(r)
             m = r.get("memorisation")
             if m:
-                mem = f"{m['synthetic_quantiles']['min']:.4f} / {_fmt(m['threshold'])}"
-                mem_cell = (f'<td class="num {"bad" if m["n_below"] else "good"}">{e(mem)}'
-                            + (f"<br>{m['n_below']} below" if m["n_below"] else "<br>none below") + "</td>")
+                mem = f"{m['synthetic_quantiles']['max']:.3f} / {_fmt(m['threshold'], 3)}"
+                mem_cell = (f'<td class="num {"bad" if m["alarm"] else "good"}">{e(mem)}'
+                            + (f"<br>{m['n_flagged']} above" if m["n_flagged"] else "<br>none above") + "</td>")
             else:
                 mem_cell = cell("—")
             gen = f"{_fmt(r['generator'])}" + (f", {r['sampler']} {r['steps']}" if r.get("sampler") else "")
@@ -740,32 +943,48 @@ def to_html(report: dict) -> str:
                    f"(<code>nnaug sweep {e(report['dataset'])} --ratios 1,5 --seeds 3</code>).</p>")
 
     for r in report["synthetic"]:
-        files = r.get("files", {})
-        out.append(f"<h2>{e(r['dataset'])}</h2><div class=\"card\"><div class=\"row\"><div>")
-        out.append(f"<h3>Synthetic pairs (image | mask overlay)</h3>{_img_tag(files.get('contact_sheet'), 'synthetic contact sheet')}")
-        out.append("</div><div>")
-        out.append(f"<h3>Real training pairs</h3>{_img_tag(report.get('files', {}).get('real_contact_sheet'), 'real contact sheet')}")
-        out.append("</div></div>")
-        m = r.get("memorisation")
-        if m:
-            out.append("<h3>Memorisation</h3>")
-            line = memorisation_line(r).replace("**", "")
-            out.append(f'<p class="{"alert" if m["n_below"] else "note"}">{e(line)}.</p>')
-            out.append('<div class="row"><div style="flex:1 1 560px">')
-            out.append(_img_tag(files.get("memorisation"), "closest pairs"))
-            out.append('<p class="cap">The most copy-like synthetic cases: synthetic image | its mask || nearest real '
-                       "image | its mask (top row closest).</p></div><div>")
-            out.append(_img_tag(files.get("nearest"), "nearest-real distances"))
-            out.append("<table><tr><th>synthetic</th><th>nearest real</th><th>distance</th><th>mask 1−Dice</th></tr>")
-            for row in m["rows"][:8]:
-                flag = ' class="bad"' if m["threshold"] is not None and row["image_distance"] < m["threshold"] else ""
-                out.append(f"<tr{flag}><td>{e(row['case'])}</td><td>{e(row['nearest_by_image'])}</td>"
-                           f"<td class=\"num\">{row['image_distance']:.4f}</td><td class=\"num\">"
-                           f"{row['mask_distance']:.3f}</td></tr>")
-            out.append("</table></div></div>")
-        out.append("</div>")
+        out += _html_synthetic_section(r, report)
     out.append("</main></body></html>")
     return "\n".join(out) + "\n"
+
+
+def _html_synthetic_section(r: dict, report: dict) -> list[str]:
+    """report.html's section of one synthetic dataset: contact sheets, memorisation, mask consistency."""
+    import html
+
+    e = html.escape
+    files = r.get("files", {})
+    out = []
+    out.append(f"<h2>{e(r['dataset'])}</h2><div class=\"card\"><div class=\"row\"><div>")
+    out.append(f"<h3>Synthetic pairs (image | mask overlay)</h3>{_img_tag(files.get('contact_sheet'), 'synthetic contact sheet')}")
+    out.append("</div><div>")
+    out.append(f"<h3>Real training pairs</h3>{_img_tag(report.get('files', {}).get('real_contact_sheet'), 'real contact sheet')}")
+    out.append("</div></div>")
+    m = r.get("memorisation")
+    if m:
+        out.append("<h3>Memorisation</h3>")
+        line = memorisation_line(r).replace("**", "")
+        out.append(f'<p class="{"alert" if m["alarm"] else "note"}">{e(line)}.</p>')
+        out.append('<div class="row"><div style="flex:1 1 560px">')
+        out.append(_img_tag(files.get("memorisation"), "closest pairs"))
+        out.append('<p class="cap">The most copy-like synthetic cases: synthetic image | its mask || most similar '
+                   "real training image | its mask (top row most similar).</p></div><div>")
+        out.append(_img_tag(files.get("nearest"), "nearest-real similarities"))
+        out.append("<table><tr><th>synthetic</th><th>most similar real</th><th>NCC</th><th>match</th>"
+                   "<th>mask 1−Dice</th></tr>")
+        for row in m["rows"][:8]:
+            flag = ' class="bad"' if row["flagged"] else ""
+            out.append(f"<tr{flag}><td>{e(row['case'])}</td><td>{e(row['nearest_by_image'])}</td>"
+                       f"<td class=\"num\">{row['image_similarity']:.3f}</td><td>{e(row['match'])}</td>"
+                       f"<td class=\"num\">{row['mask_distance']:.3f}</td></tr>")
+        out.append("</table></div></div>")
+    line = consistency_line(r)
+    if line:
+        out.append(f'<h3>Mask consistency</h3><p class="note">{e(line)}.</p>')
+        if files.get("consistency"):
+            out.append('<div class="chart">' + _img_tag(files["consistency"], "per-case mask consistency") + "</div>")
+    out.append("</div>")
+    return out
 
 
 def parse_folds(text: str | None) -> list | None:

@@ -314,7 +314,7 @@ class SynthesisChoice:
 def resolve_synthesis(info: dict, mode: str | None, masks: str, sampler: str | None, steps: int | None) -> SynthesisChoice:
     from nnaug.generators import get_spec
 
-    mode, sampler, steps = get_spec(info["model"]).resolve_sampling(mode, sampler, steps)
+    mode, sampler, steps = get_spec(info["model"]).resolve_sampling(mode, sampler, steps, info)
     return SynthesisChoice(mode, masks if mode == "mask-conditioned" else "train", sampler, steps)
 
 
@@ -487,11 +487,12 @@ def remaining_iterations(arm: Arm, folds_left: int, pretrained: bool) -> int:
 
 # ----------------------------------------------------------------------------- evaluation
 def label_names(dataset_json: dict) -> dict[str, str]:
-    """nnU-Net's metric key ('1', or '(1, 2)' for a region) -> the label's name in dataset.json."""
+    """nnU-Net's metric key ('1', or '(1, 2)' for a region) -> the label's name in dataset.json; background and
+    nnU-Net's ``ignore`` label (never scored) are left out."""
     names = {}
     for name, value in dataset_json.get("labels", {}).items():
         key = str(tuple(value)) if isinstance(value, (list, tuple)) else str(int(value))
-        if key != "0":
+        if key != "0" and name != "ignore":
             names[key] = name
     return names
 
@@ -632,9 +633,32 @@ def _grid(per_case_by_seed: dict, seeds: list[int], cases: list[str], label: str
     return grid
 
 
+def _nnunet_difference(rows: list[dict], arm: str, reference: str) -> float | None:
+    by = {r["arm"]: r["nnunet_foreground_mean"]["mean"] for r in rows}
+    return None if by[arm] is None or by[reference] is None else by[arm] - by[reference]
+
+
+def nnunet_foreground_mean(grids: dict, names: list[str]) -> np.ndarray:
+    """nnU-Net's ``foreground_mean`` Dice per seed: each label's mean over the cases where it has a Dice, then
+    the mean over labels (a case's foreground Dice here is the other order: over its labels, then over cases)."""
+    import warnings
+
+    with warnings.catch_warnings():  # a label without any Dice in a seed: NaN, left out
+        warnings.simplefilter("ignore", RuntimeWarning)
+        per_label = np.stack([np.nanmean(grids[n], axis=1) for n in names]) if names else np.zeros((0, 0))
+        return np.nanmean(per_label, axis=0) if len(per_label) else np.full(grids[None].shape[0], np.nan)
+
+
+def _nnunet_row(values: np.ndarray, seeds: list[int]) -> dict:
+    return {"mean": float(np.nanmean(values)) if np.isfinite(values).any() else None,
+            "per_seed": {str(s): (float(v) if np.isfinite(v) else None) for s, v in zip(seeds, values)}}
+
+
 def summarise(arms: list[Arm], results: dict, seeds: list[int], names: list[str], confidence: float = 0.95) -> dict:
-    """Per-arm means with CIs, and paired differences (vs real-only; pretrain arms also vs compute-matched)."""
-    from nnaug.stats import bootstrap_ci, paired_difference
+    """Per-arm means with CIs, and differences paired by case (vs real-only; pretrain arms also vs compute-matched);
+    nnU-Net's foreground_mean beside the per-case foreground Dice."""
+    from nnaug.stats import difference_ci as paired_difference
+    from nnaug.stats import mean_ci as bootstrap_ci
 
     case_sets = [set(results[a.name][s]) for a in arms for s in seeds]
     cases = sorted(set.intersection(*case_sets)) if case_sets else []
@@ -649,6 +673,7 @@ def summarise(arms: list[Arm], results: dict, seeds: list[int], names: list[str]
             "foreground": bootstrap_ci(fg, confidence).as_dict(),
             "labels": {n: bootstrap_ci(grids[arm.name][n], confidence).as_dict() for n in names},
             "per_seed_foreground": {str(s): float(np.nanmean(fg[i])) for i, s in enumerate(seeds)},
+            "nnunet_foreground_mean": _nnunet_row(nnunet_foreground_mean(grids[arm.name], names), seeds),
         })
     differences = []
     references = [a for a in arms if a.kind != "pretrain"]
@@ -661,6 +686,7 @@ def summarise(arms: list[Arm], results: dict, seeds: list[int], names: list[str]
                 "foreground": paired_difference(grids[arm.name][None], grids[ref.name][None], confidence).as_dict(),
                 "labels": {n: paired_difference(grids[arm.name][n], grids[ref.name][n], confidence).as_dict()
                            for n in names},
+                "nnunet_foreground_mean": _nnunet_difference(rows, arm.name, ref.name),
             })
     return {"cases": cases, "arms": rows, "differences": differences}
 
@@ -881,6 +907,44 @@ def _verdict(interval: dict) -> str:
     return "better" if interval["low"] > 0 else "worse"
 
 
+def _show_nnunet(result: dict) -> bool:
+    """Show nnU-Net's foreground_mean beside the per-case foreground Dice: only where they differ (4 decimals)."""
+    for arm in result["arms"]:
+        nn = (arm.get("nnunet_foreground_mean") or {}).get("mean")
+        if nn is not None and arm["foreground"].get("mean") is not None and abs(nn - arm["foreground"]["mean"]) >= 5e-5:
+            return True
+    return False
+
+
+def _arm_table(result: dict, names: list[str], nn: bool) -> list[str]:
+    lines = ["## Dice per arm (mean over seeds × cases, 95 % CI)", "",
+             "| arm | trained on | foreground Dice [95 % CI] | " + ("nnU-Net foreground_mean | " if nn else "")
+             + " | ".join(names) + " | per-seed means | train s/seed |",
+             "|---|---|---|" + ("---|" if nn else "") + "---|" * len(names) + "---|---|"]
+    for arm in result["arms"]:
+        on = f"{arm['synthetic_dataset']} → real" if arm["synthetic_dataset"] else "real"
+        epochs = " + ".join(f"{e}×{i}" for _, e, i in arm["phases"])
+        seeds = ", ".join(_num(v, 3) for v in arm["per_seed_foreground"].values())
+        lines.append(f"| {arm['arm']} | {on} ({epochs}) | {_ci(arm['foreground'])} | "
+                     + (f"{_num((arm.get('nnunet_foreground_mean') or {}).get('mean'))} | " if nn else "")
+                     + " | ".join(_ci(arm["labels"][n]) for n in names)
+                     + f" | {seeds} | {_num(arm['mean_train_seconds'], 0)} |")
+    return lines
+
+
+def _difference_table(result: dict, names: list[str], nn: bool) -> list[str]:
+    lines = ["", "## Paired differences (same cases; each arm's seeds on their own)", "",
+             "| arm | vs | Δ foreground Dice [95 % CI] | CI | " + ("Δ nnU-Net foreground_mean | " if nn else "")
+             + " | ".join(f"Δ {n}" for n in names) + " |",
+             "|---|---|---|---|" + ("---|" if nn else "") + "---|" * len(names)]
+    for diff in result["differences"]:
+        lines.append(f"| {diff['arm']} | {diff['reference']} | {_ci(diff['foreground'], True)} | "
+                     f"{_verdict(diff['foreground'])} | "
+                     + (f"{_num(diff.get('nnunet_foreground_mean'), signed=True)} | " if nn else "")
+                     + " | ".join(_ci(diff["labels"][n], True) for n in names) + " |")
+    return lines
+
+
 def to_markdown(result: dict) -> str:
     budget, ev, gen = result["budget"], result["evaluation"], result["generator"]
     n_seeds, n_cases = len(result["seeds"]), ev["num_cases"]
@@ -896,24 +960,12 @@ def to_markdown(result: dict) -> str:
               f"epochs.",
               f"- Seeds: {', '.join(map(str, result['seeds']))} (each arm trained {n_seeds}x; `NNAUG_SEED` seeds "
               f"torch/numpy/random in nnaug's trainers). Device: {result['device']}.",
-              f"- 95 % CIs: {result['ci_method']}, 10,000 resamples, over {n_seeds} seeds × {n_cases} cases.", ""]
+              f"- 95 % CIs: {result['ci_method']}; 10,000 bootstrap resamples, over {n_seeds} seeds × {n_cases} cases"
+              + (" (1 seed: run-to-run noise is not in the intervals; use `--seeds 3` or more)." if n_seeds < 2 else "."),
+              ""]
     names = result["labels"]
-    lines += ["## Dice per arm (mean over seeds × cases, 95 % CI)", "",
-              "| arm | trained on | foreground Dice [95 % CI] | " + " | ".join(names) + " | per-seed means | train s/seed |",
-              "|---|---|---|" + "---|" * len(names) + "---|---|"]
-    for arm in result["arms"]:
-        on = f"{arm['synthetic_dataset']} → real" if arm["synthetic_dataset"] else "real"
-        epochs = " + ".join(f"{e}×{i}" for _, e, i in arm["phases"])
-        seeds = ", ".join(_num(v, 3) for v in arm["per_seed_foreground"].values())
-        lines.append(f"| {arm['arm']} | {on} ({epochs}) | {_ci(arm['foreground'])} | "
-                     + " | ".join(_ci(arm["labels"][n]) for n in names)
-                     + f" | {seeds} | {_num(arm['mean_train_seconds'], 0)} |")
-    lines += ["", "## Paired differences (same seeds and cases)", "",
-              "| arm | vs | Δ foreground Dice [95 % CI] | CI | " + " | ".join(f"Δ {n}" for n in names) + " |",
-              "|---|---|---|---|" + "---|" * len(names)]
-    for diff in result["differences"]:
-        lines.append(f"| {diff['arm']} | {diff['reference']} | {_ci(diff['foreground'], True)} | "
-                     f"{_verdict(diff['foreground'])} | " + " | ".join(_ci(diff["labels"][n], True) for n in names) + " |")
+    nn = _show_nnunet(result)
+    lines += _arm_table(result, names, nn) + _difference_table(result, names, nn)
     zero = [d for d in result["differences"] if d["foreground"].get("includes_zero")]
     lines.append("")
     if zero:
@@ -923,7 +975,7 @@ def to_markdown(result: dict) -> str:
     else:
         lines.append("No foreground Dice difference has a 95 % CI that includes 0.")
     lines += ["", "## Synthetic datasets", "",
-              "| ratio | dataset | synthetic cases | FID | KID (mean ± std) | FRD | mask consistency Dice |",
+              "| ratio | dataset | synthetic cases | FID | KID (mean ± std) | FRD, log(d²) | mask consistency Dice |",
               "|---|---|---|---|---|---|---|"]
     extractor, notes = None, []
     for row in result["synthetic"]:
@@ -944,12 +996,20 @@ def to_markdown(result: dict) -> str:
     lines.append("Mask consistency: Dice of each synthetic mask with the prediction of the real-only model "
                  "(seed 0) on its image.")
     lines += ["", "## How to read this", "",
-              "- Dice per case is nnU-Net's Dice per label; a label absent from both reference and prediction "
-              "is left out, and the foreground Dice of a case is the mean over its labels (1.0 when none is present). "
-              "So a per-label mean or difference can be over fewer cases than the foreground one, and can even "
-              "disagree with it in sign.",
-              "- A paired difference compares two arms on the same cases and the same seed index; its CI "
-              "contains the run-to-run noise of nnU-Net training (seeds) and the choice of cases.",
+              "- Foreground Dice here is **per case**: nnU-Net's Dice of each label (`compute_metrics`); a label absent "
+              "from both reference and prediction is left out, and a case's foreground Dice is the mean over its "
+              "labels (1.0 when no label is present in either), then averaged over cases. nnU-Net's own "
+              "`foreground_mean` (summary.json) averages the other way: each label over the cases where it has a "
+              "Dice, then over labels. With one label and no empty cases they are equal; "
+              + ("they differ here, so both are shown (sweep.json: `nnunet_foreground_mean`)." if nn else
+                 "here they agree to 4 decimals (both in sweep.json: `nnunet_foreground_mean`).")
+              + " A per-label mean or difference can be over fewer cases than the foreground one, and can even "
+              "disagree with it in sign. nnU-Net's `ignore` label is never scored and has no column.",
+              "- A difference compares two arms case by case (the same evaluated cases); the seeds of each arm are "
+              "resampled on their own, because two arms share no randomness at the same seed number, so the "
+              "verdict cannot depend on how seeds are numbered. Its CI contains the run-to-run noise of nnU-Net "
+              "training (seeds) and the choice of cases; with 2-5 seeds it is mostly set by the t-interval "
+              "(docs/sweep.md: simulated coverage).",
               *(["- `real-only-matched` trains the real-only model as long as pretraining + fine-tuning together: a "
                  "pretrain arm that beats `real-only` but not `real-only-matched` gained from more steps, not from "
                  "the synthetic data."] if any(a["kind"] == "compute-matched" for a in result["arms"]) else []),

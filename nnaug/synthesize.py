@@ -5,6 +5,8 @@ written into a hidden ``.DatasetXXX_Name.partial`` folder beside the target. A b
 done when its marker file exists, so a killed run (``--resume``), several shards (``--shard i/n``
 or ``accelerate launch``) and one uninterrupted process all compute the same batches from the
 same seeds and write the same bytes. The last step renames the folder into place.
+With ``--min-consistency`` the batches are blocks of candidates, scored and kept in candidate order
+(:mod:`nnaug.synthesis_filter`).
 """
 from __future__ import annotations
 
@@ -46,6 +48,9 @@ class SynthesisOptions:
     merge: bool = False
     augmentation: MaskAugmentation = MaskAugmentation()
     device: str | None = None
+    min_consistency: float | None = None  # keep only candidates whose mask consistency reaches it (nnaug.synthesis_filter)
+    filter_model: Path | None = None  # nnU-Net training output folder that scores them (default: the report's real-only model)
+    max_candidates: int | None = None  # candidates tried at most (default: synthesis_filter.CANDIDATES_PER_CASE x cases)
 
 
 # Cases per batch (the unit of work, resume and sharding). A GPU gets large batches to keep it busy; a batch
@@ -76,13 +81,13 @@ def make_plan(raw: RawDataset, info: dict, generator_dir: Path, opts: SynthesisO
     count = int(round(opts.ratio * len(raw.cases)))
     if count < 1:
         raise NnaugError(f"--ratio {opts.ratio} x {len(raw.cases)} cases rounds to 0 synthetic cases: use a larger ratio")
-    cases = []
-    for i in range(count):
-        case = {"case": f"synth_{i:06d}", "seed": case_seed(opts.seed, i)}
-        if mode == "mask-conditioned":
-            case["mask_from"] = raw.cases[i % len(raw.cases)].identifier
-        cases.append(case)
-    return {
+    filtering = None
+    if opts.min_consistency is not None:  # the kept cases are only known as candidates are scored
+        from nnaug.synthesis_filter import filter_plan
+
+        filtering = filter_plan(raw, opts, count)
+    cases = [] if filtering else [candidate(raw, opts.seed, mode, i, f"synth_{i:06d}") for i in range(count)]
+    plan = {
         "source_dataset": raw.name, "generator": str(generator_dir.resolve()), "generator_model": info["model"],
         "checkpoint_sha256": checkpoint_sha256(generator_dir), "generator_steps_trained": info.get("steps_trained"),
         "mode": mode, "masks": opts.masks if mode == "mask-conditioned" else None,
@@ -90,6 +95,17 @@ def make_plan(raw: RawDataset, info: dict, generator_dir: Path, opts: SynthesisO
         "sampler": opts.sampler, "steps": opts.steps, "seed": opts.seed, "ratio": opts.ratio,
         "batch_size": opts.batch_size, "num_cases": count, "num_real_cases": len(raw.cases), "cases": cases,
     }
+    if filtering:
+        plan["filter"] = filtering
+    return plan
+
+
+def candidate(raw: RawDataset, seed: int, mode: str, index: int, name: str) -> dict:
+    """Case ``index`` of the seed stream: its seed and (mask-conditioned) the real case its mask comes from."""
+    case = {"case": name, "seed": case_seed(seed, index)}
+    if mode == "mask-conditioned":
+        case["mask_from"] = raw.cases[index % len(raw.cases)].identifier
+    return case
 
 
 def _resolve_target(raw: RawDataset, opts: SynthesisOptions) -> Path:
@@ -119,12 +135,13 @@ def synthesize(dataset: str, opts: SynthesisOptions, progress: bool = True) -> P
         raise NnaugError(f"--ratio must be a number > 0 (synthetic cases per real case, e.g. 5.0 for 500 %), got {opts.ratio}")
     if (opts.steps is not None and opts.steps < 1) or (opts.batch_size is not None and opts.batch_size < 1):
         raise NnaugError("--steps and --batch-size must be at least 1")
+    _check_filter_options(opts)
     raw = load_raw_dataset(dataset)
     summary = check_dataset(raw, progress=progress)
     generator_dir = Path(opts.generator) if opts.generator else find_latest_generator(raw.name)
     info = read_info(generator_dir)
     _check_compatible(raw, info, generator_dir)
-    mode, sampler, steps = get_spec(info["model"]).resolve_sampling(opts.mode, opts.sampler, opts.steps)
+    mode, sampler, steps = get_spec(info["model"]).resolve_sampling(opts.mode, opts.sampler, opts.steps, info)
     opts = replace(opts, sampler=sampler, steps=steps)
     if opts.masks not in ("train", "augmented"):
         raise NnaugError(f"--masks must be train or augmented, got {opts.masks}")
@@ -138,6 +155,11 @@ def synthesize(dataset: str, opts: SynthesisOptions, progress: bool = True) -> P
     work = partial_dir(target)
     plan = make_plan(raw, info, generator_dir, opts, mode)
     _open_work_folder(work, plan, resume=opts.resume or opts.merge or shard_count > 1)
+    if "filter" in plan:
+        from nnaug.synthesis_filter import synthesize_filtered
+
+        return synthesize_filtered(raw, info, generator_dir, plan, work, target, opts, summary,
+                                   (shard_index, shard_count), device, progress)
 
     batches = [list(range(s, min(s + opts.batch_size, plan["num_cases"])))
                for s in range(0, plan["num_cases"], opts.batch_size)]
@@ -152,6 +174,17 @@ def synthesize(dataset: str, opts: SynthesisOptions, progress: bool = True) -> P
             raise NnaugError(f"--merge: {len(missing)} of {len(batches)} batches are not written yet (e.g. batch {missing[0]}): finish the shards first")
         return None  # another shard will assemble
     return _finalize(raw, plan, work, target, opts)
+
+
+def _check_filter_options(opts: SynthesisOptions) -> None:
+    if opts.min_consistency is None:
+        if opts.filter_model is not None or opts.max_candidates is not None:
+            raise NnaugError("--filter-model and --max-candidates only apply with --min-consistency D")
+        return
+    if not 0 < opts.min_consistency <= 1:  # also refuses nan
+        raise NnaugError(f"--min-consistency must be a Dice in (0, 1], e.g. 0.7, got {opts.min_consistency}")
+    if opts.max_candidates is not None and opts.max_candidates < 1:
+        raise NnaugError(f"--max-candidates must be at least 1, got {opts.max_candidates}")
 
 
 def _shard(opts: SynthesisOptions, cpu: bool) -> tuple[int, int]:
@@ -206,36 +239,46 @@ def sample_fitting(generator, seeds: list[int], labels, sampler: str, steps: int
     return torch.cat([parts[0][0], parts[1][0]]), torch.cat([parts[0][1], parts[1][1]])
 
 
-def _generate(raw, info, generator, plan, mine, real_labels, opts, summary, work: Path, progress: bool):
+def sample_cases(raw, info, generator, plan, cases: list[dict], real_labels, opts, out_shape) -> list[tuple]:
+    """(pixels as written, label uint8) per case of one batch, at ``out_shape``; an augmented mask's
+    parameters go into its case dict."""
     import torch
     import torch.nn.functional as F
+
+    real_index = {c.identifier: i for i, c in enumerate(raw.cases)}
+    seeds = [c["seed"] for c in cases]
+    labels = None
+    if plan["mode"] == "mask-conditioned":
+        masks = []
+        for case in cases:
+            label = real_labels[real_index[case["mask_from"]]].numpy()
+            if plan["masks"] == "augmented":
+                label, params = augment_mask(label, np.random.default_rng(case["seed"]), opts.augmentation)
+                case["augmentation"] = params
+            masks.append(torch.from_numpy(np.ascontiguousarray(label)))
+        labels = torch.stack(masks)
+    images, out_labels = sample_fitting(generator, seeds, labels, plan["sampler"], plan["steps"])
+    images = F.interpolate(images.float(), size=tuple(out_shape), mode="bicubic", align_corners=False).clamp(-1, 1)
+    out_labels = F.interpolate(out_labels[:, None].float(), size=tuple(out_shape), mode="nearest-exact")[:, 0].long()
+    return [(from_model_range(image, info["intensity_mode"], info.get("intensity_low"), info.get("intensity_high")),
+             label.astype(np.uint8)) for image, label in zip(images.numpy(), out_labels.numpy())]
+
+
+def write_pair(raw: RawDataset, work: Path, name: str, pixels: np.ndarray, label: np.ndarray, props: dict) -> None:
+    write_case(work, name, pixels, label, raw.file_ending, raw.channels_per_file, raw.reader_writer, props)
+
+
+def _generate(raw, info, generator, plan, mine, real_labels, opts, summary, work: Path, progress: bool):
     from tqdm.auto import tqdm
 
-    out_h, out_w = summary.median_shape
     first_props = raw.read_case(raw.cases[0])[2]
-    real_index = {c.identifier: i for i, c in enumerate(raw.cases)}
     bar = tqdm(total=sum(len(b) for _, b in mine), desc=f"synthesizing {work.name[1:].removesuffix('.partial')}",
                unit="case", disable=None if progress else True)
     for batch_index, batch in mine:
         cases = [plan["cases"][i] for i in batch]
-        seeds = [c["seed"] for c in cases]
-        labels = None
-        if plan["mode"] == "mask-conditioned":
-            masks = []
-            for case in cases:
-                label = real_labels[real_index[case["mask_from"]]].numpy()
-                if plan["masks"] == "augmented":
-                    label, params = augment_mask(label, np.random.default_rng(case["seed"]), opts.augmentation)
-                    case["augmentation"] = params
-                masks.append(torch.from_numpy(np.ascontiguousarray(label)))
-            labels = torch.stack(masks)
-        images, out_labels = sample_fitting(generator, seeds, labels, plan["sampler"], plan["steps"])
-        images = F.interpolate(images.float(), size=(out_h, out_w), mode="bicubic", align_corners=False).clamp(-1, 1)
-        out_labels = F.interpolate(out_labels[:, None].float(), size=(out_h, out_w), mode="nearest-exact")[:, 0].long()
-        for case, image, label in zip(cases, images.numpy(), out_labels.numpy()):
-            pixels = from_model_range(image, info["intensity_mode"], info.get("intensity_low"), info.get("intensity_high"))
-            write_case(work, case["case"], pixels, label.astype(np.uint8), raw.file_ending, raw.channels_per_file,
-                       raw.reader_writer, first_props)
+        pairs = sample_cases(raw, info, generator, plan, cases, real_labels, opts, summary.median_shape)
+        for case, (pixels, label) in zip(cases, pairs):
+            write_pair(raw, work, case["case"], pixels, label, first_props)
         if plan["mode"] == "mask-conditioned" and plan["masks"] == "augmented":
             (work / PROGRESS / f"batch_{batch_index:06d}.json").write_text(
                 json.dumps({c["case"]: c.get("augmentation") for c in cases}))
@@ -244,8 +287,13 @@ def _generate(raw, info, generator, plan, mine, real_labels, opts, summary, work
     bar.close()
 
 
-def _finalize(raw: RawDataset, plan: dict, work: Path, target: Path, opts: SynthesisOptions) -> Path | None:
-    """Provenance, dataset.json, contact sheet (and for --mix the real cases and splits); then rename."""
+def _finalize(raw: RawDataset, plan: dict, work: Path, target: Path, opts: SynthesisOptions,
+              select=None) -> Path | None:
+    """Provenance, dataset.json, contact sheet (and for --mix the real cases and splits); then rename.
+
+    ``select(work)``, when given (a filtered run), names the kept cases inside the lock and returns
+    (provenance cases, extra provenance keys).
+    """
     lock = work / ".finalizing"
     try:
         fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
@@ -254,6 +302,9 @@ def _finalize(raw: RawDataset, plan: dict, work: Path, target: Path, opts: Synth
         if not opts.resume and not opts.merge:
             return None  # another shard is assembling right now
     provenance = dict(plan)
+    if select is not None:
+        cases, extra = select(work)
+        provenance.update(extra, cases=cases)
     augmentations = {}
     for extra in sorted((work / PROGRESS).glob("batch_*.json")):
         augmentations.update(json.loads(extra.read_text()))
@@ -266,13 +317,13 @@ def _finalize(raw: RawDataset, plan: dict, work: Path, target: Path, opts: Synth
     write_dataset_json(work, raw.dataset_json, num_total, name=target.name,
                        description=f"Synthetic pairs from {raw.name} made by nnaug ({plan['generator_model']}, {plan['mode']})")
     write_provenance(work, provenance)
-    _contact_sheet(raw, work, [c["case"] for c in plan["cases"][:16]])
+    _contact_sheet(raw, work, [c["case"] for c in provenance["cases"][:16]])
     shutil.rmtree(work / PROGRESS)
     for name in (PLAN, ".finalizing"):
         (work / name).unlink(missing_ok=True)
     replace_dir(work, target)
     if opts.mix:
-        write_mix_splits(target, [c.identifier for c in raw.cases], [c["case"] for c in plan["cases"]])
+        write_mix_splits(target, [c.identifier for c in raw.cases], [c["case"] for c in provenance["cases"]])
     return target
 
 

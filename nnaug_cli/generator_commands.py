@@ -41,6 +41,10 @@ from nnaug_cli.params import POSITIVE, POSITIVE_FLOAT, GeneratorModel, IntList
               help="jdm: min-SNR-gamma loss weighting (tiny/small: 5).")
 @click.option("--noise-schedule", type=click.Choice(["linear", "cosine"]), default=None,
               help="jdm: beta schedule over T = 1000 steps (paper: linear; tiny/small: cosine).")
+@click.option("--objective", type=click.Choice(["diffusion", "flow"]), default=None,
+              help="jdm: diffusion (default) or rectified flow (velocity on a straight noise path; samplers euler, heun).")
+@click.option("--flow-t", type=click.Choice(["logit-normal", "uniform"]), default=None,
+              help="jdm --objective flow: how training draws t in (0, 1) (default logit-normal).")
 @click.option("--ema/--no-ema", "use_ema", default=None, help="Keep an EMA of the weights (exported weights are the EMA).")
 @click.option("--augment/--no-augment", default=None, help="Random flips and rot90, identical for image and mask.")
 @click.option("--checkpoint-every", type=POSITIVE, help="Steps between checkpoints, contact sheets and loss curves.")

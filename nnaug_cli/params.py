@@ -93,3 +93,4 @@ class GeneratorModel(click.ParamType):
 DATASET_ID = click.IntRange(1, 999)
 POSITIVE = click.IntRange(min=1)
 POSITIVE_FLOAT = click.FloatRange(min=0, min_open=True)
+CONSISTENCY = click.FloatRange(0, 1, min_open=True)  # a Dice threshold: 0 < D <= 1

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import click
 
-from nnaug_cli.params import DATASET_ID, POSITIVE, POSITIVE_FLOAT, Shard
+from nnaug.samplers import SAMPLERS
+from nnaug_cli.params import CONSISTENCY, DATASET_ID, POSITIVE, POSITIVE_FLOAT, Shard
 
 
 @click.command()
@@ -17,8 +18,9 @@ from nnaug_cli.params import DATASET_ID, POSITIVE, POSITIVE_FLOAT, Shard
               help="joint: image and mask sampled together (JDM). Default: joint for JDM, mask-conditioned otherwise.")
 @click.option("--masks", type=click.Choice(["train", "augmented"]), default="train", show_default=True,
               help="mask-conditioned: the real training masks in turn, or randomly scaled/rotated/shifted/flipped copies.")
-@click.option("--sampler", type=click.Choice(["ddim", "dpmsolver++", "ddpm", "unipc"]), default=None,
-              help="Default: ddpm (ancestral, learned variance) for JDM, ddim for Siamese-Diffusion.")
+@click.option("--sampler", type=click.Choice(SAMPLERS), default=None,
+              help="Default: dpmsolver++ for a diffusion JDM, heun for a flow-matching JDM (--objective flow; "
+                   "euler and heun fit only those), ddim for Siamese-Diffusion.")
 @click.option("--steps", type=POSITIVE, default=None, help="Sampling steps. Default: 25 for JDM (dpmsolver++), 50 for Siamese-Diffusion (ddim).")
 @click.option("--batch-size", type=POSITIVE, default=None,
               help="Cases per batch. Default: 64 on a GPU (halved while one does not fit), 8 on the CPU.")
@@ -29,6 +31,14 @@ from nnaug_cli.params import DATASET_ID, POSITIVE, POSITIVE_FLOAT, Shard
 @click.option("--aug-rotation", type=click.FloatRange(0, 180), default=180.0, show_default=True, help="--masks augmented: max rotation (degrees).")
 @click.option("--aug-shift", type=click.FloatRange(0, 1), default=0.25, show_default=True, help="--masks augmented: max shift (fraction of the side).")
 @click.option("--aug-flip/--no-aug-flip", default=True, show_default=True)
+@click.option("--min-consistency", type=CONSISTENCY, default=None, metavar="D",
+              help="Keep only candidates whose mask a real-only nnU-Net finds again with Dice >= D (0 < D <= 1), "
+                   "until R x N are kept.")
+@click.option("--filter-model", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="--min-consistency: nnU-Net training output folder that scores the candidates. "
+                   "Default: the real-only model nnaug report uses.")
+@click.option("--max-candidates", type=POSITIVE, default=None,
+              help="--min-consistency: candidates tried at most before refusing. Default: 10 x R x N.")
 @click.option("--shard", type=Shard(), default=None, help="Write only shard i of n (i/n); the last shard to finish assembles.")
 @click.option("--merge", is_flag=True, help="Assemble a dataset whose shards are all written.")
 @click.option("--device", default=None, help="torch device (default: cuda if available, else cpu).")

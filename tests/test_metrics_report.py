@@ -81,9 +81,9 @@ def test_memorisation_finds_the_copied_case(nnunet_env, tmp_path):
     assert len(rows) == 6
     first = rows[0]
     assert first["case"] == "example_000" and first["nearest_by_image"] == "example_005"
-    assert first["nearest_by_mask"] == "example_005"
-    assert first["image_distance"] == pytest.approx(0.0, abs=1e-6) and first["mask_distance"] == pytest.approx(0.0)
-    assert all(r["image_distance"] > 1e-3 for r in rows[1:]) and first["image_metric"] == "rms-32px"
+    assert first["nearest_by_mask"] == "example_005" and first["match"] == "as is" and first["flagged"]
+    assert first["image_similarity"] == pytest.approx(1.0, abs=1e-6) and first["mask_distance"] == pytest.approx(0.0)
+    assert all(r["image_similarity"] < 0.5 for r in rows[1:])
     assert png.is_file() and png.stat().st_size > 0
 
 
@@ -195,3 +195,65 @@ def test_report_shows_the_latest_sweep(nnunet_env, run_cli, tmp_path, monkeypatc
     assert "<td>pretrain-r5</td><td>0.655 [0.60, 0.70]</td>" in html and "<b>includes 0</b>" in html
     assert 'alt="sweep: Dice vs ratio" src="data:image/png;base64,' in html
     assert json.loads((folder / "report.json").read_text())["sweep"]["markdown"] == sweep_md
+
+
+def test_report_headline_folds_and_consistency_filter(nnunet_env, run_cli, tmp_path, monkeypatch):
+    """Single runs give a Dice difference marked as such; a --folds without runs says so in one warning line;
+    a filtered synthetic set shows its acceptance rate and the histogram of its per-case consistency."""
+    from PIL import Image
+
+    from nnaug.example import write_example_dataset
+
+    offline(monkeypatch, tmp_path)
+    real = write_example_dataset(dataset_id=997, name="nnaugExample", num_cases=8, size=32, seed=0)
+    synth = _fake_synthetic(nnunet_env, real, [])
+    provenance = json.loads((synth / "nnaug_provenance.json").read_text())
+    consistency = {f"example_{i:03d}": 0.55 + 0.08 * i for i in range(6)}
+    provenance.update({"filter": {"min_consistency": 0.5, "model": "/x/nnUNetTrainer__nnUNetPlans__2d",
+                                  "candidates_tried": 16, "kept": 6, "acceptance_rate": 0.375},
+                       "consistency": consistency})
+    (synth / "nnaug_provenance.json").write_text(json.dumps(provenance))
+    _fake_results(nnunet_env["results"], real.name)
+    result = run_cli("report", "997", "--folds", "0,7", "--no-frd", "--no-memorisation")
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.stderr.splitlines() if "fold 7" in line]
+    assert len(warnings) == 1 and warnings[0].startswith("nnaug: warning: --folds") and "folds found: 0, 1" in warnings[0]
+    folder = nnunet_env["results"] / "nnaug" / real.name
+    md, page = (folder / "report.md").read_text(), (folder / "report.html").read_text()
+    assert "Dice difference pretrain→fine-tune − real-only: 1 run per arm, no interval (run `nnaug sweep` for one): +0.1000" in md
+    assert "1 run per arm, no interval" in page and "Dice gain" not in page
+    assert "kept 6 of 16 candidates, acceptance rate 37.5 %" in md and "acceptance rate 37.5 %" in page
+    assert "median 0.750" in md  # the recorded per-case values (0.55 ... 0.95)
+    png = folder / f"{synth.name}_mask_consistency.png"
+    assert f"]({png.name})" in md and Image.open(png).size[0] > 300
+    assert page.count('alt="per-case mask consistency"') == 1
+
+
+def test_report_takes_the_sweeps_difference_and_test_set(nnunet_env, run_cli, tmp_path, monkeypatch):
+    """With a finished sweep the headline is its paired difference with the CI, and memorisation is calibrated
+    on the sweep's held-out test set."""
+    from nnaug.example import write_example_dataset
+
+    offline(monkeypatch, tmp_path)
+    real = write_example_dataset(dataset_id=997, name="nnaugExample", num_cases=8, size=32, seed=0)
+    held = write_example_dataset(dataset_id=996, name="nnaugHeld", num_cases=5, size=32, seed=3)
+    _fake_synthetic(nnunet_env, real, ["example_005"])
+    _fake_results(nnunet_env["results"], real.name)
+    folder = nnunet_env["results"] / "nnaug" / real.name
+    folder.mkdir(parents=True)
+    (folder / "sweep.md").write_text("# nnaug sweep: Dataset997_nnaugExample\n\nsweep tables\n")
+    (folder / "sweep.json").write_text(json.dumps({
+        "seeds": [0, 1, 2], "evaluation": {"mode": "test", "test_dataset": held.name, "num_cases": 5},
+        "differences": [{"arm": "pretrain-r5", "reference": "real-only",
+                         "foreground": {"mean": 0.02, "low": -0.01, "high": 0.05}},
+                        {"arm": "pretrain-r5", "reference": "real-only-matched",
+                         "foreground": {"mean": 0.09, "low": 0.05, "high": 0.12}}]}))
+    result = run_cli("report", "997", "--no-frd")
+    assert result.exit_code == 0, result.output
+    report = json.loads((folder / "report.json").read_text())
+    mem = report["synthetic"][0]["memorisation"]
+    assert mem["calibration"] == f"5 held-out real cases of {held.name} vs the training set"
+    assert len(mem["null_similarity"]) == 5 and mem["rows"][0]["case"] == "example_000" and mem["alarm"]
+    md, page = (folder / "report.md").read_text(), (folder / "report.html").read_text()
+    line = "Dice difference pretrain-r5 − real-only (latest sweep, 3 seeds, paired 95 % CI): +0.0200 [-0.0100, +0.0500]."
+    assert line in md and "+0.0200 [-0.0100, +0.0500]" in page and "no interval" not in md

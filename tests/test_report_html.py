@@ -56,17 +56,18 @@ def test_report_html_is_self_contained_and_complete(html_report):
     links = re.findall(r'(?:src|href)\s*=\s*"([^"]*)"', page)
     assert links and all(link.startswith("data:image/png;base64,") for link in links), links[:3]
     assert "<script" not in page and "@import" not in page
-    # the bar chart, the real and the synthetic contact sheet, the closest pairs, the distance histogram
+    # the bar chart, the real and the synthetic contact sheet, the closest pairs, the similarity histogram
     assert len(links) == 5
     for link in links:
         assert base64.b64decode(link.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
     (row,) = report["synthetic"]
     assert np.isfinite(row["frd"]) and np.isfinite(row["fid"])
     for text in (f"{row['frd']:.2f}", f"{row['fid']:.2f}", f"{row['kid_mean']:.4f}", "0.7000", "0.6200", "0.6100",
-                 "Dataset998_nnaugExampleSynth", "nnUNetTrainer_nnaugPretrainFinetune_5epochs", "possible copies"):
+                 "Dataset998_nnaugExampleSynth", "nnUNetTrainer_nnaugPretrainFinetune_5epochs", "possible copies",
+                 "2 runs per arm, no interval", "log(d²)"):
         assert text in page, text
     # the copied case is the closest pair, flagged in the memorisation table and in the warnings
-    assert row["memorisation"]["rows"][0]["case"] == "example_000" and row["memorisation"]["n_below"] >= 1
+    assert row["memorisation"]["rows"][0]["case"] == "example_000" and row["memorisation"]["n_flagged"] >= 1
     assert re.search(r'<tr class="bad"><td>example_000</td><td>example_005</td>', page)
     assert any("possible copies" in w for w in report["warnings"])
     assert page.count("<table") == 4  # synthetic datasets, mean Dice, Dice per fold, closest pairs

@@ -290,3 +290,43 @@ def test_progress_reads_nnunet_epochs_and_phases():
     assert lines[0] == ("nnaug sweep: [2/8] pretrain-r1 seed 0 fold 0: pretraining epoch 1/5, ETA 0:18 for this run, "
                         "~0:38 for the sweep's training")  # 90 iterations left at 0.2 s, + 100 later
     assert lines[1].endswith("fine-tuning epoch 4/5, ETA 0:02 for this run, ~0:22 for the sweep's training")
+
+
+def test_nnunet_foreground_mean_beside_the_per_case_dice_and_no_ignore_column(tmp_path):
+    """Two labels, the second absent (no Dice) in half the cases: per-case foreground Dice (labels, then cases)
+    and nnU-Net's foreground_mean (cases, then labels) differ, and sweep.md shows both; `ignore` has no column."""
+    from nnaug.sweep import label_names
+
+    assert label_names({"labels": {"background": 0, "polyp": 1, "ignore": 2}}) == {"1": "polyp"}
+    arms = make_arms(BUDGETS["small"], [1.0], compute_matched=False)
+    seeds, cases = [0, 1], [f"c{i}" for i in range(4)]
+    results = {}
+    for k, arm in enumerate(arms):
+        results[arm.name] = {}
+        for s in seeds:
+            per_case = {}
+            for i, c in enumerate(cases):
+                a, b = 0.9 - 0.1 * i + 0.01 * s + 0.05 * k, (0.3 if i % 2 == 0 else None)
+                present = [v for v in (a, b) if v is not None]
+                per_case[c] = {"labels": {"a": a, "b": b}, "foreground": float(np.mean(present))}
+            results[arm.name][s] = per_case
+    stats = summarise(arms, results, seeds, ["a", "b"])
+    real = stats["arms"][0]
+    a_mean = np.mean([0.9 - 0.1 * i + 0.01 * s for s in seeds for i in range(4)])
+    assert real["nnunet_foreground_mean"]["mean"] == pytest.approx((a_mean + 0.3) / 2)
+    assert real["foreground"]["mean"] == pytest.approx(np.mean([results["real-only"][s][c]["foreground"]
+                                                                for s in seeds for c in cases]))
+    assert abs(real["foreground"]["mean"] - real["nnunet_foreground_mean"]["mean"]) > 0.05
+    (diff,) = stats["differences"]
+    assert diff["nnunet_foreground_mean"] == pytest.approx(0.025)  # +0.05 on label a only, halved over 2 labels
+    result = _fake_result(tmp_path, effect=0.0, noise=0.01)
+    result.update({"arms": [{**row, "phases": [list(p) for p in arm.phases], "synthetic_dataset": None,
+                             "mean_train_seconds": 1.0} for row, arm in zip(stats["arms"], arms)],
+                   "differences": stats["differences"], "labels": ["a", "b"]})
+    text = to_markdown(result)
+    assert "| nnU-Net foreground_mean |" in text and f"| {real['nnunet_foreground_mean']['mean']:.4f} |" in text
+    assert "they differ here, so both are shown" in text and "| +0.0250 |" in text
+    for arm in result["arms"]:  # where the two agree, one column is enough
+        arm["nnunet_foreground_mean"]["mean"] = arm["foreground"]["mean"]
+    same = to_markdown(result)
+    assert "nnU-Net foreground_mean |" not in same and "here they agree to 4 decimals" in same

@@ -1,0 +1,263 @@
+"""``nnaug synthesize --min-consistency D``: keep only the pairs whose image shows their mask.
+
+Candidate *i* is case *i* of the unfiltered seed stream (same seed, same real mask in turn), so a
+filtered set is a subset of the unfiltered one made with the same options. Candidates are sampled
+and scored in fixed blocks of ``--batch-size`` (block *k*: candidates *kB* … *kB*+B−1): each block
+is scored by one real-only nnU-Net loaded once per process (:func:`nnaug.mask_consistency.load_predictor`,
+the report's own inference on the arrays as written), its scores are recorded and the candidates
+at or above D are written as ``cand_<i>`` before the block's done marker.
+
+Acceptance is decided in candidate-index order over the blocks done from block 0 on: the kept cases
+are the first round(R × N) candidates scoring ≥ D, renamed ``synth_000000`` … in that order. So a
+killed run (``--resume``), shards and one process keep the same cases and bytes, whatever block
+finished first. The run is refused (one line, the partial folder removed) when the cap on
+candidates is reached, or as soon as even the optimistic end of a 99.9 % Clopper–Pearson interval
+of the acceptance rate cannot fill the quota within the cap.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from nnaug.errors import NnaugError
+
+CANDIDATES_PER_CASE = 10  # default cap: 10 candidates per kept case (acceptance below 10 % is refused)
+CONFIDENCE = 0.999  # one-sided, for the early refusal: a reachable quota is refused with well under 1 % chance
+CANDIDATE = "cand_"
+
+
+@dataclass
+class Outcome:
+    """What the blocks done so far (from block 0 on, without a gap) decide."""
+
+    state: str  # done | refused | more
+    tried: int = 0  # candidates decided: up to the one that filled the quota (done), or all seen
+    kept: list[int] = field(default_factory=list)  # candidate indices kept, in order
+    scores: dict[int, float] = field(default_factory=dict)  # every score seen (candidate index -> Dice)
+    records: dict[int, dict] = field(default_factory=dict)  # block index -> its record
+
+
+def resolve_filter_model(raw, model) -> tuple[Path, list]:
+    """(training output folder, folds with checkpoint_final.pth): ``model``, or the real-only model
+    ``nnaug report`` uses for mask consistency."""
+    from nnaug.mask_consistency import trained_folds
+
+    if model is None:
+        from nnaug.report import find_real_only_model
+
+        found = find_real_only_model(raw.name)
+        if found is None:
+            raise NnaugError(f"--min-consistency needs a real-only nnU-Net trained on {raw.name} and none is under "
+                             f"$nnUNet_results/{raw.name}: train one (nnUNetv2_train {raw.dataset_id} 2d 0 -tr "
+                             "nnUNetTrainer_nnaug) or pass --filter-model DIR")
+        return found[0], found[1]
+    model = Path(model)
+    folds = trained_folds(model)
+    if not folds:
+        raise NnaugError(f"--filter-model {model} has no fold_*/checkpoint_final.pth: give the training output folder "
+                         "of a trained nnU-Net ($nnUNet_results/<Dataset>/<Trainer>__<Plans>__<configuration>)")
+    try:
+        labels = json.loads((model / "dataset.json").read_text())["labels"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise NnaugError(f"--filter-model {model} has no readable dataset.json: give an nnU-Net training output "
+                         "folder") from None
+    if labels != raw.dataset_json.get("labels"):
+        raise NnaugError(f"--filter-model {model} segments labels {labels}, but {raw.name} has "
+                         f"{raw.dataset_json.get('labels')}: use a model trained on {raw.name}")
+    return model, folds
+
+
+def filter_plan(raw, opts, count: int) -> dict:
+    """The filter's part of the synthesis plan: threshold, model (folder, folds, weights hashes), cap."""
+    from nnaug.io import file_sha256
+
+    model, folds = resolve_filter_model(raw, opts.filter_model)
+    cap = opts.max_candidates if opts.max_candidates is not None else CANDIDATES_PER_CASE * count
+    if cap < count:
+        raise NnaugError(f"--max-candidates {cap} is below the {count} cases to keep: allow at least {count}")
+    return {"min_consistency": float(opts.min_consistency), "model": str(Path(model).resolve()), "folds": folds,
+            "checkpoint_sha256": {str(f): file_sha256(Path(model) / f"fold_{f}" / "checkpoint_final.pth") for f in folds},
+            "max_candidates": int(cap)}
+
+
+def _record_path(work: Path, block: int) -> Path:
+    from nnaug.synthesize import PROGRESS
+
+    return work / PROGRESS / f"scores_{block:06d}.json"
+
+
+def decide(work: Path, plan: dict) -> Outcome:
+    """Walk the candidates of the done blocks in index order: quota filled, refused, or more needed."""
+    from scipy.stats import beta
+
+    from nnaug.synthesize import _done
+
+    need, threshold = plan["num_cases"], plan["filter"]["min_consistency"]
+    cap, size = plan["filter"]["max_candidates"], plan["batch_size"]
+    out = Outcome("more")
+    block = 0
+    while block * size < cap and _done(work, block):
+        record = json.loads(_record_path(work, block).read_text())
+        out.records[block] = record
+        out.scores.update({block * size + j: s for j, s in enumerate(record["scores"])})
+        block += 1
+    if not out.scores:
+        return out
+    scores = np.array([out.scores[i] for i in range(len(out.scores))])
+    passed = scores >= threshold
+    kept = np.cumsum(passed)
+    tried = np.arange(1, len(scores) + 1)
+    upper = np.where(kept < tried, beta.ppf(CONFIDENCE, kept + 1, np.maximum(tried - kept, 1)), 1.0)
+    hopeless = kept + np.minimum(upper * (cap - tried), cap - tried) < need
+    full = kept >= need
+    first_full = int(np.argmax(full)) if full.any() else None
+    first_hopeless = int(np.argmax(hopeless)) if hopeless.any() else None
+    if first_full is not None and (first_hopeless is None or first_full < first_hopeless):
+        out.state, out.tried = "done", first_full + 1
+    elif first_hopeless is not None:
+        out.state, out.tried = "refused", first_hopeless + 1
+    else:
+        out.tried = len(scores)
+    out.kept = [int(i) for i in np.flatnonzero(passed[:out.tried])][:need]
+    return out
+
+
+def refusal(plan: dict, outcome: Outcome) -> NnaugError:
+    f = plan["filter"]
+    seen = [outcome.scores[i] for i in range(outcome.tried)]
+    rate = len(outcome.kept) / outcome.tried
+    return NnaugError(
+        f"--min-consistency {f['min_consistency']:g}: {len(outcome.kept)} of {outcome.tried} candidates tried reached it "
+        f"(acceptance {rate:.1%}, best score {max(seen):.3f}), too few for {plan['num_cases']} cases within "
+        f"{f['max_candidates']} candidates (--max-candidates): lower the threshold, allow more candidates, "
+        "or use a better generator; nothing was written")
+
+
+def synthesize_filtered(raw, info, generator_dir: Path, plan: dict, work: Path, target: Path, opts, summary,
+                        shard: tuple[int, int], device: str, progress: bool) -> Path | None:
+    """Sample and score this shard's blocks until the done blocks decide; then assemble, or refuse."""
+    from nnaug.synthesize import _finalize
+
+    outcome = decide(work, plan)
+    if outcome.state == "more" and not opts.merge:
+        _work_blocks(raw, info, generator_dir, plan, work, opts, summary, shard, device, progress)
+        outcome = decide(work, plan)
+    if outcome.state == "refused":
+        shutil.rmtree(work, ignore_errors=True)
+        raise refusal(plan, outcome)
+    if outcome.state == "more":
+        if opts.merge:
+            raise NnaugError(f"--merge: the blocks written so far keep {len(outcome.kept)} of {plan['num_cases']} "
+                             "cases: finish the shards first")
+        return None  # another shard is still scoring blocks this one needs
+    return _finalize(raw, plan, work, target, opts, select=lambda folder: _promote(raw, plan, folder, outcome))
+
+
+def _enough_below(work: Path, plan: dict, block: int) -> bool:
+    """Do the done blocks before ``block`` already hold the quota (so ``block`` cannot be needed)?"""
+    from nnaug.synthesize import _done
+
+    threshold, total = plan["filter"]["min_consistency"], 0
+    for k in range(block):
+        if _done(work, k):
+            total += sum(s >= threshold for s in json.loads(_record_path(work, k).read_text())["scores"])
+    return total >= plan["num_cases"]
+
+
+def _work_blocks(raw, info, generator_dir, plan, work, opts, summary, shard, device, progress) -> None:
+    from tqdm.auto import tqdm
+
+    from nnaug.synthesize import PLAN, _done
+
+    index, count = shard
+    size, cap = plan["batch_size"], plan["filter"]["max_candidates"]
+    tools = None
+    bar = tqdm(total=plan["num_cases"], desc=f"synthesizing {work.name[1:].removesuffix('.partial')} (kept)",
+               unit="case", disable=None if progress else True)
+    bar.update(len(decide(work, plan).kept))
+    for block in range(index, math.ceil(cap / size), count):
+        if _done(work, block):
+            continue
+        if not (work / PLAN).is_file():
+            raise NnaugError(f"{work} was removed while this shard ran (another shard refused the threshold, "
+                             "or the run was started over)")
+        outcome = decide(work, plan)
+        if outcome.state != "more" or _enough_below(work, plan, block):
+            break
+        tools = tools or _load_tools(raw, info, generator_dir, plan, opts, device)
+        record = _score_block(raw, info, plan, work, opts, summary, tools, block)
+        bar.update(sum(s >= plan["filter"]["min_consistency"] for s in record["scores"]))
+        bar.set_postfix(tried=min((block + 1) * size, cap))
+    bar.close()
+
+
+def _load_tools(raw, info, generator_dir, plan, opts, device) -> dict:
+    """The generator, the scoring nnU-Net and the real masks: loaded once per process."""
+    from nnaug.dataset import PairDataset
+    from nnaug.generators import load_generator
+    from nnaug.mask_consistency import load_predictor
+
+    f = plan["filter"]
+    return {"generator": load_generator(generator_dir, device=device),
+            "predictor": load_predictor(f["model"], f["folds"], device=device),
+            "props": raw.read_case(raw.cases[0])[2],
+            "real_labels": PairDataset(raw, info["resolution"], progress=False).labels
+            if plan["mode"] == "mask-conditioned" else None}
+
+
+def _score_block(raw, info, plan, work, opts, summary, tools, block: int) -> dict:
+    """Sample block ``block``, score every candidate, write those at or above the threshold, then the record."""
+    from nnaug.io import write_json_atomic
+    from nnaug.mask_consistency import predicted_dices
+    from nnaug.synthesize import PROGRESS, candidate, sample_cases, write_pair
+
+    size, cap = plan["batch_size"], plan["filter"]["max_candidates"]
+    indices = range(block * size, min((block + 1) * size, cap))
+    cases = [candidate(raw, plan["seed"], plan["mode"], i, f"{CANDIDATE}{i:06d}") for i in indices]
+    pairs = sample_cases(raw, info, tools["generator"], plan, cases, tools["real_labels"], opts, summary.median_shape)
+    # scored as nnU-Net's reader returns the written files: float32 [C, 1, H, W], the source's properties
+    scores = predicted_dices(tools["predictor"], [p.astype(np.float32)[:, None] for p, _ in pairs], tools["props"],
+                             [label[None] for _, label in pairs])
+    for case, (pixels, label), score in zip(cases, pairs, scores):
+        if score >= plan["filter"]["min_consistency"]:
+            write_pair(raw, work, case["case"], pixels, label, tools["props"])
+    record = {"scores": scores, "augmentation": {str(i): c["augmentation"] for i, c in zip(indices, cases)
+                                                 if "augmentation" in c}}
+    write_json_atomic(_record_path(work, block), record)
+    (work / PROGRESS / f"batch_{block:06d}.done").touch()
+    return record
+
+
+def _promote(raw, plan: dict, work: Path, outcome: Outcome) -> tuple[list[dict], dict]:
+    """Rename the kept candidates to ``synth_<j>`` in candidate order and drop the rest (repeatable after a kill)."""
+    from nnaug.synthesize import candidate
+
+    def files(name: str) -> list[Path]:
+        images = [work / "imagesTr" / f"{name}_{k:04d}{raw.file_ending}" for k in range(len(raw.channels_per_file))]
+        return [*images, work / "labelsTr" / f"{name}{raw.file_ending}"]
+
+    size, cases, consistency = plan["batch_size"], [], {}
+    for j, i in enumerate(outcome.kept):
+        name = f"synth_{j:06d}"
+        for source, dest in zip(files(f"{CANDIDATE}{i:06d}"), files(name)):
+            if source.exists():
+                os.replace(source, dest)
+        case = {**candidate(raw, plan["seed"], plan["mode"], i, name), "candidate": i, "consistency": outcome.scores[i]}
+        augmentation = outcome.records[i // size]["augmentation"].get(str(i))
+        if augmentation is not None:
+            case["augmentation"] = augmentation
+        cases.append(case)
+        consistency[name] = outcome.scores[i]
+    for folder in ("imagesTr", "labelsTr"):
+        for leftover in (work / folder).glob(f"{CANDIDATE}*"):
+            leftover.unlink()
+    summary = {**plan["filter"], "candidates_tried": outcome.tried, "kept": len(outcome.kept),
+               "acceptance_rate": len(outcome.kept) / outcome.tried,
+               "candidates_per_case": outcome.tried / len(outcome.kept)}
+    return cases, {"filter": summary, "consistency": consistency}
