@@ -20,6 +20,7 @@ Resumable: a fold counts as trained when its ``checkpoint_final.pth`` (and, for 
 """
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -112,6 +113,12 @@ class Arm:
     trainer: str
     env: dict = field(default_factory=dict, hash=False, compare=False)
     phases: tuple = ()
+    min_consistency: float | None = None  # pretrain arms: the synthetic set's filter threshold (None: unfiltered)
+
+    @property
+    def synthesis_key(self) -> tuple[float, float | None] | None:
+        """Which synthetic set this arm pretrains on: (ratio, filter threshold)."""
+        return (self.ratio, self.min_consistency) if self.kind == "pretrain" else None
 
     @property
     def shared(self) -> bool:
@@ -127,16 +134,31 @@ def ratio_label(ratio: float) -> str:
     return f"{ratio:g}"
 
 
-def make_arms(budget: Budget, ratios: list[float], compute_matched: bool) -> list[Arm]:
+def make_arms(budget: Budget, ratios: list[float], compute_matched: bool,
+              thresholds: tuple = (None,)) -> list[Arm]:
+    """real-only (and compute-matched), then one pretrain arm per (filter threshold, ratio); None = unfiltered."""
     arms = [Arm("real-only", "real-only", None, budget.trainer("real-only"), budget.env("real-only"),
                 tuple(budget.phases("real-only")))]
     if compute_matched:
         arms.append(Arm("real-only-matched", "compute-matched", None, budget.trainer("compute-matched"),
                         budget.env("compute-matched"), tuple(budget.phases("compute-matched"))))
-    for ratio in ratios:
-        arms.append(Arm(f"pretrain-r{ratio_label(ratio)}", "pretrain", ratio, budget.trainer("pretrain"),
-                        budget.env("pretrain"), tuple(budget.phases("pretrain"))))
+    for threshold in thresholds:
+        for ratio in ratios:
+            suffix = f"-mc{threshold:g}" if threshold is not None else ""
+            arms.append(Arm(f"pretrain-r{ratio_label(ratio)}{suffix}", "pretrain", ratio, budget.trainer("pretrain"),
+                            budget.env("pretrain"), tuple(budget.phases("pretrain")), threshold))
     return arms
+
+
+def parse_thresholds(values) -> tuple:
+    """``--min-consistency`` values: 0 is the unfiltered set (None), others must lie in (0, 1]; sorted, distinct."""
+    out = set()
+    for value in values or [0.0]:
+        value = float(value)
+        if not 0.0 <= value <= 1.0:
+            raise NnaugError(f"--min-consistency {value:g}: each threshold must lie in (0, 1], or 0 for unfiltered")
+        out.add(None if value == 0.0 else value)
+    return tuple(sorted(out, key=lambda v: -1.0 if v is None else v))
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -326,9 +348,21 @@ def _options(ratio: float, generator: Path, choice: SynthesisChoice, device: str
                             **extra)
 
 
-def _matches(provenance: dict, raw, sha: str, ratio: float, choice: SynthesisChoice) -> bool:
+def _same_filter(provenance: dict, min_consistency: float | None, filter_model: Path | None) -> bool:
+    """A filtered set is only reused for the same threshold and the same scoring model; an unfiltered one never
+    stands in for a filtered one or the other way round."""
+    record = provenance.get("filter") or {}
+    if record.get("min_consistency") != min_consistency:
+        return False
+    return min_consistency is None or Path(str(record.get("model"))).resolve() == Path(filter_model).resolve()
+
+
+def _matches(provenance: dict, raw, sha: str, ratio: float, choice: SynthesisChoice,
+             min_consistency: float | None = None, filter_model: Path | None = None) -> bool:
     from nnaug.mask_augment import MaskAugmentation
 
+    if not _same_filter(provenance, min_consistency, filter_model):
+        return False
     wanted = {"source_dataset": raw.name, "checkpoint_sha256": sha, "mode": choice.mode, "sampler": choice.sampler,
               "steps": choice.steps, "seed": 0, "num_real_cases": len(raw.cases),
               "masks": choice.masks if choice.mode == "mask-conditioned" else None,
@@ -340,7 +374,8 @@ def _matches(provenance: dict, raw, sha: str, ratio: float, choice: SynthesisCho
         return False
 
 
-def find_synthetic(raw, sha: str, ratio: float, choice: SynthesisChoice) -> Path | None:
+def find_synthetic(raw, sha: str, ratio: float, choice: SynthesisChoice, min_consistency: float | None = None,
+                   filter_model: Path | None = None) -> Path | None:
     """A finished synthetic dataset in $nnUNet_raw made from ``raw`` by this generator with these options (newest ID)."""
     from nnaug.dataset import parse_dataset_id, raw_root
     from nnaug.nnunet_pretraining import load_json_or_none
@@ -349,7 +384,7 @@ def find_synthetic(raw, sha: str, ratio: float, choice: SynthesisChoice) -> Path
     found = []
     for folder in raw_root().glob("Dataset*_*"):
         provenance = read_provenance(folder) if folder.is_dir() else None
-        if provenance is None or not _matches(provenance, raw, sha, ratio, choice):
+        if provenance is None or not _matches(provenance, raw, sha, ratio, choice, min_consistency, filter_model):
             continue
         dataset_json = load_json_or_none(folder / "dataset.json") or {}
         if dataset_json.get("numTraining") != provenance.get("num_cases"):
@@ -359,29 +394,35 @@ def find_synthetic(raw, sha: str, ratio: float, choice: SynthesisChoice) -> Path
 
 
 def ensure_synthetic(raw, generator: Path, sha: str, ratio: float, choice: SynthesisChoice, device: str,
-                     lock_folder: Path, log=print) -> Path:
-    """The synthetic dataset of ``ratio``: reused, or an interrupted synthesis resumed, or made anew."""
+                     lock_folder: Path, log=print, min_consistency: float | None = None,
+                     filter_model: Path | None = None) -> Path:
+    """The synthetic dataset of ``ratio`` (filtered at ``min_consistency`` by ``filter_model`` when given):
+    reused, or an interrupted synthesis resumed, or made anew."""
     from nnaug.dataset import parse_dataset_id, raw_root
     from nnaug.generators import read_info
     from nnaug.nnunet_pretraining import file_lock, load_json_or_none
     from nnaug.synthesize import PLAN, make_plan, synthesize, synthetic_name
 
-    existing = find_synthetic(raw, sha, ratio, choice)
+    wanted = (min_consistency, filter_model)
+    existing = find_synthetic(raw, sha, ratio, choice, *wanted)
     if existing is not None:
         return existing
+    extra = {"min_consistency": min_consistency, "filter_model": filter_model} if min_consistency else {}
     with file_lock(lock_folder / ".synthesis.lock", "waiting for another sweep synthesizing for this generator"):
-        existing = find_synthetic(raw, sha, ratio, choice)
+        existing = find_synthetic(raw, sha, ratio, choice, *wanted)
         if existing is not None:
             return existing
-        opts = _options(ratio, generator, choice, device)
+        opts = _options(ratio, generator, choice, device, **extra)
         plan = make_plan(raw, read_info(generator), generator, opts, choice.mode)
         for partial in sorted(raw_root().glob(f".Dataset*_{synthetic_name(raw, False)}.partial")):
             if load_json_or_none(partial / PLAN) == plan:
                 dataset_id = parse_dataset_id(partial.name[1:].removesuffix(".partial"))
                 log(f"nnaug sweep: resuming the synthesis of ratio {ratio_label(ratio)} in {partial}")
-                return synthesize(raw.name, _options(ratio, generator, choice, device, output_id=dataset_id, resume=True))
+                return synthesize(raw.name, _options(ratio, generator, choice, device, output_id=dataset_id, resume=True,
+                                                     **extra))
         log(f"nnaug sweep: synthesizing ratio {ratio_label(ratio)} ({plan['num_cases']} cases, {choice.mode}, "
-            f"{choice.sampler} {choice.steps} steps) with {generator}")
+            f"{choice.sampler} {choice.steps} steps"
+            + (f", kept at mask consistency >= {min_consistency:g}" if min_consistency else "") + f") with {generator}")
         return synthesize(raw.name, opts)
 
 
@@ -696,7 +737,7 @@ def run_sweep(dataset: str, ratios=(1.0, 2.5, 5.0), seeds: int = 3, generator: P
               test: str | None = None, folds=None, budget: str = "small", device: str | None = None,
               compute_matched: bool = True, inception_weights: Path | None = None, mode: str | None = None,
               masks: str = "train", sampler: str | None = None, steps: int | None = None, overwrite: bool = False,
-              log=print) -> dict:
+              min_consistency=None, log=print) -> dict:
     """Train every arm x seed that is not done yet, evaluate, and write sweep.{md,json,png}; returns sweep.json's dict."""
     from nnaug.dataset import check_dataset, load_raw_dataset
     from nnaug.io import write_json_atomic
@@ -714,6 +755,7 @@ def run_sweep(dataset: str, ratios=(1.0, 2.5, 5.0), seeds: int = 3, generator: P
         raise NnaugError(f"--seeds must be at least 1, got {seeds}")
     seed_list = list(range(int(seeds)))
     ratios = parse_ratios(ratios)
+    thresholds = parse_thresholds(min_consistency)
     if masks not in ("train", "augmented"):
         raise NnaugError(f"--masks must be train or augmented, got {masks}")
     if steps is not None and int(steps) < 1:
@@ -760,7 +802,7 @@ def run_sweep(dataset: str, ratios=(1.0, 2.5, 5.0), seeds: int = 3, generator: P
         **base_config, "generator": str(generator.resolve()), "generator_model": info.get("model"),
         "checkpoint_sha256": sha, "synthesis": choice.__dict__})
 
-    arms = make_arms(plan, ratios, compute_matched)
+    arms = make_arms(plan, ratios, compute_matched, thresholds)
     tasks = [(arm, seed) for seed in seed_list for arm in arms]
     cv = test_raw is None
 
@@ -773,10 +815,22 @@ def run_sweep(dataset: str, ratios=(1.0, 2.5, 5.0), seeds: int = 3, generator: P
         f"({len(tasks) - len(pending)} done), folds {','.join(map(str, folds))}, budget {budget}, device {device}; "
         f"generator {generator} ({sha[:8]}); results under {gen_folder}")
 
-    synthetic = {}
-    for ratio in ratios:
-        synthetic[ratio] = ensure_synthetic(raw, generator, sha, ratio, choice, device, gen_folder, log)
-        log(f"nnaug sweep: ratio {ratio_label(ratio)}: {synthetic[ratio].name}")
+    # Filtered sets are scored by the sweep's own real-only run of seed 0 (same training cases, never a test
+    # case); they are made when the first arm that needs them trains, after that run (it is the first task).
+    real_model = model_folder(arm_root(base, gen_folder, arms[0], 0), raw.name, arms[0].trainer)
+    synthetic: dict = {}
+
+    def synthetic_for(key) -> Path:
+        if key not in synthetic:
+            ratio, threshold = key
+            synthetic[key] = ensure_synthetic(raw, generator, sha, ratio, choice, device, gen_folder, log,
+                                              threshold, real_model if threshold else None)
+            log(f"nnaug sweep: ratio {ratio_label(ratio)}" + (f", mask consistency >= {threshold:g}" if threshold else "")
+                + f": {synthetic[key].name}")
+        return synthetic[key]
+
+    for key in [a.synthesis_key for a in arms if a.kind == "pretrain" and a.min_consistency is None]:
+        synthetic_for(key)
 
     progress = Progress(log)
     trained: list[str] = []
@@ -790,20 +844,22 @@ def run_sweep(dataset: str, ratios=(1.0, 2.5, 5.0), seeds: int = 3, generator: P
             left = folds_left(arm, seed)
             for fold in left:
                 later = sum(remaining_iterations(a, len(folds_left(a, s)), _pretrained(arm_root(base, gen_folder, a, s), a,
-                                                                                        synthetic.get(a.ratio)))
+                                                                                        synthetic.get(a.synthesis_key)))
                             for a, s in tasks[index:])
                 later += remaining_iterations(arm, len(left) - left.index(fold) - 1, True)
                 fold_start = time.time()
                 log(f"nnaug sweep: {label} fold {fold}: training with {arm.trainer} ("
                     + ", ".join(f"{p} {e} epochs x {i} iterations" for p, e, i in arm.phases) + ")")
-                train_fold(raw, arm, seed, fold, root, device, synthetic.get(arm.ratio), progress,
+                train_fold(raw, arm, seed, fold, root, device,
+                           synthetic_for(arm.synthesis_key) if arm.synthesis_key else None, progress,
                            f"{label} fold {fold}", later)
                 record = _load(root / ARM_RECORD) or {}
                 seconds = record.get("train_seconds", {})
                 seconds[str(fold)] = seconds.get(str(fold), 0.0) + time.time() - fold_start
                 write_json_atomic(root / ARM_RECORD, {
                     "arm": arm.name, "kind": arm.kind, "ratio": arm.ratio, "seed": seed, "trainer": arm.trainer,
-                    "env": arm.env, "synthetic_dataset": synthetic[arm.ratio].name if arm.ratio else None,
+                    "env": arm.env, "min_consistency": arm.min_consistency,
+                    "synthetic_dataset": synthetic[arm.synthesis_key].name if arm.synthesis_key else None,
                     "device": device, "plans_sha256": plans_sha, "train_seconds": seconds,
                     "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
                 trained.append(f"{arm.name} seed {seed} fold {fold}")
@@ -826,12 +882,10 @@ def run_sweep(dataset: str, ratios=(1.0, 2.5, 5.0), seeds: int = 3, generator: P
         seconds.setdefault(arm.name, []).append(sum((_load(root / ARM_RECORD) or {}).get("train_seconds", {}).values()))
     stats = summarise(arms, results, seed_list, names)
 
-    real_model = model_folder(arm_root(base, gen_folder, arms[0], 0), raw.name, arms[0].trainer)
     weights = resolve_inception_weights(inception_weights, required=False)
-    quality = {}
-    for ratio in ratios:
-        quality[ratio] = synthetic_quality(raw, synthetic[ratio], weights, real_model, folds, device,
-                                           gen_folder / "fidelity" / f"{synthetic[ratio].name}.json", log)
+    keys = [a.synthesis_key for a in arms if a.kind == "pretrain"]
+    quality = {key: synthetic_quality(raw, synthetic_for(key), weights, real_model, folds, device,
+                                      gen_folder / "fidelity" / f"{synthetic_for(key).name}.json", log) for key in keys}
 
     result = {
         "dataset": raw.name, "num_real_cases": len(raw.cases), "folder": str(gen_folder), "base_folder": str(base),
@@ -840,18 +894,20 @@ def run_sweep(dataset: str, ratios=(1.0, 2.5, 5.0), seeds: int = 3, generator: P
         "synthesis": {**choice.__dict__, "seed": 0},
         "budget": {"name": budget, "about": plan.about, "pretrain": list(plan.pretrain),
                    "finetune": list(plan.finetune), "matched_epochs": plan.matched_epochs},
-        "device": device, "seeds": seed_list, "ratios": ratios, "folds": [str(f) for f in folds],
+        "device": device, "seeds": seed_list, "ratios": ratios, "min_consistency": list(thresholds),
+        "folds": [str(f) for f in folds],
         "evaluation": ({"mode": "test", "test_dataset": test_raw.name, "num_cases": len(stats["cases"])} if test_raw
                        else {"mode": "cross-validation", "num_cases": len(stats["cases"])}),
         "labels": names, "confidence": 0.95,
         "ci_method": CI_METHOD, "bootstrap_resamples": DEFAULT_RESAMPLES,
         "arms": [{**row, "phases": [list(p) for p in arm.phases], "env": arm.env,
-                  "synthetic_dataset": synthetic[arm.ratio].name if arm.ratio else None,
+                  "min_consistency": arm.min_consistency,
+                  "synthetic_dataset": synthetic[arm.synthesis_key].name if arm.synthesis_key else None,
                   "mean_train_seconds": float(np.mean(seconds[arm.name])) if seconds[arm.name] else None}
                  for row, arm in zip(stats["arms"], arms)],
         "differences": stats["differences"],
-        "synthetic": [{"ratio": r, **{k: v for k, v in quality[r].items() if k != "mask_consistency_per_case"}}
-                      for r in ratios],
+        "synthetic": [{"ratio": key[0], "min_consistency": key[1],
+                       **{k: v for k, v in quality[key].items() if k != "mask_consistency_per_case"}} for key in keys],
         "per_case": {arm: {str(s): v for s, v in by_seed.items()} for arm, by_seed in results.items()},
         "inception_weights": str(weights) if weights is not None else None,
         "trained_this_run": trained, "wall_seconds_this_run": time.time() - start,
@@ -975,15 +1031,16 @@ def to_markdown(result: dict) -> str:
     else:
         lines.append("No foreground Dice difference has a 95 % CI that includes 0.")
     lines += ["", "## Synthetic datasets", "",
-              "| ratio | dataset | synthetic cases | FID | KID (mean ± std) | FRD, log(d²) | mask consistency Dice |",
-              "|---|---|---|---|---|---|---|"]
+              "| ratio | filter | dataset | synthetic cases | FID | KID (mean ± std) | FRD, log(d²) | mask consistency Dice |",
+              "|---|---|---|---|---|---|---|---|"]
     extractor, notes = None, []
     for row in result["synthetic"]:
         fidelity = row.get("fidelity") or {}
         extractor = extractor or fidelity.get("extractor")
         kid = "n/a" if fidelity.get("kid_mean") is None else \
             f"{_num(fidelity.get('kid_mean'))} ± {_num(fidelity.get('kid_std'))}"
-        lines.append(f"| {ratio_label(row['ratio'])} | {row['dataset']} | {row['num_cases']} | "
+        kept = f"mask consistency ≥ {row['min_consistency']:g}" if row.get("min_consistency") else "none"
+        lines.append(f"| {ratio_label(row['ratio'])} | {kept} | {row['dataset']} | {row['num_cases']} | "
                      f"{_num(fidelity.get('fid'), 2)} | {kid} | {_num(fidelity.get('frd'), 2)} | "
                      f"{_num(row.get('mask_consistency'))} |")
         for note in [row.get("fidelity_note")] + [fidelity.get(k) for k in ("fid_note", "frd_note")]:
@@ -993,6 +1050,9 @@ def to_markdown(result: dict) -> str:
     if extractor:
         lines.append(f"FID/KID: {extractor}, synthetic images against {result['dataset']}'s training images.")
     lines += [f"n/a: {note}" for note in notes]
+    if any(row.get("min_consistency") for row in result["synthetic"]):
+        lines.append("A filtered set was kept by the same real-only model (seed 0) that measures its mask consistency "
+                     "here, so that number is at least its threshold by construction; compare the sets by Dice.")
     lines.append("Mask consistency: Dice of each synthetic mask with the prediction of the real-only model "
                  "(seed 0) on its image.")
     lines += ["", "## How to read this", "",
@@ -1018,6 +1078,17 @@ def to_markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+FILTER_COLOURS = ("tab:blue", "tab:green", "tab:purple", "tab:brown", "tab:olive")
+
+
+def _by_threshold(pretrain: list[dict]) -> dict:
+    """Pretrain arms grouped by their synthetic set's filter threshold (None, unfiltered, first)."""
+    groups: dict = {}
+    for arm in pretrain:
+        groups.setdefault(arm.get("min_consistency"), []).append(arm)
+    return dict(sorted(groups.items(), key=lambda g: -1.0 if g[0] is None else g[0]))
+
+
 def plot(result: dict, path: Path) -> Path:
     """Foreground Dice vs ratio (pretrain arms, 95 % CI bars; per-seed means as dots), real-only arms as bands;
     right: paired differences to real-only."""
@@ -1027,7 +1098,7 @@ def plot(result: dict, path: Path) -> Path:
 
     arms = result["arms"]
     pretrain = [a for a in arms if a["kind"] == "pretrain"]
-    ratios = [a["ratio"] for a in pretrain]
+    ratios = sorted({a["ratio"] for a in pretrain})
     fig = Figure(figsize=(11, 4.4), dpi=110)
     FigureCanvasAgg(fig)
     left, right = fig.subplots(1, 2)
@@ -1045,14 +1116,17 @@ def plot(result: dict, path: Path) -> Path:
                           color=colour, capsize=5)
         left.axhline(fg["mean"], color=colour, ls="--" if arm["kind"] == "compute-matched" else "-", lw=1.5,
                      label=f"{arm['arm']} {fg['mean']:.3f} (band: 95 % CI)")
-    means = [a["foreground"]["mean"] for a in pretrain]
-    err = [[m - a["foreground"]["low"] for m, a in zip(means, pretrain)],
-           [a["foreground"]["high"] - m for m, a in zip(means, pretrain)]]
-    left.errorbar(ratios, means, yerr=err, fmt="o-", color="tab:blue", capsize=5, lw=1.8,
-                  label="pretrain → fine-tune (mean, 95 % CI)")
-    for a in pretrain:
-        seeds = list(a["per_seed_foreground"].values())
-        left.scatter([a["ratio"]] * len(seeds), seeds, s=12, color="tab:blue", alpha=0.45, zorder=3)
+    nudge = 0.025 * max(ratios or [1])  # filtered series beside the unfiltered one at the same ratio
+    for g, ((threshold, group), colour) in enumerate(zip(_by_threshold(pretrain).items(), FILTER_COLOURS)):
+        means = [a["foreground"]["mean"] for a in group]
+        err = [[m - a["foreground"]["low"] for m, a in zip(means, group)],
+               [a["foreground"]["high"] - m for m, a in zip(means, group)]]
+        kept = f", kept at mask consistency ≥ {threshold:g}" if threshold else ""
+        left.errorbar([a["ratio"] + g * nudge for a in group], means, yerr=err, fmt="o-", color=colour, capsize=5,
+                      lw=1.8, label=f"pretrain → fine-tune{kept} (mean, 95 % CI)")
+        for a in group:
+            seeds = list(a["per_seed_foreground"].values())
+            left.scatter([a["ratio"] + g * nudge] * len(seeds), seeds, s=12, color=colour, alpha=0.45, zorder=3)
     left.scatter([], [], s=12, color="tab:blue", alpha=0.45, label="per-seed means")
     left.set_xlim(*span)
     left.set_xticks([0] + ratios)
@@ -1064,17 +1138,23 @@ def plot(result: dict, path: Path) -> Path:
 
     offsets = {"real-only": -0.04, "real-only-matched": 0.04}
     width = max(ratios) if ratios else 1
-    for reference, colour, marker in (("real-only", "tab:blue", "o"), ("real-only-matched", "tab:orange", "s")):
-        diffs = [d for d in result["differences"] if d["reference"] == reference and d["ratio"] is not None]
+    threshold_of = {a["arm"]: a.get("min_consistency") for a in arms}
+    for (reference, marker), (g, (threshold, colour)) in itertools.product(
+            (("real-only", "o"), ("real-only-matched", "s")), enumerate(zip(_by_threshold(pretrain), FILTER_COLOURS))):
+        diffs = [d for d in result["differences"] if d["reference"] == reference and d["ratio"] is not None
+                 and threshold_of.get(d["arm"]) == threshold]
         if not diffs:
             continue
-        xs = [d["ratio"] + offsets[reference] * width for d in diffs]
+        xs = [d["ratio"] + (offsets[reference] + 0.1 * g) * width for d in diffs]
         ys = [d["foreground"]["mean"] for d in diffs]
         yerr = [[y - d["foreground"]["low"] for y, d in zip(ys, diffs)],
                 [d["foreground"]["high"] - y for y, d in zip(ys, diffs)]]
-        right.errorbar(xs, ys, yerr=yerr, fmt=marker, color=colour, capsize=5, label=f"vs {reference}")
+        kept = f" (mc ≥ {threshold:g})" if threshold else ""
+        right.errorbar(xs, ys, yerr=yerr, fmt=marker, color=colour, capsize=5, mfc="white" if reference != "real-only"
+                       else colour, label=f"vs {reference}{kept}")
     right.axhline(0.0, color="black", lw=1)
-    right.set_xlim(min(ratios or [0]) - 0.12 * width, max(ratios or [1]) + 0.12 * width)
+    extra = 0.1 * (len(_by_threshold(pretrain)) - 1)
+    right.set_xlim(min(ratios or [0]) - 0.12 * width, max(ratios or [1]) + (0.12 + extra) * width)
     right.set_xticks(ratios)
     right.set_xlabel("synthetic ratio")
     right.set_ylabel("Δ foreground Dice (paired)")

@@ -37,6 +37,10 @@ from nnaug_cli.params import FloatList, FoldList
 @click.option("--sampler", type=click.Choice(SAMPLERS), default=None,
               help="Synthesis sampler (default: the generator's, as nnaug synthesize).")
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="Synthesis sampling steps.")
+@click.option("--min-consistency", type=FloatList(0.0), default="0", show_default=True,
+              help="Synthesis filter thresholds, comma-separated: 0 = the unfiltered sets; each D in (0, 1] adds a "
+                   "pretrain arm per ratio on a set kept at mask consistency >= D (scored by the sweep's real-only "
+                   "run of seed 0), e.g. 0,0.7.")
 @click.option("--overwrite", is_flag=True,
               help="Train this sweep's arms again (its real-only arms and this generator's pretrain arms).")
 def sweep(dataset, **options):

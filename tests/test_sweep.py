@@ -128,8 +128,8 @@ def test_summary_pairs_arms_and_flags_intervals_that_include_zero(tmp_path, nnun
     text = to_markdown(result)
     assert "includes 0" in text and "pretrain-r1 vs real-only" in text
     assert f"{big['mean']:+.4f} [{big['low']:+.4f}, {big['high']:+.4f}]" in text
-    assert "| 1 | S1 | 40 | 12.00 | 0.0100 ± 0.0010 | 3.50 | 0.8000 |" in text
-    assert "| 5 | S5 | 200 | n/a | n/a | n/a | 0.7000 |" in text
+    assert "| 1 | none | S1 | 40 | 12.00 | 0.0100 ± 0.0010 | 3.50 | 0.8000 |" in text
+    assert "| 5 | none | S5 | 200 | n/a | n/a | n/a | 0.7000 |" in text
 
     # run-to-run noise as large as the effect: the same mean difference no longer excludes 0
     noisy = _fake_result(tmp_path, effect=0.1, noise=0.2, seed=1)
@@ -143,6 +143,36 @@ def test_summary_pairs_arms_and_flags_intervals_that_include_zero(tmp_path, nnun
     assert json.loads(latest["json"].read_text())["differences"] == result["differences"]
     assert not list((tmp_path / "sweep").glob(".*tmp"))
     assert latest_sweep_markdown("Dataset501_Fake") is None  # nothing at the dataset's own place yet
+
+
+def test_filtered_sets_are_arms_of_their_own_and_never_stand_in_for_unfiltered_ones(tmp_path):
+    from nnaug.errors import NnaugError
+    from nnaug.sweep import _same_filter, parse_thresholds, plot
+
+    assert parse_thresholds([0.0, 0.7, 0.7]) == (None, 0.7) and parse_thresholds(None) == (None,)
+    with pytest.raises(NnaugError, match="--min-consistency 1.5"):
+        parse_thresholds([1.5])
+    arms = make_arms(BUDGETS["small"], [1.0, 5.0], compute_matched=False, thresholds=(None, 0.7))
+    assert [a.name for a in arms] == ["real-only", "pretrain-r1", "pretrain-r5", "pretrain-r1-mc0.7", "pretrain-r5-mc0.7"]
+    assert arms[3].synthesis_key == (1.0, 0.7) and arms[1].synthesis_key == (1.0, None) and arms[0].synthesis_key is None
+
+    model = tmp_path / "model"
+    unfiltered, filtered = {}, {"filter": {"min_consistency": 0.7, "model": str(model)}}
+    assert _same_filter(unfiltered, None, None) and _same_filter(filtered, 0.7, model)
+    assert not _same_filter(filtered, None, None)  # a filtered set is not the unfiltered one
+    assert not _same_filter(unfiltered, 0.7, model)
+    assert not _same_filter(filtered, 0.8, model) and not _same_filter(filtered, 0.7, tmp_path / "other")
+
+    # rendering: the filter is a column of the synthetic table, and a series of its own in the picture
+    result = _fake_result(tmp_path, effect=0.05, noise=0.01)
+    result["synthetic"].append({"ratio": 1.0, "min_consistency": 0.7, "dataset": "S1f", "num_cases": 40,
+                                "mask_consistency": 0.9, "fidelity": {"frd": 3.0}})
+    text = to_markdown(result)
+    assert "| 1 | mask consistency ≥ 0.7 | S1f | 40 |" in text and "at least its threshold by construction" in text
+    filtered_arm = {**result["arms"][-1], "arm": "pretrain-r5-mc0.7", "min_consistency": 0.7}
+    result["arms"].append(filtered_arm)
+    result["differences"].append({**result["differences"][-1], "arm": "pretrain-r5-mc0.7"})
+    assert plot(result, tmp_path / "filtered.png").read_bytes()[:4] == b"\x89PNG"
 
 
 # ----------------------------------------------------------------------------- slow: the whole sweep
