@@ -1,6 +1,7 @@
 """``nnaug demo``: the whole pipeline on the built-in example, in its own folder, in minutes on a CPU.
 
-example dataset -> JDM (tiny) -> synthetic dataset -> nnU-Net plan/preprocess -> real-only and
+example dataset -> generator (JDM or Siamese-Diffusion, tiny) -> synthetic dataset (JDM: joint pairs;
+Siamese: images for the training masks) -> nnU-Net plan/preprocess -> real-only and
 synthetic-pretrain -> real-fine-tune training (short schedules) -> report. nnU-Net steps run as
 the commands a user would type, with ``nnUNet_extTrainer`` pointing at nnaug's trainers.
 """
@@ -24,6 +25,33 @@ def _step(title: str) -> float:
     return time.time()
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process and of the finished child processes (nnU-Net's commands): on a shared
+    machine the wall time says little about what the demo costs."""
+    import resource
+
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
+
+
+class Timer:
+    """Wall and CPU seconds per named step of the demo."""
+
+    def __init__(self):
+        self.wall, self.cpu = {}, {}
+        self.start_wall, self.start_cpu = time.time(), cpu_seconds()
+
+    def begin(self, title: str) -> None:
+        _step(title)
+        self._wall, self._cpu = time.time(), cpu_seconds()
+
+    def end(self, name: str) -> None:
+        self.wall[name], self.cpu[name] = time.time() - self._wall, cpu_seconds() - self._cpu
+
+    def finish(self) -> None:
+        self.wall["total"], self.cpu["total"] = time.time() - self.start_wall, cpu_seconds() - self.start_cpu
+
+
 def _run(cmd: list[str], env: dict) -> None:
     print("$ " + " ".join(cmd), flush=True)
     result = subprocess.run(cmd, env=env)
@@ -32,22 +60,23 @@ def _run(cmd: list[str], env: dict) -> None:
 
 
 def run_demo(workdir: Path, generator_steps: int | None = None, ratio: float = 2.0, overwrite: bool = False,
-             device: str = "cpu") -> dict:
-    """Run the demo; the nnU-Net folder variables and ``nnUNet_extTrainer`` point at the demo's folders
-    while it runs (nnaug's own steps read them in this process) and are restored afterwards."""
+             device: str = "cpu", model: str = "jdm") -> dict:
+    """Run the demo with the ``model`` generator's tiny preset; the nnU-Net folder variables and
+    ``nnUNet_extTrainer`` point at the demo's folders while it runs (nnaug's own steps read them in this
+    process) and are restored afterwards."""
     from unittest import mock
 
+    from nnaug.generators.registry import get_spec
+
+    get_spec(model)  # an unknown model is refused before anything is written
     with mock.patch.dict(os.environ):  # the standard library's restore-the-environment-afterwards
-        return _run_demo(workdir, generator_steps, ratio, overwrite, device)
+        return _run_demo(workdir, generator_steps, ratio, overwrite, device, model)
 
 
-def _run_demo(workdir: Path, generator_steps: int | None, ratio: float, overwrite: bool, device: str) -> dict:
-    from nnaug.example import write_example_dataset
+def _demo_folders(workdir: Path, overwrite: bool) -> dict[str, Path]:
+    """The demo's own nnU-Net folders, set in this process's environment (and nnUNet_extTrainer)."""
     from nnaug.nnunet_pretraining import trainers_path
-    from nnaug.synthesize import SynthesisOptions, synthesize
-    from nnaug.train_generator import train_generator
 
-    workdir = Path(workdir).resolve()
     if workdir.exists() and any(workdir.iterdir()):
         if not overwrite:
             raise NnaugError(f"{workdir} is not empty: pass --overwrite to start the demo over, or --workdir DIR")
@@ -57,36 +86,48 @@ def _run_demo(workdir: Path, generator_steps: int | None, ratio: float, overwrit
         folder.mkdir(parents=True, exist_ok=True)
         os.environ[var] = str(folder)
     os.environ["nnUNet_extTrainer"] = trainers_path()
+    return folders
+
+
+def _run_demo(workdir: Path, generator_steps: int | None, ratio: float, overwrite: bool, device: str,
+              model: str) -> dict:
+    from nnaug.example import write_example_dataset
+    from nnaug.nnunet_pretraining import trainers_path
+    from nnaug.synthesize import SynthesisOptions, synthesize
+    from nnaug.train_generator import train_generator
+
+    workdir = Path(workdir).resolve()
+    folders = _demo_folders(workdir, overwrite)
     env = {**os.environ, "NNAUG_SYNTHETIC": str(SYNTHETIC_ID)}
-    timings = {}
-    start = t = _step("1/6 example dataset")
+    timer = Timer()
+    timer.begin("1/6 example dataset")
     write_example_dataset(DATASET_ID)
-    timings["example dataset"] = time.time() - t
+    timer.end("example dataset")
 
-    t = _step(f"2/6 train the JDM generator (tiny preset{f', {generator_steps} steps' if generator_steps else ''})")
-    generator = train_generator(str(DATASET_ID), model="jdm", preset="tiny", overrides={"steps": generator_steps},
+    timer.begin(f"2/6 train the {model} generator (tiny preset{f', {generator_steps} steps' if generator_steps else ''})")
+    generator = train_generator(str(DATASET_ID), model=model, preset="tiny", overrides={"steps": generator_steps},
                                 cpu=device == "cpu")
-    timings["train generator"] = time.time() - t
+    timer.end("train generator")
 
-    t = _step(f"3/6 synthesize {ratio:g} synthetic cases per real case")
+    timer.begin(f"3/6 synthesize {ratio:g} synthetic cases per real case")  # the generator's default mode and sampler
     synthetic = synthesize(str(DATASET_ID), SynthesisOptions(ratio=ratio, output_id=SYNTHETIC_ID, device=device))
-    timings["synthesize"] = time.time() - t
+    timer.end("synthesize")
 
     bin_dir = Path(sys.executable).parent  # nnU-Net's and nnaug's commands, also when the venv is not on PATH
-    t = _step("4/6 nnU-Net plan and preprocess (real dataset)")
+    timer.begin("4/6 nnU-Net plan and preprocess (real dataset)")
     _run([str(bin_dir / "nnUNetv2_plan_and_preprocess"), "-d", str(DATASET_ID), "-c", "2d", "--verify_dataset_integrity",
           "-np", "2"], env)
-    timings["plan and preprocess"] = time.time() - t
+    timer.end("plan and preprocess")
 
     for trainer in ("nnUNetTrainer_nnaug_5epochs", "nnUNetTrainer_nnaugPretrainFinetune_5epochs"):
-        t = _step(f"5/6 nnUNetv2_train {DATASET_ID} 2d 0 -tr {trainer}")
+        timer.begin(f"5/6 nnUNetv2_train {DATASET_ID} 2d 0 -tr {trainer}")
         _run([str(bin_dir / "nnUNetv2_train"), str(DATASET_ID), "2d", "0", "-tr", trainer, "-device", device], env)
-        timings[trainer] = time.time() - t
+        timer.end(trainer)
 
-    t = _step("6/6 report")
+    timer.begin("6/6 report")
     _run([str(bin_dir / "nnaug"), "report", str(DATASET_ID)], env)
-    timings["report"] = time.time() - t
-    timings["total"] = time.time() - start
+    timer.end("report")
+    timer.finish()
 
     print("\n== done. Everything is under", workdir)
     print(f"  generator          {generator}")
@@ -97,5 +138,7 @@ def _run_demo(workdir: Path, generator_steps: int | None, ratio: float, overwrit
     for var, folder in folders.items():
         print(f"    export {var}={folder}")
     print(f"    export nnUNet_extTrainer={trainers_path()}")
-    print("  wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
-    return {"workdir": workdir, "generator": generator, "synthetic": synthetic, "timings": timings}
+    print("  wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in timer.wall.items()))
+    print("  CPU time:  " + ", ".join(f"{k} {v:.0f} s" for k, v in timer.cpu.items()))
+    return {"workdir": workdir, "generator": generator, "synthetic": synthetic, "timings": timer.wall,
+            "cpu_timings": timer.cpu}

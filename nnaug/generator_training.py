@@ -1,6 +1,11 @@
 """The training run every generator shares (:class:`GeneratorTrainer`): accelerate, AdamW, LR schedule,
 EMA, the GPU fast-path switches, checkpoints, resume.
 
+Progress goes to tqdm, ``loss_curve.png`` and ``samples/``, and, with ``report_to`` (``--report-to
+tensorboard``, or any tracker accelerate supports), to that tracker as diffusers' training examples
+do: ``init_trackers``, then the loss terms and the learning rate every step and the contact sheet at
+every checkpoint.
+
 A generator is a :class:`~nnaug.generators.registry.TrainableGenerator`: one ``nn.Module`` whose
 ``forward(batch, step, max_steps, generator)`` returns ``(loss, logs)`` and which can ``export(folder)``
 itself with ``save_pretrained`` and ``preview(labels, seeds)`` a few samples. This module owns everything else.
@@ -27,6 +32,23 @@ from nnaug.io import write_json_atomic
 
 CHECKPOINTS = "checkpoints"
 KEEP_CHECKPOINTS = 2
+LOGS = "logs"  # tracker files (TensorBoard event files under logs/<run name>/)
+# the pip package each of accelerate's trackers needs, where its name differs from the tracker's
+TRACKER_PACKAGES = {"tensorboard": "tensorboard", "comet_ml": "comet-ml"}
+
+
+def check_report_to(name: str | None) -> None:
+    """Refuse a tracker accelerate does not know, or whose package is not installed (accelerate would skip it silently)."""
+    if not name:
+        return
+    from accelerate.tracking import get_available_trackers
+    from accelerate.utils import LoggerType
+
+    known = [t for t in LoggerType.list() if t != "all"]
+    if name not in known:
+        raise NnaugError(f"--report-to {name}: unknown tracker; choose one of {', '.join(known)}")
+    if name not in [str(t) for t in get_available_trackers()]:
+        raise NnaugError(f"--report-to {name} needs the {name} package: pip install {TRACKER_PACKAGES.get(name, name)}")
 
 
 @dataclass
@@ -52,6 +74,7 @@ class TrainConfig:
     channels_last: bool = False  # NHWC weights and batches (tensor cores prefer them for convolutions)
     fused_adamw: bool = False  # one fused kernel for the AdamW update
     compile: bool = False  # torch.compile each network (diffusers ModelMixin) inside the generator
+    report_to: str | None = None  # an accelerate tracker (tensorboard, wandb, ...); None: none
     extra: dict = field(default_factory=dict)
 
 
@@ -220,6 +243,7 @@ class GeneratorTrainer:
     def run(self) -> None:
         from tqdm.auto import tqdm
 
+        self.start_trackers()
         bar = tqdm(total=self.config.steps, initial=self.step, desc="training", unit="step", dynamic_ncols=True,
                    disable=not (self.progress and self.accelerator.is_main_process))
         while self.step < self.config.steps:
@@ -227,6 +251,7 @@ class GeneratorTrainer:
             self.step += 1
             lr = self.lr_schedule.get_last_lr()[0]
             self.history.append([self.step, logs.get("loss", float("nan")), lr])
+            self.accelerator.log({**{f"train/{k}": v for k, v in logs.items()}, "train/lr": lr}, step=self.step)
             bar.set_postfix(loss=f"{logs.get('loss', float('nan')):.4f}", lr=f"{lr:.2e}")
             bar.update(1)
             if not math.isfinite(logs.get("loss", 0.0)):
@@ -234,6 +259,31 @@ class GeneratorTrainer:
             if self.step % self.config.checkpoint_every == 0 or self.step == self.config.steps:
                 self.save_checkpoint()
         bar.close()
+        for tracker in self.accelerator.trackers:  # not end_training(): that also ends the process group
+            tracker.finish()
+
+    # -- trackers
+    def start_trackers(self) -> None:
+        """``init_trackers`` when the accelerator was made with ``log_with``; the run's settings are its hyperparameters."""
+        if not self.accelerator.log_with:
+            return
+        hparams = {k: v if isinstance(v, (bool, int, float, str)) else str(v)
+                   for k, v in asdict(self.config).items() if k != "extra" and v is not None}
+        self.accelerator.init_trackers(self.output.name or "nnaug", config=hparams)
+
+    def log_preview(self, sheet: Path) -> None:
+        """The contact sheet to every tracker that takes images (TensorBoard: one NHWC image)."""
+        if not self.accelerator.trackers:
+            return
+        import numpy as np
+        from PIL import Image
+
+        image = np.asarray(Image.open(sheet).convert("RGB"))
+        for tracker in self.accelerator.trackers:
+            if tracker.name == "tensorboard":
+                tracker.log_images({"samples": image[None]}, step=self.step, dataformats="NHWC")
+            elif hasattr(tracker, "log_images"):
+                tracker.log_images({"samples": [image]}, step=self.step)
 
     # -- checkpoints
     def save_checkpoint(self) -> Path:
@@ -280,10 +330,11 @@ class GeneratorTrainer:
         try:
             model.export(self.output)
             if self.config.preview_count:
-                seeds = list(range(self.config.preview_count))
                 cond = self.labels[: self.config.preview_count].to(self.accelerator.device)
+                seeds = list(range(cond.shape[0]))  # a dataset smaller than preview_count previews what it has
                 images, labels = model.preview(cond, seeds)
-                contact_sheet(images.cpu(), labels.cpu(), self.output / "samples" / f"step_{self.step:07d}.png")
+                sheet = contact_sheet(images.cpu(), labels.cpu(), self.output / "samples" / f"step_{self.step:07d}.png")
+                self.log_preview(sheet)
         finally:
             if self.ema is not None:
                 self.ema.restore(self.params)

@@ -10,19 +10,16 @@ import json
 import time
 from pathlib import Path
 
-from nnaug.dataset import PairDataset, check_dataset, fingerprint, load_raw_dataset, results_root
+from nnaug.dataset import PairDataset, check_dataset, fingerprint, load_raw_dataset
 from nnaug.errors import NnaugError
-from nnaug.generator_training import GeneratorTrainer, TrainConfig, check_output, latest_checkpoint, prepare_output
+from nnaug.generator_training import (LOGS, GeneratorTrainer, TrainConfig, check_output, check_report_to,
+                                      latest_checkpoint, prepare_output)
+from nnaug.generators.folder import generators_root
 from nnaug.generators.registry import get_spec
 from nnaug.io import write_json_atomic
 from nnaug.masks import num_mask_channels
 
 RUN_CONFIG = "train_config.json"  # written at start so --resume rebuilds the same model
-
-
-def generators_root(dataset_name: str) -> Path:
-    """``$nnUNet_results/nnaug/<Dataset>/generators``: next to nnU-Net's own results."""
-    return results_root() / "nnaug" / dataset_name / "generators"
 
 
 def default_output(dataset_name: str, model: str, preset: str) -> Path:
@@ -42,7 +39,7 @@ def resolve_settings(model: str, preset: str, overrides: dict) -> dict:
 
 
 # What --resume may change: how long to train, and how fast (these leave the maths alone).
-RESUMABLE_CHANGES = ("steps", "tf32", "channels_last", "fused_adamw", "compile")
+RESUMABLE_CHANGES = ("steps", "tf32", "channels_last", "fused_adamw", "compile", "report_to")
 
 
 def refuse_changed_options(output: Path, settings: dict, overrides: dict) -> None:
@@ -65,6 +62,18 @@ def train_config_from(settings: dict) -> TrainConfig:
     return config
 
 
+def make_accelerator(config: TrainConfig, output: Path, cpu: bool):
+    """The run's Accelerator; with ``report_to`` its tracker writes under ``<output>/logs``."""
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration
+
+    if not config.report_to:
+        return Accelerator(mixed_precision=config.mixed_precision, cpu=cpu)
+    project = ProjectConfiguration(project_dir=str(output), logging_dir=str(output / LOGS))
+    return Accelerator(mixed_precision=config.mixed_precision, cpu=cpu, log_with=config.report_to,
+                       project_config=project)
+
+
 def build_model(model: str, settings: dict, raw, image_channels: int, mask_channels: int):
     return get_spec(model).build(settings, raw, image_channels, mask_channels)
 
@@ -74,12 +83,13 @@ def train_generator(dataset: str, model: str = "jdm", preset: str = "tiny", outp
                     progress: bool = True, cpu: bool = False) -> Path:
     """Train (or resume) a generator on ``dataset``; returns the generator folder."""
     import torch
-    from accelerate import Accelerator, PartialState
+    from accelerate import PartialState
 
     spec = get_spec(model)
     raw = load_raw_dataset(dataset)
     summary = check_dataset(raw, progress=progress)
     output = Path(output) if output else default_output(raw.name, model, preset)
+    check_report_to((overrides or {}).get("report_to"))
     if not resume:
         settings = resolve_settings(model, preset, overrides or {})
         spec.check_settings(settings)
@@ -102,7 +112,8 @@ def train_generator(dataset: str, model: str = "jdm", preset: str = "tiny", outp
         write_json_atomic(output / RUN_CONFIG, {"model": model, "preset": preset, "source_dataset": raw.name,
                                                 "settings": settings})
     config = train_config_from(settings)
-    accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=cpu)
+    check_report_to(config.report_to)  # a resumed run's own tracker, too
+    accelerator = make_accelerator(config, output, cpu)
     pairs = PairDataset(raw, int(settings["resolution"]), progress=progress)
     mask_channels = num_mask_channels(raw.label_values)
     with torch.random.fork_rng(devices=[]):  # the weight initialisation is seeded; the caller's RNG is left alone

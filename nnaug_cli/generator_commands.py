@@ -34,13 +34,13 @@ from nnaug_cli.params import POSITIVE, POSITIVE_FLOAT, GeneratorModel, IntList
 @click.option("--ema-warmup/--no-ema-warmup", default=None,
               help="EMA decay that grows with the step count (1 - (1+step)^-3/4, capped at --ema-decay).")
 @click.option("--prediction", type=click.Choice(["epsilon", "v"]), default=None,
-              help="jdm: what the UNet predicts (paper: epsilon; tiny/small: v).")
+              help="jdm and siamese pixel: what the UNet predicts (paper: epsilon; tiny/small: v).")
 @click.option("--learned-variance/--fixed-variance", default=None,
               help="jdm: learned-range variance and the hybrid loss (paper), or fixed variance and MSE only.")
 @click.option("--snr-gamma", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="jdm: min-SNR-gamma loss weighting (tiny/small: 5).")
+              help="jdm and siamese: min-SNR-gamma loss weighting (tiny/small: 5).")
 @click.option("--noise-schedule", type=click.Choice(["linear", "cosine"]), default=None,
-              help="jdm: beta schedule over T = 1000 steps (paper: linear; tiny/small: cosine).")
+              help="jdm and siamese pixel: beta schedule over T = 1000 steps (paper: linear; tiny/small: cosine).")
 @click.option("--objective", type=click.Choice(["diffusion", "flow"]), default=None,
               help="jdm: diffusion (default) or rectified flow (velocity on a straight noise path; samplers euler, heun).")
 @click.option("--flow-t", type=click.Choice(["logit-normal", "uniform"]), default=None,
@@ -56,6 +56,9 @@ from nnaug_cli.params import POSITIVE, POSITIVE_FLOAT, GeneratorModel, IntList
 @click.option("--compile/--no-compile", default=None,
               help="torch.compile the networks: faster steps after a compile of a minute or more at the start.")
 @click.option("--cpu", is_flag=True, help="Train on the CPU even if a GPU is present.")
+@click.option("--report-to", default=None, metavar="TRACKER",
+              help="Log loss, lr and the contact sheets to an accelerate tracker: tensorboard (files under "
+                   "<output>/logs), wandb, mlflow, ... Off by default; the tracker's package must be installed.")
 @click.option("--backbone", type=click.Choice(["pixel", "sd15"]), default=None, help="siamese: pixel space or Stable Diffusion 1.5.")
 @click.option("--base-model", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None, help="siamese sd15: local diffusers SD 1.5 folder.")
 @click.option("--prompt", default=None, help='siamese sd15: text prompt (default "A photo of a polyp.").')

@@ -165,3 +165,9 @@ def test_sd15_backbone_through_the_cli(nnunet_env, run_cli, sd_folder):  # noqa:
 
     result = run_cli("synthesize", "999", "--ratio", "0.5", "--steps", 2, "--sampler", "ddim")
     assert result.exit_code == 0, result.output
+
+
+def test_demo_refuses_an_unknown_model(tmp_path, run_cli):
+    result = run_cli("demo", "--model", "nosuch", "--workdir", tmp_path / "demo")
+    assert_one_line_error(result, "--model", "jdm, siamese")
+    assert not (tmp_path / "demo").exists()

@@ -6,7 +6,8 @@ Two backbones share one code path (:class:`SiameseComponents`):
     A ``UNet2DConditionModel`` and a ``ControlNetModel`` working directly on the image in [-1, 1],
     trained from scratch. Instead of CLIP, a learned constant "text" embedding
     (``nn.Parameter`` of shape [1, L, cross_attention_dim]) feeds the cross-attention layers.
-    Noise schedule: DDPM linear betas 1e-4 -> 0.02, T = 1000, epsilon prediction.
+    Noise schedule (:func:`pixel_scheduler_config`): T = 1000, linear betas 1e-4 -> 0.02 with
+    epsilon prediction (as published), or the fast objective's cosine schedule with v-prediction.
 
 ``sd15`` (:func:`load_sd15`)
     A local diffusers-format Stable Diffusion 1.5 folder (unet/, vae/, text_encoder/,
@@ -74,6 +75,18 @@ PIXEL_SCHEDULER_CONFIG: dict[str, Any] = {
     "clip_sample_range": 1.0,
     "steps_offset": 0,
 }
+# the names users give (--prediction, --noise-schedule) -> diffusers' config values (as the JDM's)
+PREDICTION_TYPES = {"epsilon": "epsilon", "v": "v_prediction"}
+BETA_SCHEDULES = {"linear": "linear", "cosine": "squaredcos_cap_v2"}
+
+
+def pixel_scheduler_config(prediction: str = "epsilon", noise_schedule: str = "linear") -> dict[str, Any]:
+    """The pixel backbone's training schedule: the published one by default (linear betas, epsilon),
+    or the fast objective's (``prediction="v"``, ``noise_schedule="cosine"``)."""
+    if prediction not in PREDICTION_TYPES or noise_schedule not in BETA_SCHEDULES:
+        raise ValueError(f"unknown prediction {prediction!r} or noise schedule {noise_schedule!r}")
+    return {**PIXEL_SCHEDULER_CONFIG, "prediction_type": PREDICTION_TYPES[prediction],
+            "beta_schedule": BETA_SCHEDULES[noise_schedule]}
 
 
 class SiameseComponents(nn.Module):
@@ -316,13 +329,35 @@ class SiameseComponents(nn.Module):
         down, mid = self.controlnet(x_t, t, encoder_hidden_states=text, controlnet_cond=hint, return_dict=False)
         return list(down), mid
 
-    def predict_eps(self, x_t: torch.Tensor, t: torch.Tensor, text: torch.Tensor, control) -> torch.Tensor:
-        """UNet(x_t, t, text, control residuals) -> predicted noise."""
+    @property
+    def prediction_type(self) -> str:
+        """What the UNet predicts: ``"epsilon"`` or ``"v_prediction"`` (the diffusers name)."""
+        return str(self.scheduler_config.get("prediction_type", "epsilon"))
+
+    def predict(self, x_t: torch.Tensor, t: torch.Tensor, text: torch.Tensor, control,
+                weight_grads: bool = True) -> torch.Tensor:
+        """UNet(x_t, t, text, control residuals) -> the raw prediction (epsilon or v, see
+        :attr:`prediction_type`). ``weight_grads=False``: the output carries gradient to its inputs
+        (the control residuals) only, never to a UNet weight."""
         down, mid = control
-        return self.unet(
-            x_t, t, encoder_hidden_states=text,
-            down_block_additional_residuals=down, mid_block_additional_residual=mid, return_dict=False,
-        )[0]
+        kwargs = dict(encoder_hidden_states=text, down_block_additional_residuals=down,
+                      mid_block_additional_residual=mid, return_dict=False)
+        if weight_grads:
+            return self.unet(x_t, t, **kwargs)[0]
+        # functional_call with detached parameters: same weights and values, no deep copy, and no
+        # global requires_grad flipping that an exception could leave behind
+        from torch.func import functional_call
+
+        detached = {name: p.detach() for name, p in self.unet.named_parameters()}
+        return functional_call(self.unet, detached, (x_t, t), kwargs)[0]
+
+    def predict_eps(self, x_t: torch.Tensor, t: torch.Tensor, text: torch.Tensor, control) -> torch.Tensor:
+        """UNet(x_t, t, text, control residuals) -> predicted noise (converted from v when it predicts v)."""
+        from nnaug.generators.siamese.objective import split_prediction
+
+        out = self.predict(x_t, t, text, control)
+        abar = self.noise_scheduler.alphas_cumprod.to(device=x_t.device, dtype=x_t.dtype)[t.long()]
+        return split_prediction(self.prediction_type, out, x_t, abar)[1]
 
     # ------------------------------------------------------------------ saving / loading
     def _config(self) -> dict[str, Any]:
@@ -482,6 +517,7 @@ def build_pixel(
     norm_num_groups: int | None = None,
     dhi_channels: Sequence[int] = (16, 32),
     seed: int | None = None,
+    scheduler_config: dict[str, Any] | None = None,
 ) -> SiameseComponents:
     """A pixel-space generator trained from scratch.
 
@@ -496,6 +532,8 @@ def build_pixel(
         norm_num_groups: GroupNorm groups; default gcd(32, widths) so narrow test widths work.
         dhi_channels: the DHI's two full-resolution widths (no PatchMerge in pixel space).
         seed: seeds the initialisation when given (the global RNG is left as it was).
+        scheduler_config: the training noise schedule; default the published one
+            (:func:`pixel_scheduler_config`).
     """
     block_out_channels = tuple(int(c) for c in block_out_channels)
     levels = len(block_out_channels)
@@ -509,12 +547,12 @@ def build_pixel(
             torch.manual_seed(seed)
         return _build_pixel(image_channels, mask_channels, resolution, block_out_channels, layers_per_block,
                             cross_attention_dim, attention_head_dim, attention_levels, text_length,
-                            norm_num_groups, dhi_channels)
+                            norm_num_groups, dhi_channels, scheduler_config or pixel_scheduler_config())
 
 
 def _build_pixel(image_channels, mask_channels, resolution, block_out_channels, layers_per_block,
                  cross_attention_dim, attention_head_dim, attention_levels, text_length, norm_num_groups,
-                 dhi_channels) -> SiameseComponents:
+                 dhi_channels, scheduler_config) -> SiameseComponents:
     from diffusers import UNet2DConditionModel
 
     levels = len(block_out_channels)
@@ -535,7 +573,7 @@ def _build_pixel(image_channels, mask_channels, resolution, block_out_channels, 
     text = torch.randn(1, text_length, cross_attention_dim)  # unit scale, like CLIP's layer-normed output
     return SiameseComponents(
         backbone="pixel", unet=unet, controlnet=controlnet, image_channels=image_channels,
-        mask_channels=mask_channels, resolution=resolution, scheduler_config=PIXEL_SCHEDULER_CONFIG,
+        mask_channels=mask_channels, resolution=resolution, scheduler_config=scheduler_config,
         text_embedding=text,
     )
 

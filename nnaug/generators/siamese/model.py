@@ -29,16 +29,18 @@ def attention_levels(resolution: int, channels, attention_resolutions) -> int:
 class SiameseModel(torch.nn.Module):
     """:class:`SiameseComponents` as a TrainableGenerator (forward / export / preview)."""
 
-    def __init__(self, components, consistency: bool = True, preview_steps: int = 20):
+    def __init__(self, components, consistency: bool = True, preview_steps: int = 20, snr_gamma: float | None = None):
         super().__init__()
         self.components = components
         self.consistency = bool(consistency)
         self.preview_steps = int(preview_steps)
+        self.snr_gamma = None if snr_gamma is None else float(snr_gamma)
 
     def forward(self, batch: dict, step: int, max_steps: int, generator: torch.Generator | None = None):
         from nnaug.generators.siamese.objective import siamese_loss
 
-        out = siamese_loss(self.components, batch, step, max_steps, consistency=self.consistency, generator=generator)
+        out = siamese_loss(self.components, batch, step, max_steps, consistency=self.consistency, generator=generator,
+                           snr_gamma=self.snr_gamma)
         logs = {k: float(v.detach()) for k, v in out.items()}
         return out["loss"], logs
 
@@ -63,11 +65,12 @@ class SiameseModel(torch.nn.Module):
 
 def build_siamese_model(settings: dict, raw, image_channels: int, mask_channels: int) -> SiameseModel:
     """The trainable Siamese-Diffusion module for ``settings`` (preset + overrides)."""
-    from nnaug.generators.siamese.backbone import build_pixel, load_sd15
+    from nnaug.generators.siamese.backbone import build_pixel, load_sd15, pixel_scheduler_config
     from nnaug.generators.siamese.objective import trainable_parameters
 
     backbone = settings.get("backbone", "pixel")
     resolution = int(settings["resolution"])
+    check_settings(settings)
     if backbone == "pixel":
         channels = tuple(int(c) for c in settings["channels"])
         components = build_pixel(
@@ -78,9 +81,9 @@ def build_siamese_model(settings: dict, raw, image_channels: int, mask_channels:
             attention_levels=attention_levels(resolution, channels, settings.get("attention_resolutions")),
             text_length=int(settings["text_length"]),
             dhi_channels=tuple(settings.get("dhi_channels") or (16, 32)),
+            scheduler_config=pixel_scheduler_config(settings["prediction"], settings["noise_schedule"]),
         )
     elif backbone == "sd15":
-        check_settings(settings)
         components = load_sd15(settings["base_model"], mask_channels=mask_channels, image_channels=image_channels,
                                resolution=resolution, prompt=settings.get("prompt") or DEFAULT_PROMPT,
                                prompt_dropout=float(settings.get("prompt_dropout", PROMPT_DROPOUT)),
@@ -89,4 +92,4 @@ def build_siamese_model(settings: dict, raw, image_channels: int, mask_channels:
         raise NnaugError(f"unknown backbone '{backbone}': choose pixel or sd15")
     trainable_parameters(components)
     return SiameseModel(components, consistency=settings.get("consistency", True),
-                        preview_steps=int(settings.get("preview_steps", 20)))
+                        preview_steps=int(settings.get("preview_steps", 20)), snr_gamma=settings.get("snr_gamma"))

@@ -2,19 +2,35 @@
 
 Notation: x0 the clean sample (image in pixel space, VAE latent for sd15), eps ~ N(0, I),
 t ~ U{0..T-1}, x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps. One ControlNet (with the DHI) serves
-both branches; ``stopgrad`` is ``.detach()``.
+both branches; ``stopgrad`` is ``.detach()``. The UNet's output f is its prediction of eps
+(``epsilon``, as published) or of v = sqrt(abar_t) eps - sqrt(1 - abar_t) x0 (``v_prediction``,
+the fast objective, Salimans & Ho 2022); either way a prediction f at x_t determines both
+estimates (:func:`split_prediction`)::
 
-- **Mask-Diffusion**  eps_m = UNet(x_t, t, text, control = ControlNet(x_t, hint = mask))
-- **Image-Diffusion** eps_i = UNet(x_t, t, text, control = stopgrad(ControlNet(mask))
+    epsilon:  eps^ = f,                               x0^ = (x_t - sqrt(1 - abar) f) / sqrt(abar)
+    v:        eps^ = sqrt(abar) f + sqrt(1 - abar) x_t,  x0^ = sqrt(abar) x_t - sqrt(1 - abar) f
+
+and the target for a pair (x0, eps) on x_t is :func:`prediction_target` (eps, or v).
+
+- **Mask-Diffusion**  f_m = UNet(x_t, t, text, control = ControlNet(x_t, hint = mask))
+- **Image-Diffusion** f_i = UNet(x_t, t, text, control = stopgrad(ControlNet(mask))
   + (step / max_steps) * ControlNet(image)), per residual level. Its UNet call gives no gradient
   to any UNet weight (and its text input is detached), so L1 trains only the ControlNet -- what
   the reference gets by deep-copying both networks every step, here without copies.
-- **L0** = |eps_m - eps|^2, **L1** = |eps_i - eps|^2
-- **L2** (noise consistency) = |eps_m - stopgrad(eps_i)|^2, every step and every t
-- **L3** (once step > max_steps / 3, only samples with t <= 200): x0_hat from eps_i (unclipped),
-  re-noised to t with the same eps, detached; Mask-Diffusion predicts eps from it:
-  |eps_m(x_t_hat) - eps|^2
+- **L0** = w |f_m - target(x0, eps)|^2, **L1** = w |f_i - target(x0, eps)|^2
+- **L2** (noise consistency) = w |f_m - stopgrad(f_i)|^2, every step and every t
+- **L3** (once step > max_steps / 3, only samples with t <= 200): x0^_i from f_i (unclipped),
+  re-noised to t with the same eps, detached: x_t^ = sqrt(abar) x0^_i + sqrt(1 - abar) eps.
+  Mask-Diffusion must predict the pair it came from: w |f_m(x_t^) - target(x0^_i, eps)|^2
+  (epsilon: the target is eps, as published; v: it is v of (x0^_i, eps), the same condition --
+  the mask branch's x0 estimate on x_t^ is x0^_i).
 - **total** = batch mean of (L0 + L1 + L2 + 1[t <= 200] * L3), each term a per-sample mean.
+
+w is 1 as published, or the min-SNR-gamma weight (Hang et al. 2023; :func:`min_snr_weight`):
+min(SNR, gamma) / SNR for epsilon, min(SNR, gamma) / (SNR + 1) for v. Because
+|d eps|^2 = SNR |d x0|^2 and |d v|^2 = (SNR + 1) |d x0|^2 at a fixed x_t, every weighted term is
+min(SNR, gamma) |d x0|^2 under either parameterisation: the four terms keep their published
+ratios, measured in x0.
 
 ``consistency=False`` is the "plain ControlNet" ablation: L0 only.
 """
@@ -25,9 +41,9 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.func import functional_call
 
 L3_MAX_T = 200  # L3 applies to samples with t <= 200 (of T = 1000)
+PREDICTIONS = ("epsilon", "v_prediction")
 
 
 def trainable_parameters(components) -> list[nn.Parameter]:
@@ -56,24 +72,55 @@ def trainable_parameters(components) -> list[nn.Parameter]:
     return params
 
 
-def _per_sample_mse(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return (prediction.float() - target.float()).pow(2).mean(dim=tuple(range(1, prediction.dim())))
+# ---------------------------------------------------------------------------- parameterisation
+def _check_prediction(prediction: str) -> None:
+    if prediction not in PREDICTIONS:
+        raise ValueError(f"prediction type must be one of {PREDICTIONS}, got {prediction!r}")
 
 
-def _unet_without_weight_grads(components, x_t, t, text, control) -> torch.Tensor:
-    """UNet call whose output carries gradient only to its inputs (the control residuals), never to UNet weights.
-
-    ``functional_call`` with detached parameters: same weights, same values, no deep copy, and no
-    global ``requires_grad`` flipping that an exception could leave behind.
-    """
-    unet = components.unet
-    detached = {name: p.detach() for name, p in unet.named_parameters()}
-    down, mid = control
-    kwargs = dict(encoder_hidden_states=text, down_block_additional_residuals=down,
-                  mid_block_additional_residual=mid, return_dict=False)
-    return functional_call(unet, detached, (x_t, t), kwargs)[0]
+def _broadcast(abar: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    # [B] (or a scalar) -> [B, 1, ..., 1], in the data's dtype and device
+    abar = torch.as_tensor(abar).to(device=like.device, dtype=like.dtype)
+    return abar.view(-1, *([1] * (like.dim() - 1))) if abar.dim() else abar
 
 
+def prediction_target(prediction: str, x0: torch.Tensor, noise: torch.Tensor, abar: torch.Tensor) -> torch.Tensor:
+    """What a perfect network predicts for the pair (x0, noise): noise, or v = sqrt(abar) noise - sqrt(1 - abar) x0."""
+    _check_prediction(prediction)
+    if prediction == "epsilon":
+        return noise
+    a = _broadcast(abar, x0)
+    return a.sqrt() * noise - (1 - a).sqrt() * x0
+
+
+def split_prediction(prediction: str, output: torch.Tensor, x_t: torch.Tensor,
+                     abar: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A prediction at x_t -> (x0 estimate, eps estimate), unclipped."""
+    _check_prediction(prediction)
+    a = _broadcast(abar, x_t)
+    if prediction == "epsilon":
+        return (x_t - (1 - a).sqrt() * output) / a.sqrt(), output
+    return a.sqrt() * x_t - (1 - a).sqrt() * output, a.sqrt() * output + (1 - a).sqrt() * x_t
+
+
+def min_snr_weight(prediction: str, abar: torch.Tensor, snr_gamma: float | None) -> torch.Tensor | None:
+    """Per-sample loss weight [B]: None (1, as published) without ``snr_gamma``, else min-SNR-gamma
+    for that parameterisation (see the module docstring)."""
+    _check_prediction(prediction)
+    if snr_gamma is None:
+        return None
+    snr = abar.float() / (1 - abar.float())
+    clipped = torch.clamp(snr, max=float(snr_gamma))
+    return clipped / snr if prediction == "epsilon" else clipped / (snr + 1)
+
+
+def _per_sample_mse(prediction: torch.Tensor, target: torch.Tensor,
+                    weight: torch.Tensor | None = None) -> torch.Tensor:
+    mse = (prediction.float() - target.float()).pow(2).mean(dim=tuple(range(1, prediction.dim())))
+    return mse if weight is None else mse * weight
+
+
+# ---------------------------------------------------------------------------- the loss
 def siamese_terms(
     components,
     x0: torch.Tensor,
@@ -85,55 +132,66 @@ def siamese_terms(
     step: int,
     max_steps: int,
     consistency: bool = True,
+    snr_gamma: float | None = None,
 ) -> dict[str, torch.Tensor]:
     """The per-sample terms, each a tensor [B] (keeps the graph; L3 is 0 where it does not apply).
 
     Keys: ``L0``; and with ``consistency``: ``L1``, ``L2``, ``L3``, ``L3_applied`` (bool [B]);
-    ``total`` = L0 + L1 + L2 + 1[t <= 200] * L3 (or L0 alone without consistency).
+    ``total`` = L0 + L1 + L2 + 1[t <= 200] * L3 (or L0 alone without consistency). The
+    parameterisation is ``components.prediction_type``; ``snr_gamma`` turns on min-SNR weighting.
     """
     t = timesteps.to(device=x0.device, dtype=torch.long)
+    kind = components.prediction_type
+    abar = components.noise_scheduler.alphas_cumprod.to(device=x0.device)[t]
+    weight = min_snr_weight(kind, abar, snr_gamma)
     x_t = components.noise_scheduler.add_noise(x0, noise, t)
+    target = prediction_target(kind, x0, noise, abar)
 
     # Mask-Diffusion: the branch that is sampled from later.
     control_mask = components.control(x_t, t, text, mask_hint)
-    eps_m = components.predict_eps(x_t, t, text, control_mask)
-    L0 = _per_sample_mse(eps_m, noise)
+    f_m = components.predict(x_t, t, text, control_mask)
+    L0 = _per_sample_mse(f_m, target, weight)
     if not consistency:
         return {"L0": L0, "total": L0}
 
     # Image-Diffusion: stopgrad(mask residuals) + (step / max_steps) * image residuals, same ControlNet.
     # The mask residuals of the same ControlNet on the same input are exactly control_mask, so detach
     # them rather than running a second no_grad pass.
-    weight = float(step) / float(max_steps)
+    w = float(step) / float(max_steps)
     down_image, mid_image = components.control(x_t, t, text.detach(), image_hint)
     down_mask, mid_mask = control_mask
-    control_mix = (
-        [m.detach() + weight * i for m, i in zip(down_mask, down_image)],
-        mid_mask.detach() + weight * mid_image,
-    )
-    eps_i = _unet_without_weight_grads(components, x_t, t, text.detach(), control_mix)
-    L1 = _per_sample_mse(eps_i, noise)
+    control_mix = ([m.detach() + w * i for m, i in zip(down_mask, down_image)], mid_mask.detach() + w * mid_image)
+    f_i = components.predict(x_t, t, text.detach(), control_mix, weight_grads=False)
+    L1 = _per_sample_mse(f_i, target, weight)
 
     # Noise consistency: pull Mask-Diffusion towards Image-Diffusion, never the other way round.
-    L2 = _per_sample_mse(eps_m, eps_i.detach())
+    L2 = _per_sample_mse(f_m, f_i.detach(), weight)
 
-    # L3: Mask-Diffusion must also denoise the Image-Diffusion's re-noised prediction (late, low-noise only).
-    L3 = torch.zeros_like(L0)
-    applied = torch.zeros_like(t, dtype=torch.bool)
-    if step > max_steps / 3:
-        applied = t <= L3_MAX_T
-        if bool(applied.any()):
-            idx = applied.nonzero().squeeze(1)
-            abar = components.noise_scheduler.alphas_cumprod.to(device=x0.device, dtype=x0.dtype)[t[idx]]
-            abar = abar.view(-1, *([1] * (x0.dim() - 1)))
-            x0_hat = (x_t[idx] - (1 - abar).sqrt() * eps_i[idx]) / abar.sqrt()  # unclipped
-            x_t_hat = (abar.sqrt() * x0_hat + (1 - abar).sqrt() * noise[idx]).detach()
-            control_hat = components.control(x_t_hat, t[idx], text[idx], mask_hint[idx])
-            eps_m_hat = components.predict_eps(x_t_hat, t[idx], text[idx], control_hat)
-            L3 = L3.index_copy(0, idx, _per_sample_mse(eps_m_hat, noise[idx]))
-
+    L3, applied = _renoised_term(components, x_t, t, abar, text, mask_hint, noise, f_i, weight, step, max_steps)
     total = L0 + L1 + L2 + applied.to(L3.dtype) * L3
     return {"L0": L0, "L1": L1, "L2": L2, "L3": L3, "L3_applied": applied, "total": total}
+
+
+def _renoised_term(components, x_t, t, abar, text, mask_hint, noise, f_i, weight, step, max_steps):
+    """L3: Mask-Diffusion must also denoise the Image-Diffusion's re-noised prediction (late, low-noise only).
+    Returns (L3 [B], zero where not applied; applied, bool [B])."""
+    L3 = torch.zeros(x_t.shape[0], device=x_t.device, dtype=torch.float32)
+    applied = torch.zeros_like(t, dtype=torch.bool)
+    if step <= max_steps / 3:
+        return L3, applied
+    applied = t <= L3_MAX_T
+    if not bool(applied.any()):
+        return L3, applied
+    kind = components.prediction_type
+    idx = applied.nonzero().squeeze(1)
+    a = _broadcast(abar[idx], x_t)
+    x0_hat = split_prediction(kind, f_i[idx], x_t[idx], abar[idx])[0].detach()  # unclipped
+    x_t_hat = a.sqrt() * x0_hat + (1 - a).sqrt() * noise[idx]
+    control_hat = components.control(x_t_hat, t[idx], text[idx], mask_hint[idx])
+    f_m_hat = components.predict(x_t_hat, t[idx], text[idx], control_hat)
+    target_hat = prediction_target(kind, x0_hat, noise[idx], abar[idx])
+    L3 = L3.index_copy(0, idx, _per_sample_mse(f_m_hat, target_hat, None if weight is None else weight[idx]))
+    return L3, applied
 
 
 def reduce_terms(terms: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -164,6 +222,7 @@ def siamese_loss(
     max_steps: int,
     consistency: bool = True,
     generator: torch.Generator | None = None,
+    snr_gamma: float | None = None,
 ) -> dict[str, torch.Tensor]:
     """One training step's loss.
 
@@ -173,6 +232,7 @@ def siamese_loss(
             branch's weight step / max_steps and switch L3 on after max_steps / 3.
         consistency: False for the plain-ControlNet ablation (L0 only).
         generator: optional, for t, eps, the VAE posterior sample and the sd15 prompt dropout.
+        snr_gamma: min-SNR-gamma loss weighting (None: unweighted, as published).
 
     Returns:
         ``loss`` (to backpropagate) and the named terms (detached scalars, for logging), see
@@ -193,5 +253,6 @@ def siamese_loss(
     t = torch.randint(0, num_t, (b,), generator=generator, device=draw).to(device)
     noise = torch.randn(x0.shape, generator=generator, device=draw, dtype=x0.dtype).to(device)
 
-    terms = siamese_terms(components, x0, mask_hint, image_hint, text, t, noise, step, max_steps, consistency)
+    terms = siamese_terms(components, x0, mask_hint, image_hint, text, t, noise, step, max_steps, consistency,
+                          snr_gamma=snr_gamma)
     return reduce_terms(terms)

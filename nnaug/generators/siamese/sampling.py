@@ -43,7 +43,8 @@ def sample_images(
             (see :meth:`SiameseComponents.as_mask_hint`).
         seeds: one int per mask (initial noise and scheduler noise of that sample).
         scheduler: any diffusers scheduler instance, e.g. ``components.make_scheduler()`` (DDIM);
-            ``set_timesteps`` is called here.
+            ``set_timesteps`` is called here. Its ``prediction_type`` must be the components' (what
+            ``make_scheduler`` gives).
         num_inference_steps: number of denoising steps.
         guidance_scale: classifier-free guidance on the text; default 9 for sd15, 1 (off) for pixel.
         eta: DDIM's eta (0 = deterministic), passed to schedulers that take it.
@@ -74,11 +75,12 @@ def sample_images(
         model_in = torch.cat([latents, latents]) if use_cfg else latents
         t_batch = t.expand(model_in.shape[0]) if torch.is_tensor(t) else torch.full((model_in.shape[0],), t, device=device)
         control = components.control(model_in, t_batch, text, hint)
-        eps = components.predict_eps(model_in, t_batch, text, control)
+        # the raw prediction (epsilon or v): the scheduler is built from the same config and converts it
+        out = components.predict(model_in, t_batch, text, control)
         if use_cfg:
-            eps_uncond, eps_cond = eps.chunk(2)
-            eps = eps_uncond + guidance * (eps_cond - eps_uncond)
-        return eps
+            out_uncond, out_cond = out.chunk(2)
+            out = out_uncond + guidance * (out_cond - out_uncond)
+        return out
 
     shape = (components.latent_channels, components.latent_size, components.latent_size)
     latents = reverse_process(scheduler, seeds, shape, num_inference_steps, device, predict, eta=eta, dtype=dtype,
