@@ -100,3 +100,72 @@ def test_memorisation_of_raw_datasets_flags_a_flipped_copy(nnunet_env, tmp_path)
     assert len(heldout["null_similarity"]) == 10 and heldout["rows"][0]["flagged"]
     assert heldout["rows"][0]["case"] == "example_000"
     shutil.rmtree(held)
+
+
+@pytest.mark.slow  # 450 Kvasir images and masks, similarities over 36 flips/shifts
+def test_images_made_for_training_masks_are_not_copies_outside_the_masks(shared_data):
+    """Mask-conditioned images share their training mask's outline by design. Stand-ins: unseen real images
+    with a polyp-coloured blob painted exactly on a training mask. Compared outside the masks (as the report
+    does for mask-conditioned sets) they are flagged no more than chance; planted copies, with their masks
+    transformed alike, still are."""
+    from nnaug.memorisation import calibrate, copy_threshold, features, outside_masks, similarity
+
+    kvasir = shared_data / "kvasir-seg-1000"
+    files = sorted((kvasir / "images").iterdir())
+    order = np.random.default_rng(1).permutation(len(files))[:450]
+    images = [Image.open(files[i]).convert("RGB") for i in order]
+    masks = [Image.open(kvasir / "masks" / f"{files[i].stem}.png").convert("L") for i in order]
+    train, held, unseen = slice(0, 300), slice(300, 390), slice(390, 450)
+
+    def painted(k: int) -> tuple[Image.Image, Image.Image]:  # unseen image k, training mask k's outline, a polyp colour
+        image, mask = np.asarray(images[unseen][k]).copy(), np.asarray(masks[train][k]) > 127
+        image[mask] = np.asarray(images[train][k])[mask].mean(0).astype(np.uint8)
+        return Image.fromarray(image), masks[train][k]
+
+    def flipped(k: int) -> tuple[Image.Image, Image.Image]:
+        return images[train][k].transpose(Image.FLIP_LEFT_RIGHT), masks[train][k].transpose(Image.FLIP_LEFT_RIGHT)
+
+    def feats(pairs) -> np.ndarray:
+        return outside_masks(features([_model_range(i) for i, _ in pairs]), [np.asarray(m) for _, m in pairs])
+
+    f_train = feats(list(zip(images[train], masks[train])))
+    null = calibrate(f_train, feats(list(zip(images[held], masks[held]))))
+    threshold = copy_threshold(null)
+    outline = similarity(feats([painted(k) for k in range(60)]), f_train)[0].max(1)
+    copies = similarity(feats([flipped(k) for k in range(30)]), f_train)[0].max(1)
+    assert (outline > threshold).mean() <= 0.1, (threshold, np.sort(outline)[-5:])
+    assert (copies > threshold).mean() >= 0.9, (threshold, np.sort(copies)[:5])
+
+
+def test_mask_conditioned_sets_are_compared_outside_their_masks(nnunet_env):
+    """The Siamese demo's false alarm, rebuilt: other example images with a blob of the right colour painted on
+    each training mask (what a mask-conditioned generator is asked to draw). The whole-image measure flags most;
+    a set whose provenance says mask-conditioned is compared outside the masks: no warning, and a flipped copy
+    (with its flipped mask) among them is still flagged."""
+    from nnaug.dataset import load_raw_dataset
+    from nnaug.example import write_example_dataset
+    from nnaug.memorisation import memorisation_summary
+
+    real = write_example_dataset(dataset_id=997, name="nnaugExample", num_cases=24, size=64, seed=0)
+    synth = write_example_dataset(dataset_id=998, name="nnaugExampleSynth", num_cases=24, size=64, seed=7)
+    raw = load_raw_dataset(real.name)
+    for k, case in enumerate(raw.cases):  # synthetic case k: its own background, training case k's mask and colours
+        image = np.asarray(Image.open(synth / "imagesTr" / f"example_{k:03d}_0000.png").convert("RGB")).copy()
+        real_rgb = np.asarray(Image.open(real / "imagesTr" / f"{case.identifier}_0000.png").convert("RGB"))
+        label = np.asarray(Image.open(real / "labelsTr" / f"{case.identifier}.png"))
+        for value in (1, 2):
+            image[label == value] = real_rgb[label == value].mean(0).astype(np.uint8) if (label == value).any() else 0
+        Image.fromarray(image).save(synth / "imagesTr" / f"example_{k:03d}_0000.png")
+        Image.fromarray(label).save(synth / "labelsTr" / f"example_{k:03d}.png")
+    for folder, suffix in (("imagesTr", "_0000.png"), ("labelsTr", ".png")):  # case 23: a flipped copy of case 5
+        Image.open(real / folder / f"example_005{suffix}").transpose(Image.FLIP_LEFT_RIGHT).save(
+            synth / folder / f"example_023{suffix}")
+    provenance = {"source_dataset": real.name, "num_cases": 24, "cases": [{"case": f"example_{i:03d}"} for i in range(24)]}
+    (synth / "nnaug_provenance.json").write_text(json.dumps({**provenance, "mode": "joint"}))
+    whole = memorisation_summary(synth.name, real.name)
+    assert whole["n_flagged"] >= 12 and whole["alarm"]  # the outline alone looks like copying
+    (synth / "nnaug_provenance.json").write_text(json.dumps({**provenance, "mode": "mask-conditioned"}))
+    outside = memorisation_summary(synth.name, real.name)
+    assert "outside the masks" in outside["image_metric"]
+    assert outside["flagged"][:1] == ["example_023"] and outside["n_flagged"] <= 3, outside["flagged"]
+    assert outside["rows"][0]["nearest_by_image"] == "example_005"
