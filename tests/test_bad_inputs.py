@@ -194,3 +194,8 @@ def test_channels_narrower_than_an_attention_head_are_one_line(example, run_cli,
                                  "width 32", "attention head (64 channels)")
     assert "--channels" in line
     assert not (nnunet_env["results"] / "nnaug").exists()  # nothing written
+
+
+def test_flow_objective_is_refused_for_siamese_in_one_line(example, run_cli):
+    assert_one_line_error(run_cli("train-generator", "999", "--model", "siamese", "--preset", "tiny", "--objective", "flow",
+                                  "--steps", "1", "--cpu"), "--objective flow is a JDM option")

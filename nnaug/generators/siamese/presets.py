@@ -55,6 +55,8 @@ def check_settings(settings: dict) -> None:
         raise NnaugError(f"--prediction must be epsilon or v, got {settings['prediction']!r}")
     if settings.get("noise_schedule", "linear") not in ("linear", "cosine"):
         raise NnaugError(f"--noise-schedule must be linear or cosine, got {settings['noise_schedule']!r}")
+    if settings.get("objective", "diffusion") != "diffusion":  # flow matching exists for the JDM only, so far
+        raise NnaugError("--objective flow is a JDM option: Siamese-Diffusion trains as a diffusion (leave --objective out)")
     if settings.get("backbone") == "sd15" and not settings.get("base_model"):
         raise NnaugError("--backbone sd15 needs --base-model DIR: a local diffusers Stable Diffusion 1.5 folder "
                          "(unet/, vae/, text_encoder/, tokenizer/, scheduler/)")
