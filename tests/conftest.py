@@ -32,15 +32,53 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.fixture
-def nnunet_env(tmp_path, monkeypatch) -> dict[str, Path]:
-    """Fresh nnUNet_raw / nnUNet_preprocessed / nnUNet_results folders for one test."""
+def nnunet_folders_in(root: Path, monkeypatch) -> dict[str, Path]:
+    """nnUNet_raw / nnUNet_preprocessed / nnUNet_results made under ``root`` and set with ``monkeypatch``
+    (a fixture's, or a ``pytest.MonkeyPatch.context()`` for module-scoped set-ups); keys raw, preprocessed, results."""
     paths = {}
     for var, name in (("nnUNet_raw", "raw"), ("nnUNet_preprocessed", "preprocessed"), ("nnUNet_results", "results")):
-        paths[name] = tmp_path / name
+        paths[name] = root / name
         paths[name].mkdir()
         monkeypatch.setenv(var, str(paths[name]))
     return paths
+
+
+@pytest.fixture
+def nnunet_env(tmp_path, monkeypatch) -> dict[str, Path]:
+    """Fresh nnUNet_raw / nnUNet_preprocessed / nnUNet_results folders for one test."""
+    return nnunet_folders_in(tmp_path, monkeypatch)
+
+
+def sigkill_after(proc, done_markers: Path, count: int, timeout: float = 300) -> None:
+    """SIGKILL ``proc`` once ``done_markers`` holds ``count`` ``*.done`` files (a synthesis mid-run)."""
+    import os
+    import signal
+    import time
+
+    deadline = time.time() + timeout
+    while len(list(done_markers.glob("*.done"))) < count:
+        assert proc.poll() is None and time.time() < deadline, "synthesis ended before it could be killed"
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def mask_and_its_noise(size: int, seeds: list[int], image_channels: int = 3):
+    """Two given binary masks ([2, 1, S, S] in {-1, 1}) and the mask noise z each seed's sampler draws for them
+    (the sampler draws a sample's initial noise first, then its mask noise, from the seed's own generator)."""
+    import torch
+
+    from nnaug.masks import encode_labels
+
+    given = torch.zeros(2, size, size, dtype=torch.long)
+    given[0, 8:14, 8:14] = 1
+    given[1, 0:5, 3:16] = 1
+    z = []
+    for s in seeds:
+        g = torch.Generator().manual_seed(s)
+        torch.randn((image_channels + 1, size, size), generator=g)
+        z.append(torch.randn((1, size, size), generator=g))
+    return encode_labels(given, 1).float(), torch.stack(z)
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import assert_one_line_error
+from conftest import assert_one_line_error, mask_and_its_noise
 
 from nnaug.generators.jdm import flow
 from nnaug.generators.jdm.sampling import JDMGenerator, sample
@@ -79,16 +79,7 @@ def test_flow_samplers_recover_a_point_mass(sampler, steps):
 def test_flow_mask_channels_stay_exactly_on_their_straight_path(sampler):
     size, seeds = 16, [4, 9]
     target = _point(size)  # the oracle believes in another mask than the given one
-    given = torch.zeros(2, size, size, dtype=torch.long)
-    given[0, 8:14, 8:14] = 1
-    given[1, 0:5, 3:16] = 1
-    m = encode_labels(given, 1).float()
-    z = []
-    for s in seeds:  # the sampler's per-sample draws: initial noise first, then the mask noise
-        g = torch.Generator().manual_seed(s)
-        torch.randn((4, size, size), generator=g)
-        z.append(torch.randn((1, size, size), generator=g))
-    z = torch.stack(z)
+    m, z = mask_and_its_noise(size, seeds)
     errors = []
 
     def check(t_next, x):

@@ -12,6 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import mask_and_its_noise
 
 from nnaug.generators.jdm.model import JDMArchitecture
 from nnaug.generators.jdm.presets import SCHEDULER_CONFIG
@@ -96,16 +97,7 @@ def test_deterministic_solvers_keep_the_mask_on_its_noising_path(sampler, predic
     believed[:, 2:6, 2:6] = 1  # the model's own mask differs from the given one
     image, _ = _point(labels=believed)
     target = torch.cat([image, encode_labels(believed, 1)], 1)
-    given = torch.zeros(2, size, size, dtype=torch.long)
-    given[0, 8:14, 8:14] = 1
-    given[1, 0:5, 3:16] = 1
-    m = encode_labels(given, 1).float()
-    z = []
-    for s in seeds:  # the sampler's per-sample draws: initial noise first, then the mask noise
-        g = torch.Generator().manual_seed(s)
-        torch.randn((4, size, size), generator=g)
-        z.append(torch.randn((1, size, size), generator=g))
-    z = torch.stack(z)
+    m, z = mask_and_its_noise(size, seeds)
     config = {**SCHEDULER_CONFIG, "prediction_type": prediction_type}
     scheduler = make_scheduler(sampler, config)
     ab = scheduler.alphas_cumprod

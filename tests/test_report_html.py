@@ -9,7 +9,7 @@ import re
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import REPO, nnunet_folders_in
 from test_metrics_report import _fake_results, _fake_synthetic
 
 pytestmark = pytest.mark.slow  # a whole report with FID/KID, and headless Chromium in a subprocess
@@ -33,11 +33,7 @@ def html_report(tmp_path_factory, random_weights):
 
     base = tmp_path_factory.mktemp("html_report")
     with pytest.MonkeyPatch.context() as mp:
-        paths = {}
-        for var, name in (("nnUNet_raw", "raw"), ("nnUNet_preprocessed", "preprocessed"), ("nnUNet_results", "results")):
-            paths[name] = base / name
-            paths[name].mkdir()
-            mp.setenv(var, str(paths[name]))
+        paths = nnunet_folders_in(base, mp)
         real = write_example_dataset(dataset_id=997, name="nnaugExample", num_cases=8, size=48, seed=0)
         _fake_synthetic(paths, real, ["example_005"])
         _fake_results(paths["results"], real.name)

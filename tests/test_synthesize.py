@@ -5,15 +5,13 @@ import hashlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import assert_one_line_error
+from conftest import assert_one_line_error, sigkill_after
 
 from nnaug.dataset import load_raw_dataset
 
@@ -117,12 +115,7 @@ def test_sigkill_resume_and_shards_give_identical_bytes(example_with_generator, 
     cmd = [sys.executable, "-m", "nnaug_cli.main", *args]
     proc = subprocess.Popen(cmd, env=os.environ.copy(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     markers = env["raw"] / ".Dataset602_nnaugExampleSynth.partial" / ".nnaug_batches"
-    deadline = time.time() + 300
-    while len(list(markers.glob("*.done"))) < 3:
-        assert proc.poll() is None and time.time() < deadline, "synthesis ended before it could be killed"
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    sigkill_after(proc, markers, 3)
     assert not folder.exists()
     done_before = len(list(markers.glob("*.done")))
     assert done_before < 12

@@ -8,18 +8,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from conftest import assert_one_line_error
+from conftest import assert_one_line_error, nnunet_folders_in, sigkill_after
 
 from nnaug.synthesis_filter import decide
 from nnaug.synthesize import PLAN, PROGRESS
@@ -96,11 +93,7 @@ def filtering(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("filtering")
     with pytest.MonkeyPatch.context() as mp:
-        env = {}
-        for var, name in (("nnUNet_raw", "raw"), ("nnUNet_preprocessed", "preprocessed"), ("nnUNet_results", "results")):
-            env[name] = root / name
-            env[name].mkdir()
-            mp.setenv(var, str(env[name]))
+        env = nnunet_folders_in(root, mp)
         mp.setenv("nnUNet_def_n_proc", "1")
         mp.setenv("OMP_NUM_THREADS", "1")  # the subprocesses below: the same threads, the same sums, the same bytes
         assert _cli("example-dataset", "-d", "999", "--num-cases", "8").returncode == 0
@@ -170,12 +163,7 @@ def test_sigkill_resume_and_shards_give_identical_bytes(filtering):
     proc = subprocess.Popen([sys.executable, "-m", "nnaug_cli.main", *args], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     markers = filtering.env["raw"] / ".Dataset611_nnaugExampleSynth.partial" / PROGRESS
-    deadline = time.time() + 300
-    while len(list(markers.glob("*.done"))) < 2:
-        assert proc.poll() is None and time.time() < deadline, "synthesis ended before it could be killed"
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    sigkill_after(proc, markers, 2)
     assert not folder.exists()
     other = _cli(*[a if a != repr(threshold) else repr(threshold / 2) for a in args], "--resume")
     assert other.returncode == 2 and "other settings" in other.stderr  # another threshold is another plan

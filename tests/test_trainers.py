@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import nnunet_folders_in
 
 from nnaug.errors import NnaugError
 from nnaug.example import write_example_dataset
@@ -151,11 +152,7 @@ def trained(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("trained")
     with pytest.MonkeyPatch.context() as mp:
-        env = {}
-        for var, name in (("nnUNet_raw", "raw"), ("nnUNet_preprocessed", "preprocessed"), ("nnUNet_results", "results")):
-            env[name] = root / name
-            env[name].mkdir()
-            mp.setenv(var, str(env[name]))
+        env = nnunet_folders_in(root, mp)
         for var in NNAUG_VARS:
             mp.delenv(var, raising=False)
         mp.setenv("nnUNet_def_n_proc", "1")
