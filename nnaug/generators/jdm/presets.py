@@ -12,16 +12,17 @@ from __future__ import annotations
 # count so that a short run's EMA is not dominated by its first, random weights.
 OBJECTIVE_PAPER = dict(prediction="epsilon", learned_variance=True, snr_gamma=None, noise_schedule="linear")
 OBJECTIVE_FAST = dict(prediction="v", learned_variance=False, snr_gamma=5.0, noise_schedule="cosine")
+DIFFUSION = dict(objective="diffusion", flow_t="logit-normal")  # --objective flow switches to rectified flow (below)
 PRESETS = {
     "tiny": dict(resolution=32, channels=(32, 64, 64), layers_per_block=1, attention_resolutions=(8,),
                  attention_head_dim=32, steps=700, batch_size=16, lr=2e-3, warmup_steps=50, ema_decay=0.999,
-                 ema_warmup=True, checkpoint_every=350, **OBJECTIVE_FAST),
+                 ema_warmup=True, checkpoint_every=350, **OBJECTIVE_FAST, **DIFFUSION),
     "small": dict(resolution=128, channels=(64, 64, 128, 256, 256), layers_per_block=2, attention_resolutions=(16, 8),
                   attention_head_dim=64, steps=20000, batch_size=16, lr=5e-4, warmup_steps=500, ema_decay=0.9995,
-                  ema_warmup=True, checkpoint_every=1000, **OBJECTIVE_FAST),
+                  ema_warmup=True, checkpoint_every=1000, **OBJECTIVE_FAST, **DIFFUSION),
     "paper": dict(resolution=256, channels=(128, 128, 256, 256, 512, 512), layers_per_block=2,
                   attention_resolutions=(16, 8), attention_head_dim=128, steps=60000, batch_size=10, lr=1e-4,
-                  ema_decay=0.9999, checkpoint_every=5000, **OBJECTIVE_PAPER),
+                  ema_decay=0.9999, checkpoint_every=5000, **OBJECTIVE_PAPER, **DIFFUSION),
 }
 # --objective flow (nnaug/generators/jdm/flow.py): rectified flow on the same UNet; --flow-t picks how training
 # draws t. The default sampler of a flow JDM: Heun, 4 steps = 7 network evaluations (docs/train-generator.md).

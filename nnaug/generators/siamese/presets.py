@@ -16,7 +16,7 @@ OBJECTIVE_FAST = dict(prediction="v", noise_schedule="cosine", snr_gamma=5.0)
 _COMMON = dict(backbone="pixel", base_model=None, prompt=DEFAULT_PROMPT, prompt_dropout=PROMPT_DROPOUT, consistency=True,
                cross_attention_dim=64, attention_head_dim=8, text_length=4, dhi_channels=(16, 32),
                grad_accum=1, weight_decay=0.0, warmup_steps=0, use_ema=True, ema_warmup=False, augment=True,
-               mixed_precision="no", seed=0, preview_steps=20, **OBJECTIVE_PAPER)
+               mixed_precision="no", seed=0, preview_steps=20, objective="diffusion", **OBJECTIVE_PAPER)
 
 # Widths are the UNet's block_out_channels (the ControlNet copies its encoder); attention (self +
 # cross) sits on every level whose feature map is at most max(attention_resolutions) pixels, and in
