@@ -244,10 +244,21 @@ def convert_folder(
     ``size``: resize every case to ``size`` x ``size`` (image bicubic, labels per class)."""
     target = _check_new_dataset(dataset_id, name, overwrite)
     src = _read_source(source, images, masks, threshold, label_names, progress)
-    with atomic_output_dir(target, overwrite=overwrite) as work:
-        _write_dataset(src, list(range(len(src.pairs))), work, target, size, progress)
+    _write_datasets(src, [(target, list(range(len(src.pairs))), None)], overwrite, size, progress)
     _note_threshold(src, threshold)
     return target
+
+
+def _write_datasets(src: _Source, jobs: list[tuple[Path, list[int], dict | None]], overwrite: bool,
+                    size: int | None, progress: bool) -> None:
+    """Each (target, case indices, split record or None) built in its hidden partial folder; every target is
+    renamed into place only after all were written, so a failure leaves none of them."""
+    with contextlib.ExitStack() as stack:
+        for target, indices, record in jobs:
+            work = stack.enter_context(atomic_output_dir(target, overwrite=overwrite))
+            _write_dataset(src, indices, work, target, size, progress)
+            if record is not None:
+                write_json_atomic(work / SPLIT_FILE, record)
 
 
 def split_dataset_names(name: str, parts: list[SplitPart]) -> list[str]:
@@ -281,10 +292,7 @@ def convert_split(
     index = {identifier: i for i, identifier in enumerate(src.ids)}
     record = {"source": str(src.folder.resolve()), "seed": seed, "split": split, "size": size,
               "datasets": {p.name: t.name for p, t in zip(parts, targets)}, "cases": assignment}
-    with contextlib.ExitStack() as stack:  # every part is renamed into place only after all were written
-        for part, target in zip(parts, targets):
-            work = stack.enter_context(atomic_output_dir(target, overwrite=overwrite))
-            _write_dataset(src, [index[c] for c in assignment[part.name]], work, target, size, progress)
-            write_json_atomic(work / SPLIT_FILE, {**record, "part": part.name})
+    _write_datasets(src, [(target, [index[c] for c in assignment[part.name]], {**record, "part": part.name})
+                          for part, target in zip(parts, targets)], overwrite, size, progress)
     _note_threshold(src, threshold)
     return targets

@@ -20,6 +20,13 @@ SPACING = "trailing"
 _DDPM_ONLY = ("variance_type", "clip_sample", "clip_sample_range", "set_alpha_to_one", "thresholding")
 
 
+def is_flow_config(config) -> bool:
+    """Whether a saved scheduler config, or a scheduler itself, belongs to a flow-matching model (diffusers'
+    ``FlowMatch*`` schedulers; a live scheduler's ``.config`` does not carry its class name, so it is asked)."""
+    name = type(config).__name__ if hasattr(config, "step") else dict(config).get("_class_name", "")
+    return str(name).startswith("FlowMatch")
+
+
 def make_scheduler(name: str, config: dict, clip_x0: bool = True):
     """A diffusers scheduler for ``name``; ``ddpm`` keeps the config's variance type (e.g. learned range).
 
@@ -31,7 +38,7 @@ def make_scheduler(name: str, config: dict, clip_x0: bool = True):
 
     if name not in SAMPLERS:
         raise NnaugError(f"unknown sampler '{name}': choose one of {', '.join(SAMPLERS)}")
-    is_flow = str(dict(config).get("_class_name", "")).startswith("FlowMatch")
+    is_flow = is_flow_config(config)
     if (name in FLOW_SAMPLERS) != is_flow:
         allowed = FLOW_SAMPLERS if is_flow else DIFFUSION_SAMPLERS
         kind = "flow-matching" if is_flow else "diffusion"

@@ -426,6 +426,31 @@ def ensure_synthetic(raw, generator: Path, sha: str, ratio: float, choice: Synth
         return synthesize(raw.name, opts)
 
 
+class SyntheticSets:
+    """The sweep's synthetic datasets by (ratio, filter threshold), made or reused when first asked for.
+
+    Filtered sets are scored by ``judge``, the sweep's own real-only run of seed 0 (the same training
+    cases, never a test case): they are first asked for when an arm that needs them trains, after that run
+    (it is the sweep's first task). ``get`` looks without making."""
+
+    def __init__(self, raw, generator: Path, sha: str, choice: SynthesisChoice, device: str, folder: Path,
+                 judge: Path, log=print):
+        self.raw, self.generator, self.sha, self.choice, self.device = raw, generator, sha, choice, device
+        self.folder, self.judge, self.log, self.made = folder, judge, log, {}
+
+    def get(self, key) -> Path | None:
+        return self.made.get(key)
+
+    def __getitem__(self, key) -> Path:
+        if key not in self.made:
+            ratio, threshold = key
+            self.made[key] = ensure_synthetic(self.raw, self.generator, self.sha, ratio, self.choice, self.device,
+                                              self.folder, self.log, threshold, self.judge if threshold else None)
+            self.log(f"nnaug sweep: ratio {ratio_label(ratio)}"
+                     + (f", mask consistency >= {threshold:g}" if threshold else "") + f": {self.made[key].name}")
+        return self.made[key]
+
+
 # ----------------------------------------------------------------------------- training
 _WRAPPER = ("import ctypes, os, signal, sys\n"
             "try:\n"
@@ -815,22 +840,10 @@ def run_sweep(dataset: str, ratios=(1.0, 2.5, 5.0), seeds: int = 3, generator: P
         f"({len(tasks) - len(pending)} done), folds {','.join(map(str, folds))}, budget {budget}, device {device}; "
         f"generator {generator} ({sha[:8]}); results under {gen_folder}")
 
-    # Filtered sets are scored by the sweep's own real-only run of seed 0 (same training cases, never a test
-    # case); they are made when the first arm that needs them trains, after that run (it is the first task).
     real_model = model_folder(arm_root(base, gen_folder, arms[0], 0), raw.name, arms[0].trainer)
-    synthetic: dict = {}
-
-    def synthetic_for(key) -> Path:
-        if key not in synthetic:
-            ratio, threshold = key
-            synthetic[key] = ensure_synthetic(raw, generator, sha, ratio, choice, device, gen_folder, log,
-                                              threshold, real_model if threshold else None)
-            log(f"nnaug sweep: ratio {ratio_label(ratio)}" + (f", mask consistency >= {threshold:g}" if threshold else "")
-                + f": {synthetic[key].name}")
-        return synthetic[key]
-
+    synthetic = SyntheticSets(raw, generator, sha, choice, device, gen_folder, real_model, log)
     for key in [a.synthesis_key for a in arms if a.kind == "pretrain" and a.min_consistency is None]:
-        synthetic_for(key)
+        synthetic[key]  # the unfiltered sets up front: made, resumed or reused
 
     progress = Progress(log)
     trained: list[str] = []
@@ -851,7 +864,7 @@ def run_sweep(dataset: str, ratios=(1.0, 2.5, 5.0), seeds: int = 3, generator: P
                 log(f"nnaug sweep: {label} fold {fold}: training with {arm.trainer} ("
                     + ", ".join(f"{p} {e} epochs x {i} iterations" for p, e, i in arm.phases) + ")")
                 train_fold(raw, arm, seed, fold, root, device,
-                           synthetic_for(arm.synthesis_key) if arm.synthesis_key else None, progress,
+                           synthetic[arm.synthesis_key] if arm.synthesis_key else None, progress,
                            f"{label} fold {fold}", later)
                 record = _load(root / ARM_RECORD) or {}
                 seconds = record.get("train_seconds", {})
@@ -884,8 +897,8 @@ def run_sweep(dataset: str, ratios=(1.0, 2.5, 5.0), seeds: int = 3, generator: P
 
     weights = resolve_inception_weights(inception_weights, required=False)
     keys = [a.synthesis_key for a in arms if a.kind == "pretrain"]
-    quality = {key: synthetic_quality(raw, synthetic_for(key), weights, real_model, folds, device,
-                                      gen_folder / "fidelity" / f"{synthetic_for(key).name}.json", log) for key in keys}
+    quality = {key: synthetic_quality(raw, synthetic[key], weights, real_model, folds, device,
+                                      gen_folder / "fidelity" / f"{synthetic[key].name}.json", log) for key in keys}
 
     result = {
         "dataset": raw.name, "num_real_cases": len(raw.cases), "folder": str(gen_folder), "base_folder": str(base),

@@ -25,11 +25,6 @@ TIME_SCALE = 1000.0  # the network's timestep input is t * 1000, as diffusers' F
 SCHEDULER_CONFIG = {"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": 1000, "shift": 1.0}
 
 
-def is_flow_config(config: dict) -> bool:
-    """Whether a saved scheduler config belongs to a flow-matching model."""
-    return str(config.get("_class_name", "")).startswith("FlowMatch")
-
-
 def sample_t(batch: int, distribution: str, generator: torch.Generator | None, device) -> Tensor:
     """``t`` in (0, 1) per sample: ``sigmoid(N(0, 1))`` (logit-normal) or ``U(0, 1)``."""
     if distribution == "logit-normal":

@@ -10,6 +10,7 @@ from nnaug.generators.jdm import flow
 from nnaug.generators.jdm.objective import GaussianDiffusion
 from nnaug.generators.jdm.presets import OBJECTIVE_PAPER, PREDICTION_TYPES, SCHEDULER_CONFIG, scheduler_config
 from nnaug.masks import decode_channels, encode_labels
+from nnaug.samplers import is_flow_config
 
 @dataclass
 class JDMArchitecture:
@@ -52,7 +53,7 @@ class JDMModel(torch.nn.Module):
         self.image_channels, self.mask_channels = image_channels, mask_channels
         self.scheduler_config = dict(scheduler_config or SCHEDULER_CONFIG)
         self.flow_t = flow_t
-        if flow.is_flow_config(self.scheduler_config):
+        if is_flow_config(self.scheduler_config):
             self.diffusion = None
             return
         self.prediction = {v: k for k, v in PREDICTION_TYPES.items()}[self.scheduler_config["prediction_type"]]

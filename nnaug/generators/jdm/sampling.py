@@ -28,7 +28,7 @@ import torch
 from nnaug.errors import NnaugError
 from nnaug.generators.reverse_process import per_sample_noise, reverse_process
 from nnaug.masks import decode_channels, encode_labels
-from nnaug.samplers import make_scheduler
+from nnaug.samplers import is_flow_config, make_scheduler
 
 
 def on_mask_path(mask: torch.Tensor, noise: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
@@ -62,7 +62,7 @@ class _MaskPath:
     def __init__(self, scheduler, device):
         from diffusers import DDPMScheduler
 
-        self.flow = not hasattr(scheduler, "alphas_cumprod")
+        self.flow = is_flow_config(scheduler)
         self.ancestral = isinstance(scheduler, DDPMScheduler)  # adds fresh noise every step: replacement instead
         if self.flow:
             self.prediction_type, self.scale = "flow", float(scheduler.config.num_train_timesteps)
