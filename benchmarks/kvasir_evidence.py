@@ -52,10 +52,16 @@ class Runner:
             (work / var).mkdir(parents=True, exist_ok=True)
             os.environ[var] = self.env[var]
 
-    def __call__(self, *args) -> None:
+    def __call__(self, *args, workers: int = 1) -> None:
+        """Runs the command (``workers`` copies at once, each with its share of the cores: ``nnaug sweep``
+        shares its runs between them)."""
         command = [str(a) for a in args]
-        print("$ " + shlex.join(command), flush=True)
-        if not self.dry_run and subprocess.run(command, env=self.env).returncode != 0:
+        print("$ " + shlex.join(command) + (f"   # x {workers} workers" if workers > 1 else ""), flush=True)
+        if self.dry_run:
+            return
+        env = self.env if workers == 1 else {**self.env, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // workers))}
+        procs = [subprocess.Popen(command, env=env) for _ in range(workers)]
+        if any(p.wait() != 0 for p in procs):
             raise SystemExit(f"kvasir_evidence: {command[0]} {command[1]} failed (output above); run again to continue")
 
     @property
@@ -111,7 +117,7 @@ def stage_generator(run: Runner, args) -> None:
     curve_file = run.work / "curve.json"
     curve = json.loads(curve_file.read_text()) if curve_file.is_file() else []
     judge = real_only_model(run, args)
-    for steps in CHUNKS:
+    for steps in (c for c in CHUNKS if c <= args.max_steps):
         if any(point["steps"] == steps for point in curve):
             continue
         resume = ["--resume"] if (generator_folder(run) / "checkpoints").is_dir() else []
@@ -148,16 +154,17 @@ def _plot_curve(curve: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
-def _sweep(run: Runner, args, test: int, arm: str, ratios: str, seeds: int) -> None:
+def _sweep(run: Runner, args, test: int, arm: str, ratios: str, seeds: int, *extra) -> None:
     run("nnaug", "sweep", TRAIN, "--test", test, "--ratios", ratios, "--seeds", seeds, "--budget", args.budget,
-        "--device", args.device, "--generator", generator_folder(run), *ARMS[arm])
+        "--device", args.device, "--generator", generator_folder(run), *ARMS[arm], *extra, workers=args.workers)
 
 
 def _sweep_json(run: Runner, test: int, arm: str, budget: str) -> dict:
     """The sweep.json of this generator's sweep on ``test`` for ``arm`` (the newest if there are several)."""
-    root = run.results / "nnaug" / NAMES[TRAIN] / "sweep" / f"test-{NAMES[test]}_{budget}"
+    root = run.results / "nnaug" / NAMES[TRAIN] / "sweep" / budget
     mode = "mask-conditioned" if ARMS[arm] else "joint"
-    found = sorted((p for p in root.glob("*/sweep.json") if f"_{mode}" in p.parent.name), key=lambda p: p.stat().st_mtime)
+    found = sorted((p for p in root.glob(f"*/test-{NAMES[test]}/sweep.json") if f"_{mode}" in p.parent.parent.name),
+                   key=lambda p: p.stat().st_mtime)
     if not found:
         raise SystemExit(f"kvasir_evidence: no sweep.json for {arm} on {NAMES[test]} under {root}: run that stage")
     return json.loads(found[-1].read_text())
@@ -165,8 +172,9 @@ def _sweep_json(run: Runner, test: int, arm: str, budget: str) -> dict:
 
 def stage_validate(run: Runner, args) -> None:
     choice = {}
-    for arm in ARMS:
-        _sweep(run, args, VAL, arm, VALIDATION_RATIOS, VALIDATION_SEEDS)
+    for arm in args.arms.split(","):
+        # compute-matched real-only is a reference of the final table, not a choice: the test stage trains it
+        _sweep(run, args, VAL, arm, VALIDATION_RATIOS, VALIDATION_SEEDS, "--no-compute-matched")
         if run.dry_run:
             continue
         rows = [r for r in _sweep_json(run, VAL, arm, args.budget)["arms"] if r["kind"] == "pretrain"]
@@ -179,14 +187,14 @@ def stage_validate(run: Runner, args) -> None:
 
 def stage_test(run: Runner, args) -> None:
     choice = json.loads((run.work / "choice.json").read_text()) if not run.dry_run else {a: {"ratio": "R"} for a in ARMS}
-    for arm in ARMS:
+    for arm in args.arms.split(","):
         _sweep(run, args, TEST, arm, str(choice[arm]["ratio"]), args.seeds)
 
 
 def stage_summary(run: Runner, args) -> None:
     if run.dry_run:
         return
-    summary = {arm: _sweep_json(run, TEST, arm, args.budget) for arm in ARMS}
+    summary = {arm: _sweep_json(run, TEST, arm, args.budget) for arm in args.arms.split(",")}
     (run.work / "summary.json").write_text(json.dumps(summary, indent=1))
     for arm, result in summary.items():
         print(f"\n### {arm}\n")
@@ -205,8 +213,13 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DATA, help="the kvasir-seg-1000 folder")
     parser.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated, from {','.join(STAGES)}")
     parser.add_argument("--seeds", type=int, default=5, help="seeds of the final test-set sweeps")
+    parser.add_argument("--max-steps", type=int, default=CHUNKS[-1],
+                        help="the generator's last chunk (a cap for a short session; the curve says if it still improved)")
     parser.add_argument("--budget", default="small", choices=["tiny", "small", "gpu"])
     parser.add_argument("--device", default="cuda" if __import__("torch").cuda.is_available() else "cpu")
+    parser.add_argument("--arms", default=",".join(ARMS), help=f"synthetic arms, from {','.join(ARMS)}")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="nnaug sweep processes sharing each sweep (the cores are split between them)")
     parser.add_argument("--dry-run", action="store_true", help="print every stage's commands, run nothing")
     args = parser.parse_args()
     run = Runner(args.workdir.resolve(), args.dry_run)

@@ -44,6 +44,41 @@ def write_json_atomic(path: Path | str, content, indent: int | None = 2) -> None
     write_text_atomic(path, json.dumps(content, indent=indent))
 
 
+def load_json_or_none(path: Path | str) -> dict | None:
+    """A JSON file's content, or None when it is missing or unreadable (a resumed run treats both as not done)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+@contextlib.contextmanager
+def file_lock(path: Path | str, waiting_message: str | None, wait: bool = True) -> Iterator[bool]:
+    """Exclusive lock on ``path`` (the ``filelock`` package: fcntl on POSIX, msvcrt on Windows).
+
+    ``wait``: block until it is free, saying ``waiting_message`` once if another process holds it, and yield
+    True. ``wait=False``: yield False at once when another process holds it (the caller does something else,
+    as a sweep worker takes the next run)."""
+    from filelock import FileLock, Timeout
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(path))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        if not wait:
+            yield False
+            return
+        if waiting_message:
+            print(f"nnaug: {waiting_message} (lock {path})", flush=True)
+        lock.acquire()
+    try:
+        yield True
+    finally:
+        lock.release()
+
+
 def file_sha256(path: Path | str) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:

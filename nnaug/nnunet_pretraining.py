@@ -25,21 +25,18 @@ which is exactly what ``nnUNetv2_train <SynthID> <config> all -tr <PretrainTrain
 """
 from __future__ import annotations
 
-import contextlib
 import gc
 import hashlib
-import json
 import os
 import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Iterator
 
 from nnaug.dataset import find_raw_dataset, parse_dataset_id, preprocessed_root, raw_root, results_root
 from nnaug.errors import NnaugError
-from nnaug.io import write_json_atomic
+from nnaug.io import file_lock, load_json_or_none, write_json_atomic  # noqa: F401 (the trainers read load_json_or_none here)
 from nnaug.provenance import PROVENANCE_FILE, read_provenance, same_dataset, synthetic_datasets_for
 
 PREPARED_MARKER = "nnaug_prepared_{plans}_{configuration}.json"
@@ -153,33 +150,6 @@ def check_compatible(real_json: dict, synthetic_json: dict, real_name: str, synt
 
 
 # ----------------------------------------------------------------------------- small file helpers
-def load_json_or_none(path: Path) -> dict | None:
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
-
-
-@contextlib.contextmanager
-def file_lock(path: Path, waiting_message: str) -> Iterator[None]:
-    """Exclusive lock on ``path`` (the ``filelock`` package: fcntl on POSIX, msvcrt on Windows); says
-    ``waiting_message`` once if another process holds it."""
-    from filelock import FileLock, Timeout
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(path))
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        print(f"nnaug: {waiting_message} (lock {path})", flush=True)
-        lock.acquire()
-    try:
-        yield
-    finally:
-        lock.release()
-
-
 # ----------------------------------------------------------------------------- preprocessing with the real plans
 def pretrain_plans_identifier(plans_identifier: str, source_dataset: str) -> str:
     """Plans name of the real plans moved onto the synthetic dataset (custom, as nnU-Net's docs advise)."""
@@ -311,13 +281,14 @@ def ensure_pretrained(finetune_trainer, pretrain_class) -> tuple[Path, dict]:
     log(f"nnaug: phase 1/2: pretraining on {synthetic} with {pretrain_class.__name__} ({schedule.describe()}), "
         f"plans {target_plans}, output {out}")
 
-    with file_lock(lock, f"waiting for another process preparing/pretraining {synthetic}"):
+    with file_lock(lock, f"waiting for another process preparing {synthetic}"):  # shared by every seed's run
         prepared = prepare_synthetic(source, synthetic_folder, plans_identifier, configuration, log=log)
-        wanted = {
-            "source_dataset": source, "source_plans": plans_identifier, "synthetic_dataset": synthetic,
-            "plans": target_plans, "configuration": configuration, "trainer": pretrain_class.__name__,
-            "schedule": asdict(schedule), "signature": prepared.signature,
-        }
+    wanted = {
+        "source_dataset": source, "source_plans": plans_identifier, "synthetic_dataset": synthetic,
+        "plans": target_plans, "configuration": configuration, "trainer": pretrain_class.__name__,
+        "schedule": asdict(schedule), "signature": prepared.signature,
+    }
+    with file_lock(out.parent / f".{out.name}.lock", f"waiting for another process pretraining into {out}"):
         done = load_json_or_none(out / PRETRAIN_DONE_MARKER)
         if done is not None and final.is_file():
             made = {k: done.get(k) for k in wanted}

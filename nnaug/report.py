@@ -41,7 +41,8 @@ def _label_names(dataset_json: dict) -> dict[str, str]:
 def collect_dice(dataset_name: str, folds: list[int] | None = None, dataset_json: dict | None = None) -> list[dict]:
     """One row per ``<Trainer>__<Plans>__<config>/fold_<f>/validation/summary.json`` under ``$nnUNet_results/<dataset>``."""
     from nnaug.dataset import results_root
-    from nnaug.nnunet_pretraining import TRAINING_RECORD, load_json_or_none
+    from nnaug.io import load_json_or_none
+    from nnaug.nnunet_pretraining import TRAINING_RECORD
 
     root = results_root() / dataset_name
     names = _label_names(dataset_json or {})
@@ -114,7 +115,7 @@ def find_real_only_model(dataset_name: str, folds: list[int] | None = None) -> t
 def real_only_validation_dice(model_dir: Path, folds: list) -> dict:
     """Mean validation foreground Dice (nnU-Net's summary.json) of a model over ``folds``: ``dict(dice=, folds=)``,
     ``dice`` None when none of those folds has a summary.json."""
-    from nnaug.nnunet_pretraining import load_json_or_none
+    from nnaug.io import load_json_or_none
 
     values, used = [], []
     for fold in folds:

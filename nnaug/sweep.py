@@ -35,13 +35,12 @@ from pathlib import Path
 import numpy as np
 
 from nnaug.errors import NnaugError
-from nnaug.io import write_atomic
+from nnaug.io import file_lock, write_atomic, write_json_atomic
 
 CONFIGURATION = "2d"
 PLANS = "nnUNetPlans"
 ENV_SEED = "NNAUG_SEED"
 ARM_RECORD = "nnaug_sweep_arm.json"
-TEST_RECORD = "nnaug_sweep_test.json"
 SWEEP_CONFIG = "nnaug_sweep_config.json"
 BASE_CONFIG = "nnaug_sweep_base.json"
 SYNTHESIS_BATCH = 16
@@ -245,15 +244,16 @@ def latest_sweep_markdown(dataset_name: str) -> str | None:
         return None
 
 
-def sweep_folders(dataset_name: str, evaluation: str, budget: str, generator_tag: str) -> tuple[Path, Path]:
-    """(base, generator folder).
+def sweep_folders(dataset_name: str, budget: str, generator_tag: str) -> tuple[Path, Path]:
+    """(base, generator folder): where the runs are trained. Neither depends on how they are evaluated.
 
-    ``$nnUNet_results/nnaug/<Dataset>/sweep/<evaluation>_<budget>/`` holds the real-only arms (they
-    do not depend on the generator); ``.../<generator tag>/`` inside it the pretrain arms, the synthetic
-    sets' fidelity and the sweep's sweep.{md,json,png}. Arm + seed: ``<folder>/<arm>/seed_<s>/``, an
-    ordinary ``nnUNet_results`` tree (``<Dataset>/<Trainer>__nnUNetPlans__2d/fold_<f>/``).
+    ``$nnUNet_results/nnaug/<Dataset>/sweep/<budget>/`` holds the real-only arms (they do not depend on
+    the generator); ``.../<generator tag>/`` inside it the pretrain arms and the synthetic sets' fidelity.
+    Arm + seed: ``<folder>/<arm>/seed_<s>/``, an ordinary ``nnUNet_results`` tree
+    (``<Dataset>/<Trainer>__nnUNetPlans__2d/fold_<f>/``). Each evaluation (``cv``, ``test-<Dataset>``) writes
+    its sweep.{md,json,png} into ``<generator folder>/<evaluation>/``, so another held-out set trains nothing.
     """
-    base = sweeps_root(dataset_name) / f"{evaluation}_{budget}"
+    base = sweeps_root(dataset_name) / budget
     return base, base / generator_tag
 
 
@@ -378,7 +378,7 @@ def find_synthetic(raw, sha: str, ratio: float, choice: SynthesisChoice, min_con
                    filter_model: Path | None = None) -> Path | None:
     """A finished synthetic dataset in $nnUNet_raw made from ``raw`` by this generator with these options (newest ID)."""
     from nnaug.dataset import parse_dataset_id, raw_root
-    from nnaug.nnunet_pretraining import load_json_or_none
+    from nnaug.io import load_json_or_none
     from nnaug.provenance import read_provenance
 
     found = []
@@ -400,7 +400,7 @@ def ensure_synthetic(raw, generator: Path, sha: str, ratio: float, choice: Synth
     reused, or an interrupted synthesis resumed, or made anew."""
     from nnaug.dataset import parse_dataset_id, raw_root
     from nnaug.generators import read_info
-    from nnaug.nnunet_pretraining import file_lock, load_json_or_none
+    from nnaug.io import file_lock, load_json_or_none
     from nnaug.synthesize import PLAN, make_plan, synthesize, synthetic_name
 
     wanted = (min_consistency, filter_model)
@@ -599,12 +599,32 @@ def _checkpoint_stamp(model_dir: Path, folds: list) -> dict:
     return stamp
 
 
-def test_results(test_raw, model_dir: Path, folds: list, root: Path, device: str, names: dict[str, str]) -> dict:
-    """Dice of the model (ensemble of ``folds``) on every case of the held-out dataset, cached in ``root``.
+def test_record(root: Path, test_name: str) -> Path:
+    return root / f"nnaug_sweep_test_{test_name}.json"
+
+
+def heldout_metrics(test_raw, model_dir: Path, folds: list, root: Path, device: str) -> list[dict]:
+    """Dice of the model (ensemble of ``folds``) on every case of the held-out dataset, cached in ``root``
+    (one record per held-out dataset, keyed by the checkpoints; a lock keeps two workers from predicting at once).
 
     nnU-Net's predictor (``predict_from_files_sequential``, its default test-time mirroring) writes the
     predictions to ``root/test_<Dataset>/``; nnU-Net's ``compute_metrics`` scores them.
     """
+    from nnaug.io import file_lock, load_json_or_none, write_json_atomic
+
+    record_file = test_record(root, test_raw.name)
+    key = {"test_dataset": test_raw.name, "folds": [str(f) for f in folds], "checkpoints": _checkpoint_stamp(model_dir, folds)}
+    with file_lock(root / f".test_{test_raw.name}.lock", None):
+        record = load_json_or_none(record_file)
+        if record is not None and record.get("key") == key:
+            return record["metric_per_case"]
+        metric_per_case = _predict_and_score(test_raw, model_dir, folds, root / f"test_{test_raw.name}", device)
+        write_json_atomic(record_file, {"key": key, "model": str(model_dir), "metric_per_case": metric_per_case})
+    return metric_per_case
+
+
+def _predict_and_score(test_raw, model_dir: Path, folds: list, out: Path, device: str) -> list[dict]:
+    """nnU-Net's predictor into ``out``, then nnU-Net's ``compute_metrics`` per case."""
     import contextlib
     import io
 
@@ -612,16 +632,8 @@ def test_results(test_raw, model_dir: Path, folds: list, root: Path, device: str
     from nnunetv2.evaluation.evaluate_predictions import compute_metrics
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
-    from nnaug.io import write_json_atomic
     from nnaug.mask_consistency import nnaug_trainers_env
-    from nnaug.nnunet_pretraining import load_json_or_none
 
-    record_file = root / TEST_RECORD
-    key = {"test_dataset": test_raw.name, "folds": [str(f) for f in folds], "checkpoints": _checkpoint_stamp(model_dir, folds)}
-    record = load_json_or_none(record_file)
-    if record is not None and record.get("key") == key:
-        return record["metric_per_case"]
-    out = root / f"test_{test_raw.name}"
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
@@ -645,7 +657,6 @@ def test_results(test_raw, model_dir: Path, folds: list, root: Path, device: str
                                  label_manager.ignore_label)
         metric_per_case.append({"reference_file": result["reference_file"],
                                 "metrics": {str(k): {"Dice": float(v["Dice"])} for k, v in result["metrics"].items()}})
-    write_json_atomic(record_file, {"key": key, "model": str(model_dir), "metric_per_case": metric_per_case})
     return metric_per_case
 
 
@@ -656,7 +667,7 @@ def synthetic_quality(raw, synthetic: Path, weights: Path | None, model_dir: Pat
     from nnaug.fidelity import synthetic_fidelity
     from nnaug.io import write_json_atomic
     from nnaug.mask_consistency import mask_consistency
-    from nnaug.nnunet_pretraining import load_json_or_none
+    from nnaug.io import load_json_or_none
     from nnaug.provenance import read_provenance
 
     provenance = read_provenance(synthetic) or {}
@@ -758,58 +769,155 @@ def summarise(arms: list[Arm], results: dict, seeds: list[int], names: list[str]
 
 
 # ----------------------------------------------------------------------------- the sweep
+@dataclass
+class SweepSetup:
+    """Everything a sweep's runs depend on, checked once: the same command in several processes builds the
+    same setup, and each worker takes the runs no other one holds."""
+
+    raw: object
+    tests: list  # held-out raw datasets; empty: nnU-Net's cross-validation
+    folds: list
+    generator: Path
+    info: dict
+    sha: str
+    choice: SynthesisChoice
+    budget: str
+    device: str
+    arms: list
+    seeds: list
+    base: Path
+    gen_folder: Path
+    plans_sha: str
+
+    @property
+    def cv(self) -> bool:
+        return not self.tests
+
+    @property
+    def tasks(self) -> list[tuple[Arm, int]]:
+        return [(arm, seed) for seed in self.seeds for arm in self.arms]
+
+    def root(self, arm: Arm, seed: int) -> Path:
+        return arm_root(self.base, self.gen_folder, arm, seed)
+
+    def model_dir(self, arm: Arm, seed: int) -> Path:
+        return model_folder(self.root(arm, seed), self.raw.name, arm.trainer)
+
+    def folds_left(self, arm: Arm, seed: int) -> list:
+        return [f for f in self.folds if not fold_done(self.model_dir(arm, seed), f, self.cv)]
+
+
 def run_sweep(dataset: str, ratios=(1.0, 2.5, 5.0), seeds: int = 3, generator: Path | None = None,
-              test: str | None = None, folds=None, budget: str = "small", device: str | None = None,
+              test=None, folds=None, budget: str = "small", device: str | None = None,
               compute_matched: bool = True, inception_weights: Path | None = None, mode: str | None = None,
               masks: str = "train", sampler: str | None = None, steps: int | None = None, overwrite: bool = False,
-              min_consistency=None, log=print) -> dict:
-    """Train every arm x seed that is not done yet, evaluate, and write sweep.{md,json,png}; returns sweep.json's dict."""
-    from nnaug.dataset import check_dataset, load_raw_dataset
-    from nnaug.io import write_json_atomic
-    from nnaug.generators import checkpoint_sha256, find_latest_generator, read_info
+              min_consistency=None, log=print) -> list[dict]:
+    """Train every arm x seed that is not done yet (by no other worker either), evaluate on each held-out
+    dataset in ``test`` (a name/ID or a list; none: cross-validation), and write one sweep.{md,json,png}
+    per evaluation; returns their sweep.json dicts."""
     from nnaug.fidelity import resolve_inception_weights
-    from nnaug.nnunet_pretraining import file_lock
-    from nnaug.stats import DEFAULT_RESAMPLES
-    from nnaug.stats import METHOD as CI_METHOD
 
     start = time.time()
+    setup = prepare_sweep(dataset, ratios, seeds, generator, test, folds, budget, device, compute_matched, mode,
+                          masks, sampler, steps, overwrite, min_consistency, log)
+    real_model = setup.model_dir(setup.arms[0], 0)
+    synthetic = SyntheticSets(setup.raw, setup.generator, setup.sha, setup.choice, setup.device, setup.gen_folder,
+                              real_model, log)
+    for key in [a.synthesis_key for a in setup.arms if a.kind == "pretrain" and a.min_consistency is None]:
+        synthetic[key]  # the unfiltered sets up front: made, resumed or reused
+    trained = train_runs(setup, synthetic, log)
+    for arm, seed in setup.tasks:
+        if setup.folds_left(arm, seed):  # a worker that held it died: the next run of the command continues it
+            raise NnaugError(f"{arm.name} seed {seed} is not trained (another worker stopped): rerun the same command")
+
+    weights = resolve_inception_weights(inception_weights, required=False)
+    keys = [a.synthesis_key for a in setup.arms if a.kind == "pretrain"]
+    quality = {key: synthetic_quality(setup.raw, synthetic[key], weights, real_model, setup.folds, setup.device,
+                                      setup.gen_folder / "fidelity" / f"{synthetic[key].name}.json", log) for key in keys}
+    results = []
+    for test_raw in setup.tests or [None]:
+        results.append(evaluate(setup, test_raw, synthetic, quality, weights, log))
+        results[-1].update({"trained_this_run": trained, "wall_seconds_this_run": time.time() - start})
+        folder = setup.gen_folder / (f"test-{test_raw.name}" if test_raw is not None else "cv")
+        results[-1]["folder"] = str(folder)
+        paths = write_outputs(results[-1], folder, latest_outputs(setup.raw.name))
+        log("nnaug sweep: wrote " + ", ".join(str(p) for p in paths))
+    return results
+
+
+def _check_options(budget: str, seeds: int, masks: str, steps: int | None) -> None:
     if budget not in BUDGETS:
         raise NnaugError(f"unknown budget '{budget}': choose one of {', '.join(BUDGETS)}")
-    plan = BUDGETS[budget]
     if int(seeds) < 1:
         raise NnaugError(f"--seeds must be at least 1, got {seeds}")
-    seed_list = list(range(int(seeds)))
-    ratios = parse_ratios(ratios)
-    thresholds = parse_thresholds(min_consistency)
     if masks not in ("train", "augmented"):
         raise NnaugError(f"--masks must be train or augmented, got {masks}")
     if steps is not None and int(steps) < 1:
         raise NnaugError(f"--steps must be at least 1, got {steps}")
-    device = _device(device)
-    raw = load_raw_dataset(dataset)
-    check_dataset(raw)
-    test_raw = None
-    if test is not None:
-        test_raw = load_raw_dataset(test)
+
+
+def _held_out_datasets(raw, test) -> list:
+    """``--test A,B`` (or a list): each a raw dataset other than the training one, of the same kind."""
+    from nnaug.dataset import check_dataset, load_raw_dataset
+
+    names = [t for t in (test.split(",") if isinstance(test, str) else (test or [])) if str(t).strip()]
+    tests = []
+    for name in names:
+        test_raw = load_raw_dataset(str(name).strip())
         if test_raw.folder.resolve() == raw.folder.resolve():
-            raise NnaugError(f"--test {test} is the training dataset itself: give a held-out dataset")
+            raise NnaugError(f"--test {name} is the training dataset itself: give a held-out dataset")
         _check_same_kind(raw, test_raw, "--test dataset")
         check_dataset(test_raw)
-    folds = resolve_folds(list(folds or []), test_raw is not None, len(raw.cases))
+        if test_raw.name not in [t.name for t in tests]:
+            tests.append(test_raw)
+    return tests
+
+
+def _checked_generator(raw, generator: Path | None) -> tuple[Path, dict]:
+    from nnaug.generators import find_latest_generator, read_info
+
     generator = Path(generator) if generator is not None else find_latest_generator(raw.name)
     info = read_info(generator)
     if info.get("labels") != raw.labels or info.get("channel_names") != raw.channel_names:
         raise NnaugError(f"generator {generator} was trained on {info.get('source_dataset')} with labels "
                          f"{info.get('labels')}, channels {info.get('channel_names')}; {raw.name} has {raw.labels}, "
                          f"{raw.channel_names}: use a generator trained on this dataset")
+    return generator, info
+
+
+def prepare_sweep(dataset, ratios, seeds, generator, test, folds, budget, device, compute_matched, mode, masks,
+                  sampler, steps, overwrite, min_consistency, log=print) -> SweepSetup:
+    """Checks every input, plans the real dataset, and makes (or, with ``overwrite``, clears) the folders."""
+    from nnaug.dataset import check_dataset, load_raw_dataset
+    from nnaug.generators import checkpoint_sha256
+
+    _check_options(budget, seeds, masks, steps)
+    ratios, thresholds = parse_ratios(ratios), parse_thresholds(min_consistency)
+    device = _device(device)
+    raw = load_raw_dataset(dataset)
+    check_dataset(raw)
+    tests = _held_out_datasets(raw, test)
+    folds = resolve_folds(list(folds or []), bool(tests), len(raw.cases))
+    generator, info = _checked_generator(raw, generator)
     sha = checkpoint_sha256(generator)
     choice = resolve_synthesis(info, mode, masks, sampler, steps)
-
-    evaluation = f"test-{test_raw.name}" if test_raw is not None else "cv"
-    tag = f"{_slug(generator.name)}-{sha[:8]}_{choice.tag}"
-    base, gen_folder = sweep_folders(raw.name, evaluation, budget, tag)
+    base, gen_folder = sweep_folders(raw.name, budget, f"{_slug(generator.name)}-{sha[:8]}_{choice.tag}")
     plans_sha = ensure_planned(raw, log)
-    base_config = {"dataset": raw.name, "plans_sha256": plans_sha, "budget": budget, "evaluation": evaluation}
+    _prepare_folders(raw, base, gen_folder, plans_sha, budget, overwrite, log)
+    write_json_atomic(gen_folder / SWEEP_CONFIG, {
+        "dataset": raw.name, "plans_sha256": plans_sha, "budget": budget, "generator": str(generator.resolve()),
+        "generator_model": info.get("model"), "checkpoint_sha256": sha, "synthesis": choice.__dict__})
+    arms = make_arms(BUDGETS[budget], ratios, compute_matched, thresholds)
+    setup = SweepSetup(raw, tests, folds, generator, info, sha, choice, budget, device, arms, list(range(int(seeds))),
+                       base, gen_folder, plans_sha)
+    done = sum(not setup.folds_left(a, s) for a, s in setup.tasks)
+    log(f"nnaug sweep: {raw.name}: {len(arms)} arms x {int(seeds)} seeds = {len(setup.tasks)} runs ({done} done), "
+        f"folds {','.join(map(str, folds))}, budget {budget}, device {device}; generator {generator} ({sha[:8]}); "
+        f"runs under {gen_folder}")
+    return setup
+
+
+def _prepare_folders(raw, base: Path, gen_folder: Path, plans_sha: str, budget: str, overwrite: bool, log) -> None:
     old = _load(base / BASE_CONFIG)
     if old is not None and old.get("plans_sha256") != plans_sha and not overwrite:
         raise NnaugError(f"the nnU-Net plans of {raw.name} changed since the arms in {base} were trained: "
@@ -822,118 +930,122 @@ def run_sweep(dataset: str, ratios=(1.0, 2.5, 5.0), seeds: int = 3, generator: P
                 log(f"nnaug sweep: --overwrite: removing {target}")
                 shutil.rmtree(target)
     gen_folder.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(base / BASE_CONFIG, base_config)
-    write_json_atomic(gen_folder / SWEEP_CONFIG, {
-        **base_config, "generator": str(generator.resolve()), "generator_model": info.get("model"),
-        "checkpoint_sha256": sha, "synthesis": choice.__dict__})
+    write_json_atomic(base / BASE_CONFIG, {"dataset": raw.name, "plans_sha256": plans_sha, "budget": budget})
 
-    arms = make_arms(plan, ratios, compute_matched, thresholds)
-    tasks = [(arm, seed) for seed in seed_list for arm in arms]
-    cv = test_raw is None
 
-    def folds_left(arm: Arm, seed: int) -> list:
-        model_dir = model_folder(arm_root(base, gen_folder, arm, seed), raw.name, arm.trainer)
-        return [f for f in folds if not fold_done(model_dir, f, cv)]
-
-    pending = [(arm, seed) for arm, seed in tasks if folds_left(arm, seed)]
-    log(f"nnaug sweep: {raw.name}: {len(arms)} arms x {len(seed_list)} seeds = {len(tasks)} runs "
-        f"({len(tasks) - len(pending)} done), folds {','.join(map(str, folds))}, budget {budget}, device {device}; "
-        f"generator {generator} ({sha[:8]}); results under {gen_folder}")
-
-    real_model = model_folder(arm_root(base, gen_folder, arms[0], 0), raw.name, arms[0].trainer)
-    synthetic = SyntheticSets(raw, generator, sha, choice, device, gen_folder, real_model, log)
-    for key in [a.synthesis_key for a in arms if a.kind == "pretrain" and a.min_consistency is None]:
-        synthetic[key]  # the unfiltered sets up front: made, resumed or reused
-
+def train_runs(setup: SweepSetup, synthetic: SyntheticSets, log=print) -> list[str]:
+    """Trains every run no worker has trained. Several processes can run the same sweep: each takes the
+    next run whose lock is free (first pass), then waits for the runs others hold (second pass) and
+    continues any whose worker died. A filtered set needs the judge (real-only, seed 0) first."""
     progress = Progress(log)
     trained: list[str] = []
-    for index, (arm, seed) in enumerate(tasks, 1):
-        root = arm_root(base, gen_folder, arm, seed)
-        label = f"[{index}/{len(tasks)}] {arm.name} seed {seed}"
-        if not folds_left(arm, seed):
-            log(f"nnaug sweep: {label}: done, skipped")
-            continue
-        with file_lock(root.parent / f".seed_{seed}.lock", f"{label}: waiting for another sweep training it"):
-            left = folds_left(arm, seed)
-            for fold in left:
-                later = sum(remaining_iterations(a, len(folds_left(a, s)), _pretrained(arm_root(base, gen_folder, a, s), a,
-                                                                                        synthetic.get(a.synthesis_key)))
-                            for a, s in tasks[index:])
-                later += remaining_iterations(arm, len(left) - left.index(fold) - 1, True)
-                fold_start = time.time()
-                log(f"nnaug sweep: {label} fold {fold}: training with {arm.trainer} ("
-                    + ", ".join(f"{p} {e} epochs x {i} iterations" for p, e, i in arm.phases) + ")")
-                train_fold(raw, arm, seed, fold, root, device,
-                           synthetic[arm.synthesis_key] if arm.synthesis_key else None, progress,
-                           f"{label} fold {fold}", later)
-                record = _load(root / ARM_RECORD) or {}
-                seconds = record.get("train_seconds", {})
-                seconds[str(fold)] = seconds.get(str(fold), 0.0) + time.time() - fold_start
-                write_json_atomic(root / ARM_RECORD, {
-                    "arm": arm.name, "kind": arm.kind, "ratio": arm.ratio, "seed": seed, "trainer": arm.trainer,
-                    "env": arm.env, "min_consistency": arm.min_consistency,
-                    "synthetic_dataset": synthetic[arm.synthesis_key].name if arm.synthesis_key else None,
-                    "device": device, "plans_sha256": plans_sha, "train_seconds": seconds,
-                    "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
-                trained.append(f"{arm.name} seed {seed} fold {fold}")
+    judge = (setup.arms[0], 0)
+    for wait in (False, True):
+        for index, (arm, seed) in enumerate(setup.tasks, 1):
+            label = f"[{index}/{len(setup.tasks)}] {arm.name} seed {seed}"
+            if not setup.folds_left(arm, seed):
+                if not wait and not any(label in t for t in trained):
+                    log(f"nnaug sweep: {label}: done, skipped")
+                continue
+            if not wait and arm.min_consistency is not None and setup.folds_left(*judge):
+                continue  # its set is filtered by the judge, not trained yet: the second pass comes back
+            with file_lock(setup.root(arm, seed).parent / f".seed_{seed}.lock",
+                           f"{label}: waiting for another worker training it", wait=wait) as held:
+                if not held:
+                    log(f"nnaug sweep: {label}: another worker is training it; taking the next run")
+                    continue
+                trained += _train_run(setup, index, arm, seed, synthetic, progress, log)
+    return trained
 
-    # evaluation
-    names_by_key = label_names(raw.dataset_json)
-    names = list(names_by_key.values())
+
+def _train_run(setup: SweepSetup, index: int, arm: Arm, seed: int, synthetic: SyntheticSets, progress: Progress,
+               log) -> list[str]:
+    root, done = setup.root(arm, seed), []
+    label = f"[{index}/{len(setup.tasks)}] {arm.name} seed {seed}"
+    left = setup.folds_left(arm, seed)
+    for fold in left:
+        later = sum(remaining_iterations(a, len(setup.folds_left(a, s)),
+                                         _pretrained(setup.root(a, s), a, synthetic.get(a.synthesis_key)))
+                    for a, s in setup.tasks[index:])
+        later += remaining_iterations(arm, len(left) - left.index(fold) - 1, True)
+        fold_start = time.time()
+        log(f"nnaug sweep: {label} fold {fold}: training with {arm.trainer} ("
+            + ", ".join(f"{p} {e} epochs x {i} iterations" for p, e, i in arm.phases) + ")")
+        synthetic_set = synthetic[arm.synthesis_key] if arm.synthesis_key else None
+        train_fold(setup.raw, arm, seed, fold, root, setup.device, synthetic_set, progress, f"{label} fold {fold}", later)
+        record = _load(root / ARM_RECORD) or {}
+        seconds = record.get("train_seconds", {})
+        seconds[str(fold)] = seconds.get(str(fold), 0.0) + time.time() - fold_start
+        write_json_atomic(root / ARM_RECORD, {
+            "arm": arm.name, "kind": arm.kind, "ratio": arm.ratio, "seed": seed, "trainer": arm.trainer,
+            "env": arm.env, "min_consistency": arm.min_consistency,
+            "synthetic_dataset": synthetic_set.name if synthetic_set is not None else None,
+            "device": setup.device, "plans_sha256": setup.plans_sha, "train_seconds": seconds,
+            "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
+        done.append(f"{arm.name} seed {seed} fold {fold}")
+    return done
+
+
+def per_case_dice(setup: SweepSetup, test_raw, log=print) -> tuple[dict, dict]:
+    """{arm: {seed: per-case Dice}} on the held-out dataset (None: the CV folds), and each arm's training seconds."""
+    names_by_key = label_names(setup.raw.dataset_json)
     results: dict = {}
     seconds: dict = {}
-    for arm, seed in tasks:
-        root = arm_root(base, gen_folder, arm, seed)
-        model_dir = model_folder(root, raw.name, arm.trainer)
-        if cv:
-            per_case = cv_results(model_dir, folds, names_by_key, raw.file_ending)
+    for arm, seed in setup.tasks:
+        root, model_dir = setup.root(arm, seed), setup.model_dir(arm, seed)
+        if test_raw is None:
+            per_case = cv_results(model_dir, setup.folds, names_by_key, setup.raw.file_ending)
         else:
             log(f"nnaug sweep: {arm.name} seed {seed}: Dice on {test_raw.name} ...")
-            metrics = test_results(test_raw, model_dir, folds, root, device, names_by_key)
+            metrics = heldout_metrics(test_raw, model_dir, setup.folds, root, setup.device)
             per_case = per_case_from_metrics(metrics, names_by_key, test_raw.file_ending)
         results.setdefault(arm.name, {})[seed] = per_case
         seconds.setdefault(arm.name, []).append(sum((_load(root / ARM_RECORD) or {}).get("train_seconds", {}).values()))
-    stats = summarise(arms, results, seed_list, names)
+    return results, seconds
 
-    weights = resolve_inception_weights(inception_weights, required=False)
-    keys = [a.synthesis_key for a in arms if a.kind == "pretrain"]
-    quality = {key: synthetic_quality(raw, synthetic[key], weights, real_model, folds, device,
-                                      gen_folder / "fidelity" / f"{synthetic[key].name}.json", log) for key in keys}
 
+def evaluate(setup: SweepSetup, test_raw, synthetic: SyntheticSets, quality: dict, weights: Path | None,
+             log=print) -> dict:
+    """One evaluation's sweep.json dict: per-case Dice of every run, statistics, and the synthetic sets."""
+    from nnaug.stats import DEFAULT_RESAMPLES
+    from nnaug.stats import METHOD as CI_METHOD
+
+    results, seconds = per_case_dice(setup, test_raw, log)
+    names = list(label_names(setup.raw.dataset_json).values())
+    stats = summarise(setup.arms, results, setup.seeds, names)
+    plan, info, raw = BUDGETS[setup.budget], setup.info, setup.raw
+    synthetic_name = {a.name: synthetic[a.synthesis_key].name if a.synthesis_key else None for a in setup.arms}
     result = {
-        "dataset": raw.name, "num_real_cases": len(raw.cases), "folder": str(gen_folder), "base_folder": str(base),
-        "generator": {"folder": str(generator.resolve()), "model": info.get("model"), "checkpoint_sha256": sha,
-                      "steps_trained": info.get("steps_trained"), "resolution": info.get("resolution")},
-        "synthesis": {**choice.__dict__, "seed": 0},
-        "budget": {"name": budget, "about": plan.about, "pretrain": list(plan.pretrain),
+        "dataset": raw.name, "num_real_cases": len(raw.cases), "base_folder": str(setup.base),
+        "runs_folder": str(setup.gen_folder),
+        "generator": {"folder": str(setup.generator.resolve()), "model": info.get("model"),
+                      "checkpoint_sha256": setup.sha, "steps_trained": info.get("steps_trained"),
+                      "resolution": info.get("resolution")},
+        "synthesis": {**setup.choice.__dict__, "seed": 0},
+        "budget": {"name": setup.budget, "about": plan.about, "pretrain": list(plan.pretrain),
                    "finetune": list(plan.finetune), "matched_epochs": plan.matched_epochs},
-        "device": device, "seeds": seed_list, "ratios": ratios, "min_consistency": list(thresholds),
-        "folds": [str(f) for f in folds],
-        "evaluation": ({"mode": "test", "test_dataset": test_raw.name, "num_cases": len(stats["cases"])} if test_raw
-                       else {"mode": "cross-validation", "num_cases": len(stats["cases"])}),
-        "labels": names, "confidence": 0.95,
-        "ci_method": CI_METHOD, "bootstrap_resamples": DEFAULT_RESAMPLES,
-        "arms": [{**row, "phases": [list(p) for p in arm.phases], "env": arm.env,
-                  "min_consistency": arm.min_consistency,
-                  "synthetic_dataset": synthetic[arm.synthesis_key].name if arm.synthesis_key else None,
+        "device": setup.device, "seeds": setup.seeds, "ratios": sorted({a.ratio for a in setup.arms if a.ratio}),
+        "min_consistency": list(dict.fromkeys(a.min_consistency for a in setup.arms if a.kind == "pretrain")),
+        "folds": [str(f) for f in setup.folds],
+        "evaluation": ({"mode": "test", "test_dataset": test_raw.name, "num_cases": len(stats["cases"])}
+                       if test_raw is not None else {"mode": "cross-validation", "num_cases": len(stats["cases"])}),
+        "labels": names, "confidence": 0.95, "ci_method": CI_METHOD, "bootstrap_resamples": DEFAULT_RESAMPLES,
+        "arms": [{**row, "phases": [list(p) for p in arm.phases], "env": arm.env, "min_consistency": arm.min_consistency,
+                  "synthetic_dataset": synthetic_name[arm.name],
                   "mean_train_seconds": float(np.mean(seconds[arm.name])) if seconds[arm.name] else None}
-                 for row, arm in zip(stats["arms"], arms)],
+                 for row, arm in zip(stats["arms"], setup.arms)],
         "differences": stats["differences"],
         "synthetic": [{"ratio": key[0], "min_consistency": key[1],
-                       **{k: v for k, v in quality[key].items() if k != "mask_consistency_per_case"}} for key in keys],
+                       **{k: v for k, v in q.items() if k != "mask_consistency_per_case"}} for key, q in quality.items()],
         "per_case": {arm: {str(s): v for s, v in by_seed.items()} for arm, by_seed in results.items()},
         "inception_weights": str(weights) if weights is not None else None,
-        "trained_this_run": trained, "wall_seconds_this_run": time.time() - start,
         "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-    result = _json_safe(result)
-    paths = write_outputs(result, gen_folder, latest_outputs(raw.name))
-    log("nnaug sweep: wrote " + ", ".join(str(p) for p in paths))
-    return result
+    return _json_safe(result)
 
 
 def _load(path: Path) -> dict | None:
-    from nnaug.nnunet_pretraining import load_json_or_none
+    from nnaug.io import load_json_or_none
 
     return load_json_or_none(path)
 
@@ -1086,7 +1198,8 @@ def to_markdown(result: dict) -> str:
               *(["- `real-only-matched` trains the real-only model as long as pretraining + fine-tuning together: a "
                  "pretrain arm that beats `real-only` but not `real-only-matched` gained from more steps, not from "
                  "the synthetic data."] if any(a["kind"] == "compute-matched" for a in result["arms"]) else []),
-              f"- Results and the nnU-Net runs: `{result['folder']}` (real-only arms: `{result['base_folder']}`).",
+              f"- Results: `{result['folder']}`; the nnU-Net runs: `{result.get('runs_folder', result['folder'])}` "
+              f"(real-only arms: `{result['base_folder']}`).",
               f"- Written {result['finished']}."]
     return "\n".join(lines) + "\n"
 

@@ -17,8 +17,9 @@ from nnaug_cli.params import FloatList, FoldList
               help="How often each arm is trained (NNAUG_SEED = 0..n-1).")
 @click.option("--generator", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Generator folder. Default: the latest generator trained on DATASET.")
-@click.option("--test", "test", default=None, metavar="DATASET",
-              help="Held-out raw dataset (ID or name) to score every arm on. Default: nnU-Net's 5-fold CV on the real cases.")
+@click.option("--test", "test", default=None, metavar="DATASET[,DATASET...]",
+              help="Held-out raw datasets (IDs or names, comma-separated) to score every arm on, one sweep.md each; "
+                   "adding one later trains nothing. Default: nnU-Net's 5-fold CV on the real cases.")
 @click.option("--folds", type=FoldList(), default=None,
               help="Folds to train: CV default 0,1,2,3,4; with --test default all (several: their ensemble predicts).")
 @click.option("--budget", type=click.Choice(["tiny", "small", "gpu"]), default="small", show_default=True,
@@ -49,12 +50,13 @@ def sweep(dataset, **options):
     Trains every arm x seed with nnUNetv2_train (each into its own nnUNet_results under
     $nnUNet_results/nnaug/<Dataset>/sweep/), evaluates, and writes sweep.md, sweep.json and
     sweep.png. Run the same command again to continue after a stop: finished runs are skipped.
+    Start it in several processes (one per GPU or node) to share the runs between them.
     """
     from nnaug.sweep import run_sweep, to_markdown
 
-    result = run_sweep(dataset, **options)
-    click.echo("")
-    click.echo(to_markdown(result))
+    for result in run_sweep(dataset, **options):
+        click.echo("")
+        click.echo(to_markdown(result))
 
 
 COMMANDS = [sweep]

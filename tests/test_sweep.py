@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import signal
 import subprocess
@@ -204,7 +203,7 @@ def test_sweep_whole_run_kill_resume_and_two_generators(nnunet_env, tmp_path, ra
     command = _sweep("--ratios", "1,2", "--seeds", "2", "--generator", gen_a, "--inception-weights", random_weights)
 
     # 1. run until the first arm is done and the second is mid-training, then SIGKILL the sweep
-    base = nnunet_env["results"] / "nnaug" / "Dataset999_nnaugExample" / "sweep" / "cv_tiny"
+    base = nnunet_env["results"] / "nnaug" / "Dataset999_nnaugExample" / "sweep" / "tiny"
     first = base / "real-only" / "seed_0"
     first_ckpt = first / "Dataset999_nnaugExample" / "nnUNetTrainer_nnaug_5epochs__nnUNetPlans__2d" / "fold_0" / "checkpoint_final.pth"
     second = base / "real-only-matched" / "seed_0" / "Dataset999_nnaugExample" / "nnUNetTrainer_nnaug_10epochs__nnUNetPlans__2d" / "fold_0"
@@ -237,7 +236,7 @@ def test_sweep_whole_run_kill_resume_and_two_generators(nnunet_env, tmp_path, ra
     assert "nnUNetv2_train Dataset999_nnaugExample 2d 0 -tr nnUNetTrainer_nnaug_10epochs -device cpu --c" in run2.stdout
     assert first_ckpt.stat().st_mtime_ns == stamp  # not retrained
     gen_folder = next(p for p in base.iterdir() if p.is_dir() and p.name.startswith("a-"))
-    result = json.loads((gen_folder / "sweep.json").read_text())
+    result = json.loads((gen_folder / "cv" / "sweep.json").read_text())
     assert "real-only seed 0 fold 0" not in result["trained_this_run"]
     assert "real-only-matched seed 0 fold 0" in result["trained_this_run"] and len(result["trained_this_run"]) == 7
 
@@ -258,7 +257,7 @@ def test_sweep_whole_run_kill_resume_and_two_generators(nnunet_env, tmp_path, ra
         a = np.array([[result["per_case"][arm][s][c]["foreground"] for c in sorted(result["per_case"][arm][s])] for s in ("0", "1")])
         b = np.array([[result["per_case"][ref][s][c]["foreground"] for c in sorted(result["per_case"][ref][s])] for s in ("0", "1")])
         assert d["mean"] == pytest.approx((a - b).mean()) and d["includes_zero"] == (d["low"] <= 0 <= d["high"])
-    text = (gen_folder / "sweep.md").read_text()
+    text = (gen_folder / "cv" / "sweep.md").read_text()
     for arm in ("real-only", "real-only-matched", "pretrain-r1", "pretrain-r2"):
         assert f"| {arm} |" in text
     assert "Paired differences" in text and "95 % CI" in text
@@ -274,37 +273,50 @@ def test_sweep_whole_run_kill_resume_and_two_generators(nnunet_env, tmp_path, ra
             record = json.loads(next(root.glob("Dataset999_*/*/fold_0/nnaug_training.json")).read_text())
             assert record["seed"] == seed and record["pretraining"]["synthetic_dataset"] == synth["dataset"]
     assert latest_sweep_markdown("Dataset999_nnaugExample") == text
-    assert (gen_folder / "sweep.png").read_bytes()[:4] == b"\x89PNG"
+    assert (gen_folder / "cv" / "sweep.png").read_bytes()[:4] == b"\x89PNG"
 
-    # 3. a second generator: its own folder; the real-only runs are shared, the first sweep's results stay
-    gen_b = train_generator("999", preset="tiny", output=generators / "b", overrides={"steps": 10}, progress=False, cpu=True)
-    run3 = subprocess.run(_sweep("--ratios", "1", "--seeds", "1", "--no-compute-matched", "--generator", gen_b,
-                                 "--inception-weights", random_weights), env=env, capture_output=True, text=True, timeout=3600)
-    assert run3.returncode == 0, run3.stdout[-4000:] + run3.stderr[-4000:]
-    assert "[1/2] real-only seed 0: done, skipped" in run3.stdout
-    gen_b_folder = next(p for p in base.iterdir() if p.is_dir() and p.name.startswith("b-"))
-    result_b = json.loads((gen_b_folder / "sweep.json").read_text())
-    assert result_b["trained_this_run"] == ["pretrain-r1 seed 0 fold 0"]
-    assert result_b["synthetic"][0]["dataset"] != result["synthetic"][0]["dataset"]  # made by the other generator
-    assert (gen_folder / "sweep.md").read_text() == text and json.loads((gen_folder / "sweep.json").read_text()) == result
-    assert latest_sweep_markdown("Dataset999_nnaugExample") == (gen_b_folder / "sweep.md").read_text()
-    assert math.isfinite(result_b["arms"][1]["foreground"]["mean"])
-
-    # 4. the --test path: nnU-Net's predictor + compute_metrics on a held-out dataset, cached per checkpoint
-    from nnaug.dataset import load_raw_dataset
-    from nnaug.sweep import TEST_RECORD, label_names, test_results
-
+    # 3. a second generator, in two workers started together, scored on a held-out dataset: its own folder;
+    #    the real-only runs are shared (fold 0 of the CV above), each pretrain run is trained by one worker only
     write_example_dataset(998, "Held", num_cases=4, seed=5)
-    held = load_raw_dataset("998")
-    names = label_names(held.dataset_json)
-    metrics = test_results(held, first_ckpt.parent.parent, [0], tmp_path / "held", "cpu", names)
-    per_case = per_case_from_metrics(metrics, names, held.file_ending)
-    assert sorted(per_case) == [c.identifier for c in held.cases]
-    assert all(0.0 <= v["foreground"] <= 1.0 and set(v["labels"]) == {"round", "lobed"} for v in per_case.values())
-    assert len(list((tmp_path / "held" / "test_Dataset998_Held").glob("*.png"))) == 4
-    cached = (tmp_path / "held" / TEST_RECORD).stat().st_mtime_ns
-    assert test_results(held, first_ckpt.parent.parent, [0], tmp_path / "held", "cpu", names) == metrics
-    assert (tmp_path / "held" / TEST_RECORD).stat().st_mtime_ns == cached
+    write_example_dataset(997, "Later", num_cases=3, seed=6)
+    gen_b = train_generator("999", preset="tiny", output=generators / "b", overrides={"steps": 10}, progress=False, cpu=True)
+    command_b = _sweep("--ratios", "1", "--seeds", "2", "--no-compute-matched", "--generator", gen_b,
+                       "--inception-weights", random_weights, "--test", "998")
+    workers = [subprocess.Popen(command_b, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+               for _ in range(2)]
+    outputs = [w.communicate(timeout=3600)[0] for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    both = "\n".join(outputs)
+    for seed in (0, 1):
+        assert both.count(f"pretrain-r1 seed {seed} fold 0: training with") == 1  # one worker trained it
+        assert f"real-only seed {seed}: done, skipped" in outputs[0]
+    assert "another worker is training it; taking the next run" in both
+    gen_b_folder = next(p for p in base.iterdir() if p.is_dir() and p.name.startswith("b-"))
+    for seed in (0, 1):
+        assert len(list((gen_b_folder / "pretrain-r1" / f"seed_{seed}").glob("Dataset999_*/*/fold_0/training_log_*"))) == 1
+    result_b = json.loads((gen_b_folder / "test-Dataset998_Held" / "sweep.json").read_text())
+    assert result_b["evaluation"] == {"mode": "test", "test_dataset": "Dataset998_Held", "num_cases": 4}
+    assert set(result_b["per_case"]["pretrain-r1"]["1"]) == {c.name[:-len(".png")] for c in
+                                                            (nnunet_env["raw"] / "Dataset998_Held" / "labelsTr").iterdir()}
+    assert all(0.0 <= v["foreground"] <= 1.0 for v in result_b["per_case"]["real-only"]["0"].values())
+    assert result_b["synthetic"][0]["dataset"] != result["synthetic"][0]["dataset"]  # made by the other generator
+    assert (gen_folder / "cv" / "sweep.md").read_text() == text
+    assert json.loads((gen_folder / "cv" / "sweep.json").read_text()) == result
+    predictions = gen_b_folder / "pretrain-r1" / "seed_0" / "test_Dataset998_Held"
+    assert len(list(predictions.glob("*.png"))) == 4
+
+    # 4. a second held-out dataset later: nothing is trained, and the first one's predictions are reused
+    record = gen_b_folder / "pretrain-r1" / "seed_0" / "nnaug_sweep_test_Dataset998_Held.json"
+    stamp = record.stat().st_mtime_ns
+    run4 = subprocess.run(command_b[:-1] + ["998,997"], env=env, capture_output=True, text=True, timeout=3600)
+    assert run4.returncode == 0, run4.stdout[-4000:] + run4.stderr[-4000:]
+    later = json.loads((gen_b_folder / "test-Dataset997_Later" / "sweep.json").read_text())
+    again = json.loads((gen_b_folder / "test-Dataset998_Held" / "sweep.json").read_text())
+    assert later["trained_this_run"] == [] and again["trained_this_run"] == []
+    assert later["evaluation"]["num_cases"] == 3 and record.stat().st_mtime_ns == stamp
+    assert again["per_case"] == result_b["per_case"]
+    assert latest_sweep_markdown("Dataset999_nnaugExample") == (gen_b_folder / "test-Dataset997_Later" / "sweep.md").read_text()
+    assert "nnUNetv2_train" not in run4.stdout
 
 
 def test_progress_reads_nnunet_epochs_and_phases():
