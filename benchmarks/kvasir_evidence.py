@@ -83,7 +83,7 @@ def generator_folder(run: Runner) -> Path:
 def real_only_model(run: Runner, args) -> Path:
     """A real-only nnU-Net on the 40 cases (fold all, the sweep's real-only schedule of --budget): the
     mask-consistency judge of the curve. It never sees a validation or test case."""
-    from nnaug.sweep import BUDGETS
+    from nnaug.experiment.plan import BUDGETS
 
     budget = BUDGETS[args.budget]
     results = run.work / "judge"

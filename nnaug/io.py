@@ -44,6 +44,30 @@ def write_json_atomic(path: Path | str, content, indent: int | None = 2) -> None
     write_text_atomic(path, json.dumps(content, indent=indent))
 
 
+def json_safe(value):
+    """``value`` as strict JSON: numpy numbers and arrays as Python ones, paths as strings, and a non-finite
+    float (a failed metric, FRD of identical sets) as null; keys as strings. nnaug's one JSON encoder."""
+    import math
+
+    import numpy as np
+
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return json_safe(value.tolist())
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(float(value)) else None
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
 def load_json_or_none(path: Path | str) -> dict | None:
     """A JSON file's content, or None when it is missing or unreadable (a resumed run treats both as not done)."""
     try:

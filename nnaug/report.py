@@ -306,7 +306,7 @@ def _latest_sweep(dataset_name: str) -> dict | None:
     """The latest finished sweep (markdown, picture, and its paired differences) or None."""
     import json
 
-    from nnaug.sweep import latest_outputs, latest_sweep_markdown
+    from nnaug.experiment.render import latest_outputs, latest_sweep_markdown
 
     markdown = latest_sweep_markdown(dataset_name)
     if markdown is None:
@@ -752,20 +752,9 @@ def report_folder(dataset_name: str) -> Path:
     return results_root() / "nnaug" / dataset_name
 
 
-def _json_safe(value):
-    """Non-finite floats (FRD of identical sets is -inf) as strings, so report.json stays strict JSON."""
-    if isinstance(value, float) and not np.isfinite(value):
-        return "nan" if np.isnan(value) else ("inf" if value > 0 else "-inf")
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
-
-
 def write_report(report: dict) -> dict[str, Path]:
     """Write report.{json,md,html,png} and the per-dataset pictures into ``$nnUNet_results/nnaug/<Dataset>/``."""
-    from nnaug.io import write_json_atomic, write_text_atomic
+    from nnaug.io import json_safe, write_json_atomic, write_text_atomic
 
     folder = report_folder(report["dataset"])
     folder.mkdir(parents=True, exist_ok=True)
@@ -782,7 +771,7 @@ def write_report(report: dict) -> dict[str, Path]:
     if png is not None:
         paths["png"] = png
         report["files"] = {**report.get("files", {}), "bar_chart": str(png)}
-    write_json_atomic(paths["json"], _json_safe(report))
+    write_json_atomic(paths["json"], json_safe(report))
     for key, text in (("md", to_markdown(report)), ("html", to_html(report))):
         write_text_atomic(paths[key], text)
     return paths

@@ -52,7 +52,8 @@ def sweep(dataset, **options):
     sweep.png. Run the same command again to continue after a stop: finished runs are skipped.
     Start it in several processes (one per GPU or node) to share the runs between them.
     """
-    from nnaug.sweep import run_sweep, to_markdown
+    from nnaug.experiment.render import to_markdown
+    from nnaug.sweep import run_sweep
 
     for result in run_sweep(dataset, **options):
         click.echo("")

@@ -14,8 +14,9 @@ import pytest
 
 from conftest import assert_one_line_error
 from nnaug.example import write_example_dataset
-from nnaug.sweep import (BUDGETS, latest_sweep_markdown, make_arms, per_case_from_metrics, summarise,
-                         to_markdown, write_outputs)
+from nnaug.experiment.evaluate import per_case_from_metrics, summarise
+from nnaug.experiment.plan import BUDGETS, make_arms
+from nnaug.experiment.render import latest_sweep_markdown, to_markdown, write_outputs
 
 
 # ----------------------------------------------------------------------------- fast
@@ -146,7 +147,9 @@ def test_summary_pairs_arms_and_flags_intervals_that_include_zero(tmp_path, nnun
 
 def test_filtered_sets_are_arms_of_their_own_and_never_stand_in_for_unfiltered_ones(tmp_path):
     from nnaug.errors import NnaugError
-    from nnaug.sweep import _same_filter, parse_thresholds, plot
+    from nnaug.experiment.plan import parse_thresholds
+    from nnaug.experiment.render import plot
+    from nnaug.experiment.synthetic_sets import same_filter
 
     assert parse_thresholds([0.0, 0.7, 0.7]) == (None, 0.7) and parse_thresholds(None) == (None,)
     with pytest.raises(NnaugError, match="--min-consistency 1.5"):
@@ -157,10 +160,10 @@ def test_filtered_sets_are_arms_of_their_own_and_never_stand_in_for_unfiltered_o
 
     model = tmp_path / "model"
     unfiltered, filtered = {}, {"filter": {"min_consistency": 0.7, "model": str(model)}}
-    assert _same_filter(unfiltered, None, None) and _same_filter(filtered, 0.7, model)
-    assert not _same_filter(filtered, None, None)  # a filtered set is not the unfiltered one
-    assert not _same_filter(unfiltered, 0.7, model)
-    assert not _same_filter(filtered, 0.8, model) and not _same_filter(filtered, 0.7, tmp_path / "other")
+    assert same_filter(unfiltered, None, None) and same_filter(filtered, 0.7, model)
+    assert not same_filter(filtered, None, None)  # a filtered set is not the unfiltered one
+    assert not same_filter(unfiltered, 0.7, model)
+    assert not same_filter(filtered, 0.8, model) and not same_filter(filtered, 0.7, tmp_path / "other")
 
     # rendering: the filter is a column of the synthetic table, and a series of its own in the picture
     result = _fake_result(tmp_path, effect=0.05, noise=0.01)
@@ -320,7 +323,7 @@ def test_sweep_whole_run_kill_resume_and_two_generators(nnunet_env, tmp_path, ra
 
 
 def test_progress_reads_nnunet_epochs_and_phases():
-    from nnaug.sweep import Progress
+    from nnaug.experiment.run import Progress
 
     lines = []
     progress = Progress(lines.append)
@@ -337,7 +340,7 @@ def test_progress_reads_nnunet_epochs_and_phases():
 def test_nnunet_foreground_mean_beside_the_per_case_dice_and_no_ignore_column(tmp_path):
     """Two labels, the second absent (no Dice) in half the cases: per-case foreground Dice (labels, then cases)
     and nnU-Net's foreground_mean (cases, then labels) differ, and sweep.md shows both; `ignore` has no column."""
-    from nnaug.sweep import label_names
+    from nnaug.experiment.evaluate import label_names
 
     assert label_names({"labels": {"background": 0, "polyp": 1, "ignore": 2}}) == {"1": "polyp"}
     arms = make_arms(BUDGETS["small"], [1.0], compute_matched=False)

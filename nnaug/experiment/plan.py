@@ -1,0 +1,263 @@
+"""The plan of a sweep: budgets (schedules), arms, runs (arm x seed x fold) and where each run lives.
+
+Pure functions of the inputs; nothing here starts nnU-Net or writes a file."""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+from nnaug.errors import NnaugError
+
+
+CONFIGURATION = "2d"
+
+PLANS = "nnUNetPlans"
+
+ARM_RECORD = "nnaug_sweep_arm.json"
+SWEEP_CONFIG = "nnaug_sweep_config.json"
+
+BASE_CONFIG = "nnaug_sweep_base.json"
+
+CV_FOLDS = 5
+
+@dataclass(frozen=True)
+class Budget:
+    """Schedules of one preset: (epochs, iterations per epoch) of pretraining and fine-tuning."""
+
+    name: str
+    pretrain: tuple[int, int]
+    finetune: tuple[int, int]
+    fixed: bool  # True: nnaug's short trainer classes (fixed schedules); False: NNAUG_* variables
+    about: str
+
+    @property
+    def matched_epochs(self) -> int:
+        """Epochs of the compute-matched real-only arm: pretraining + fine-tuning iterations, in fine-tuning epochs."""
+        (pe, pi), (fe, fi) = self.pretrain, self.finetune
+        return math.ceil((pe * pi + fe * fi) / fi)
+
+    def trainer(self, kind: str) -> str:
+        if self.fixed:
+            return {"real-only": "nnUNetTrainer_nnaug_5epochs", "compute-matched": "nnUNetTrainer_nnaug_10epochs",
+                    "pretrain": "nnUNetTrainer_nnaugPretrainFinetune_5epochs"}[kind]
+        return {"real-only": "nnUNetTrainer_nnaug", "compute-matched": "nnUNetTrainer_nnaug",
+                "pretrain": "nnUNetTrainer_nnaugPretrainFinetune"}[kind]
+
+    def env(self, kind: str) -> dict[str, str]:
+        if self.fixed:
+            return {}
+        (pe, pi), (fe, fi) = self.pretrain, self.finetune
+        env = {"NNAUG_FINETUNE_EPOCHS": str(self.matched_epochs if kind == "compute-matched" else fe),
+               "NNAUG_FINETUNE_ITERATIONS": str(fi), "NNAUG_FINETUNE_LR": "0.01"}
+        if kind == "pretrain":
+            env.update({"NNAUG_PRETRAIN_EPOCHS": str(pe), "NNAUG_PRETRAIN_ITERATIONS": str(pi), "NNAUG_PRETRAIN_LR": "0.01"})
+        return env
+
+    def phases(self, kind: str) -> list[tuple[str, int, int]]:
+        """(phase, epochs, iterations per epoch) of one fold of an arm of this kind."""
+        if kind == "pretrain":
+            return [("pretraining", *self.pretrain), ("fine-tuning", *self.finetune)]
+        if kind == "compute-matched":
+            return [("training", self.matched_epochs, self.finetune[1])]
+        return [("training", *self.finetune)]
+
+BUDGETS = {
+    "tiny": Budget("tiny", (5, 10), (5, 10), True,
+                   "nnaug's _5epochs trainers: 5 epochs x 10 iterations per phase (compute-matched: "
+                   "nnUNetTrainer_nnaug_10epochs); for tests and the example"),
+    "small": Budget("small", (15, 25), (15, 25), False,
+                    "CPU-sized: pretraining and fine-tuning 15 epochs x 25 iterations each (as "
+                    "benchmarks/downstream.py --budget small)"),
+    "gpu": Budget("gpu", (100, 250), (150, 250), False,
+                  "pretraining 100 x 250, fine-tuning 150 x 250 iterations (the thesis' fine-tuning), for a GPU"),
+}
+
+@dataclass(frozen=True)
+class Arm:
+    name: str
+    kind: str  # real-only | compute-matched | pretrain
+    ratio: float | None
+    trainer: str
+    env: dict = field(default_factory=dict, hash=False, compare=False)
+    phases: tuple = ()
+    min_consistency: float | None = None  # pretrain arms: the synthetic set's filter threshold (None: unfiltered)
+
+    @property
+    def synthesis_key(self) -> tuple[float, float | None] | None:
+        """Which synthetic set this arm pretrains on: (ratio, filter threshold)."""
+        return (self.ratio, self.min_consistency) if self.kind == "pretrain" else None
+
+    @property
+    def shared(self) -> bool:
+        """Real-only arms do not depend on the generator: every generator's sweep shares them."""
+        return self.kind != "pretrain"
+
+    @property
+    def total_epochs(self) -> int:
+        return sum(p[1] for p in self.phases)
+
+def ratio_label(ratio: float) -> str:
+    return f"{ratio:g}"
+
+def make_arms(budget: Budget, ratios: list[float], compute_matched: bool,
+              thresholds: tuple = (None,)) -> list[Arm]:
+    """real-only (and compute-matched), then one pretrain arm per (filter threshold, ratio); None = unfiltered."""
+    arms = [Arm("real-only", "real-only", None, budget.trainer("real-only"), budget.env("real-only"),
+                tuple(budget.phases("real-only")))]
+    if compute_matched:
+        arms.append(Arm("real-only-matched", "compute-matched", None, budget.trainer("compute-matched"),
+                        budget.env("compute-matched"), tuple(budget.phases("compute-matched"))))
+    for threshold in thresholds:
+        for ratio in ratios:
+            suffix = f"-mc{threshold:g}" if threshold is not None else ""
+            arms.append(Arm(f"pretrain-r{ratio_label(ratio)}{suffix}", "pretrain", ratio, budget.trainer("pretrain"),
+                            budget.env("pretrain"), tuple(budget.phases("pretrain")), threshold))
+    return arms
+
+def parse_thresholds(values) -> tuple:
+    """``--min-consistency`` values: 0 is the unfiltered set (None), others must lie in (0, 1]; sorted, distinct."""
+    out = set()
+    for value in values or [0.0]:
+        value = float(value)
+        if not 0.0 <= value <= 1.0:
+            raise NnaugError(f"--min-consistency {value:g}: each threshold must lie in (0, 1], or 0 for unfiltered")
+        out.add(None if value == 0.0 else value)
+    return tuple(sorted(out, key=lambda v: -1.0 if v is None else v))
+
+def parse_ratios(ratios) -> list[float]:
+    """Sorted distinct ratios > 0; a 0 (the real-only arm, always run) is dropped."""
+    values = []
+    for value in ratios:
+        value = float(value)
+        if not math.isfinite(value) or value < 0:
+            raise NnaugError(f"--ratios: {value:g} is not a ratio (synthetic cases per real case, >= 0, e.g. 1,2.5,5)")
+        if value > 0 and value not in values:
+            values.append(value)
+    if not values:
+        raise NnaugError("--ratios needs at least one ratio > 0 (0 stands for the real-only arm, which always runs)")
+    return sorted(values)
+
+def resolve_folds(folds, test: bool, num_cases: int) -> list:
+    if not folds:
+        return ["all"] if test else list(range(CV_FOLDS))
+    out = []
+    for fold in folds:
+        if fold == "all":
+            if not test:
+                raise NnaugError("--folds all trains on every case and leaves none to validate: "
+                                 "use --test DATASET with it, or folds 0-4 for cross-validation")
+        elif not (isinstance(fold, int) and 0 <= fold < CV_FOLDS):
+            raise NnaugError(f"--folds: {fold} is not one of nnU-Net's folds 0-{CV_FOLDS - 1} (or all)")
+        if fold not in out:
+            out.append(fold)
+    if not test and num_cases < CV_FOLDS:
+        raise NnaugError(f"{num_cases} cases are too few for nnU-Net's {CV_FOLDS}-fold cross-validation: "
+                         "add cases or evaluate on a held-out dataset with --test")
+    return out
+
+def check_same_kind(raw, other, what: str) -> None:
+    for key in ("channel_names", "labels", "file_ending"):
+        if raw.dataset_json.get(key) != other.dataset_json.get(key):
+            raise NnaugError(f"{what} {other.name} has dataset.json {key} {other.dataset_json.get(key)!r}, but "
+                             f"{raw.name} has {raw.dataset_json.get(key)!r}: they must match")
+
+def resolve_device(device: str | None) -> str:
+    import torch
+
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device not in ("cpu", "cuda", "mps"):
+        raise NnaugError(f"--device must be cpu, cuda or mps (what nnUNetv2_train accepts), got {device}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise NnaugError("--device cuda: no CUDA device is visible to torch; use --device cpu (with --budget tiny or small)")
+    return device
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.+-]+", "-", text).strip("-") or "x"
+
+def sweeps_root(dataset_name: str) -> Path:
+    from nnaug.dataset import results_root
+
+    return results_root() / "nnaug" / dataset_name / "sweep"
+
+def sweep_folders(dataset_name: str, budget: str, generator_tag: str) -> tuple[Path, Path]:
+    """(base, generator folder): where the runs are trained. Neither depends on how they are evaluated.
+
+    ``$nnUNet_results/nnaug/<Dataset>/sweep/<budget>/`` holds the real-only arms (they do not depend on
+    the generator); ``.../<generator tag>/`` inside it the pretrain arms and the synthetic sets' fidelity.
+    Arm + seed: ``<folder>/<arm>/seed_<s>/``, an ordinary ``nnUNet_results`` tree
+    (``<Dataset>/<Trainer>__nnUNetPlans__2d/fold_<f>/``). Each evaluation (``cv``, ``test-<Dataset>``) writes
+    its sweep.{md,json,png} into ``<generator folder>/<evaluation>/``, so another held-out set trains nothing.
+    """
+    base = sweeps_root(dataset_name) / budget
+    return base, base / generator_tag
+
+def arm_root(base: Path, generator_folder: Path, arm: Arm, seed: int) -> Path:
+    return (base if arm.shared else generator_folder) / arm.name / f"seed_{seed}"
+
+def model_folder(root: Path, dataset_name: str, trainer: str) -> Path:
+    return root / dataset_name / f"{trainer}__{PLANS}__{CONFIGURATION}"
+
+def fold_done(model_dir: Path, fold, cross_validation: bool) -> bool:
+    fold_dir = model_dir / f"fold_{fold}"
+    if not (fold_dir / "checkpoint_final.pth").is_file():
+        return False
+    return not cross_validation or (fold_dir / "validation" / "summary.json").is_file()
+
+@dataclass(frozen=True)
+class SynthesisChoice:
+    mode: str
+    masks: str
+    sampler: str
+    steps: int
+
+    @property
+    def tag(self) -> str:
+        return f"{self.mode}-{self.sampler}{self.steps}" + ("-augmented" if self.masks == "augmented" else "")
+
+def resolve_synthesis(info: dict, mode: str | None, masks: str, sampler: str | None, steps: int | None) -> SynthesisChoice:
+    from nnaug.generators import get_spec
+
+    mode, sampler, steps = get_spec(info["model"]).resolve_sampling(mode, sampler, steps, info)
+    return SynthesisChoice(mode, masks if mode == "mask-conditioned" else "train", sampler, steps)
+
+@dataclass
+class SweepSetup:
+    """Everything a sweep's runs depend on, checked once: the same command in several processes builds the
+    same setup, and each worker takes the runs no other one holds."""
+
+    raw: object
+    tests: list  # held-out raw datasets; empty: nnU-Net's cross-validation
+    folds: list
+    generator: Path
+    info: dict
+    sha: str
+    choice: SynthesisChoice
+    budget: str
+    device: str
+    arms: list
+    seeds: list
+    base: Path
+    gen_folder: Path
+    plans_sha: str
+
+    @property
+    def cv(self) -> bool:
+        return not self.tests
+
+    @property
+    def tasks(self) -> list[tuple[Arm, int]]:
+        return [(arm, seed) for seed in self.seeds for arm in self.arms]
+
+    def root(self, arm: Arm, seed: int) -> Path:
+        return arm_root(self.base, self.gen_folder, arm, seed)
+
+    def model_dir(self, arm: Arm, seed: int) -> Path:
+        return model_folder(self.root(arm, seed), self.raw.name, arm.trainer)
+
+    def folds_left(self, arm: Arm, seed: int) -> list:
+        return [f for f in self.folds if not fold_done(self.model_dir(arm, seed), f, self.cv)]
+

@@ -1,0 +1,266 @@
+"""Rendering a sweep's result (the sweep.json dict): sweep.md, sweep.png, and the dataset's latest copies."""
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+
+from nnaug.errors import NnaugError
+from nnaug.experiment.plan import CV_FOLDS, ratio_label
+from nnaug.io import write_atomic
+
+
+OUTPUTS = ("sweep.md", "sweep.json", "sweep.png")
+
+def latest_outputs(dataset_name: str) -> dict[str, Path]:
+    """``$nnUNet_results/nnaug/<Dataset>/sweep.{md,json,png}``: copies of the latest finished sweep."""
+    from nnaug.dataset import results_root
+
+    folder = results_root() / "nnaug" / dataset_name
+    return {name.split(".")[1]: folder / name for name in OUTPUTS}
+
+def latest_sweep_markdown(dataset_name: str) -> str | None:
+    """The markdown of the latest finished sweep of ``dataset_name`` (for ``nnaug report``), or None."""
+    try:
+        path = latest_outputs(dataset_name)["md"]
+    except NnaugError:
+        return None
+    try:
+        return path.read_text()
+    except OSError:
+        return None
+
+def _num(value, digits: int = 4, signed: bool = False) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+
+def _ci(interval: dict, signed: bool = False) -> str:
+    if interval.get("mean") is None:
+        return "n/a"
+    return (f"{_num(interval['mean'], signed=signed)} [{_num(interval['low'], signed=signed)}, "
+            f"{_num(interval['high'], signed=signed)}]")
+
+def _verdict(interval: dict) -> str:
+    if interval.get("mean") is None:
+        return "n/a"
+    if interval["includes_zero"]:
+        return "**includes 0**: no detectable difference"
+    return "better" if interval["low"] > 0 else "worse"
+
+def _show_nnunet(result: dict) -> bool:
+    """Show nnU-Net's foreground_mean beside the per-case foreground Dice: only where they differ (4 decimals)."""
+    for arm in result["arms"]:
+        nn = (arm.get("nnunet_foreground_mean") or {}).get("mean")
+        if nn is not None and arm["foreground"].get("mean") is not None and abs(nn - arm["foreground"]["mean"]) >= 5e-5:
+            return True
+    return False
+
+def _arm_table(result: dict, names: list[str], nn: bool) -> list[str]:
+    lines = ["## Dice per arm (mean over seeds × cases, 95 % CI)", "",
+             "| arm | trained on | foreground Dice [95 % CI] | " + ("nnU-Net foreground_mean | " if nn else "")
+             + " | ".join(names) + " | per-seed means | train s/seed |",
+             "|---|---|---|" + ("---|" if nn else "") + "---|" * len(names) + "---|---|"]
+    for arm in result["arms"]:
+        on = f"{arm['synthetic_dataset']} → real" if arm["synthetic_dataset"] else "real"
+        epochs = " + ".join(f"{e}×{i}" for _, e, i in arm["phases"])
+        seeds = ", ".join(_num(v, 3) for v in arm["per_seed_foreground"].values())
+        lines.append(f"| {arm['arm']} | {on} ({epochs}) | {_ci(arm['foreground'])} | "
+                     + (f"{_num((arm.get('nnunet_foreground_mean') or {}).get('mean'))} | " if nn else "")
+                     + " | ".join(_ci(arm["labels"][n]) for n in names)
+                     + f" | {seeds} | {_num(arm['mean_train_seconds'], 0)} |")
+    return lines
+
+def _difference_table(result: dict, names: list[str], nn: bool) -> list[str]:
+    lines = ["", "## Paired differences (same cases; each arm's seeds on their own)", "",
+             "| arm | vs | Δ foreground Dice [95 % CI] | CI | " + ("Δ nnU-Net foreground_mean | " if nn else "")
+             + " | ".join(f"Δ {n}" for n in names) + " |",
+             "|---|---|---|---|" + ("---|" if nn else "") + "---|" * len(names)]
+    for diff in result["differences"]:
+        lines.append(f"| {diff['arm']} | {diff['reference']} | {_ci(diff['foreground'], True)} | "
+                     f"{_verdict(diff['foreground'])} | "
+                     + (f"{_num(diff.get('nnunet_foreground_mean'), signed=True)} | " if nn else "")
+                     + " | ".join(_ci(diff["labels"][n], True) for n in names) + " |")
+    return lines
+
+def to_markdown(result: dict) -> str:
+    budget, ev, gen = result["budget"], result["evaluation"], result["generator"]
+    n_seeds, n_cases = len(result["seeds"]), ev["num_cases"]
+    lines = [f"# nnaug sweep: {result['dataset']}", ""]
+    where = (f"held-out dataset {ev['test_dataset']} ({n_cases} cases; nnU-Net's predictor, ensemble of fold(s) "
+             f"{', '.join(result['folds'])})" if ev["mode"] == "test" else
+             f"nnU-Net's {CV_FOLDS}-fold cross-validation on the real cases, fold(s) {', '.join(result['folds'])} "
+             f"({n_cases} validation cases, real only)")
+    lines += [f"- Evaluated on: {where}.",
+              f"- Generator: `{gen['folder']}` ({gen['model']}, checkpoint sha256 {gen['checkpoint_sha256'][:12]}…); "
+              f"synthesis {result['synthesis']['mode']}, {result['synthesis']['sampler']} {result['synthesis']['steps']} steps.",
+              f"- Budget `{budget['name']}`: {budget['about']}. Compute-matched real-only: {budget['matched_epochs']} "
+              f"epochs.",
+              f"- Seeds: {', '.join(map(str, result['seeds']))} (each arm trained {n_seeds}x; `NNAUG_SEED` seeds "
+              f"torch/numpy/random in nnaug's trainers). Device: {result['device']}.",
+              f"- 95 % CIs: {result['ci_method']}; 10,000 bootstrap resamples, over {n_seeds} seeds × {n_cases} cases"
+              + (" (1 seed: run-to-run noise is not in the intervals; use `--seeds 3` or more)." if n_seeds < 2 else "."),
+              ""]
+    names = result["labels"]
+    nn = _show_nnunet(result)
+    lines += _arm_table(result, names, nn) + _difference_table(result, names, nn)
+    zero = [d for d in result["differences"] if d["foreground"].get("includes_zero")]
+    lines.append("")
+    if zero:
+        lines.append("The 95 % CI of the foreground Dice difference **includes 0** for: "
+                     + ", ".join(f"{d['arm']} vs {d['reference']}" for d in zero)
+                     + " — at this number of seeds and cases these arms are not distinguishable.")
+    else:
+        lines.append("No foreground Dice difference has a 95 % CI that includes 0.")
+    lines += ["", "## Synthetic datasets", "",
+              "| ratio | filter | dataset | synthetic cases | FID | KID (mean ± std) | FRD, log(d²) | mask consistency Dice |",
+              "|---|---|---|---|---|---|---|---|"]
+    extractor, notes = None, []
+    for row in result["synthetic"]:
+        fidelity = row.get("fidelity") or {}
+        extractor = extractor or fidelity.get("extractor")
+        kid = "n/a" if fidelity.get("kid_mean") is None else \
+            f"{_num(fidelity.get('kid_mean'))} ± {_num(fidelity.get('kid_std'))}"
+        kept = f"mask consistency ≥ {row['min_consistency']:g}" if row.get("min_consistency") else "none"
+        lines.append(f"| {ratio_label(row['ratio'])} | {kept} | {row['dataset']} | {row['num_cases']} | "
+                     f"{_num(fidelity.get('fid'), 2)} | {kid} | {_num(fidelity.get('frd'), 2)} | "
+                     f"{_num(row.get('mask_consistency'))} |")
+        for note in [row.get("fidelity_note")] + [fidelity.get(k) for k in ("fid_note", "frd_note")]:
+            if note and note not in notes:
+                notes.append(note)
+    lines.append("")
+    if extractor:
+        lines.append(f"FID/KID: {extractor}, synthetic images against {result['dataset']}'s training images.")
+    lines += [f"n/a: {note}" for note in notes]
+    if any(row.get("min_consistency") for row in result["synthetic"]):
+        lines.append("A filtered set was kept by the same real-only model (seed 0) that measures its mask consistency "
+                     "here, so that number is at least its threshold by construction; compare the sets by Dice.")
+    lines.append("Mask consistency: Dice of each synthetic mask with the prediction of the real-only model "
+                 "(seed 0) on its image.")
+    lines += ["", "## How to read this", "",
+              "- Foreground Dice here is **per case**: nnU-Net's Dice of each label (`compute_metrics`); a label absent "
+              "from both reference and prediction is left out, and a case's foreground Dice is the mean over its "
+              "labels (1.0 when no label is present in either), then averaged over cases. nnU-Net's own "
+              "`foreground_mean` (summary.json) averages the other way: each label over the cases where it has a "
+              "Dice, then over labels. With one label and no empty cases they are equal; "
+              + ("they differ here, so both are shown (sweep.json: `nnunet_foreground_mean`)." if nn else
+                 "here they agree to 4 decimals (both in sweep.json: `nnunet_foreground_mean`).")
+              + " A per-label mean or difference can be over fewer cases than the foreground one, and can even "
+              "disagree with it in sign. nnU-Net's `ignore` label is never scored and has no column.",
+              "- A difference compares two arms case by case (the same evaluated cases); the seeds of each arm are "
+              "resampled on their own, because two arms share no randomness at the same seed number, so the "
+              "verdict cannot depend on how seeds are numbered. Its CI contains the run-to-run noise of nnU-Net "
+              "training (seeds) and the choice of cases; with 2-5 seeds it is mostly set by the t-interval "
+              "(docs/sweep.md: simulated coverage).",
+              *(["- `real-only-matched` trains the real-only model as long as pretraining + fine-tuning together: a "
+                 "pretrain arm that beats `real-only` but not `real-only-matched` gained from more steps, not from "
+                 "the synthetic data."] if any(a["kind"] == "compute-matched" for a in result["arms"]) else []),
+              f"- Results: `{result['folder']}`; the nnU-Net runs: `{result.get('runs_folder', result['folder'])}` "
+              f"(real-only arms: `{result['base_folder']}`).",
+              f"- Written {result['finished']}."]
+    return "\n".join(lines) + "\n"
+
+FILTER_COLOURS = ("tab:blue", "tab:green", "tab:purple", "tab:brown", "tab:olive")
+
+def _by_threshold(pretrain: list[dict]) -> dict:
+    """Pretrain arms grouped by their synthetic set's filter threshold (None, unfiltered, first)."""
+    groups: dict = {}
+    for arm in pretrain:
+        groups.setdefault(arm.get("min_consistency"), []).append(arm)
+    return dict(sorted(groups.items(), key=lambda g: -1.0 if g[0] is None else g[0]))
+
+def plot(result: dict, path: Path) -> Path:
+    """Foreground Dice vs ratio (pretrain arms, 95 % CI bars; per-seed means as dots), real-only arms as bands;
+    right: paired differences to real-only."""
+    # a Figure on its own Agg canvas: no pyplot, so the caller's matplotlib backend stays as it was
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    arms = result["arms"]
+    pretrain = [a for a in arms if a["kind"] == "pretrain"]
+    ratios = sorted({a["ratio"] for a in pretrain})
+    fig = Figure(figsize=(11, 4.4), dpi=110)
+    FigureCanvasAgg(fig)
+    left, right = fig.subplots(1, 2)
+    colours = {"real-only": "tab:gray", "compute-matched": "tab:orange"}
+    span = (-0.06 * max(ratios or [1]), max(ratios or [1]) * 1.08)
+    for arm in arms:
+        if arm["kind"] == "pretrain":
+            continue
+        fg, colour = arm["foreground"], colours[arm["kind"]]
+        if arm["kind"] == "compute-matched":  # hatched outline, so that the real-only band stays visible under it
+            left.axhspan(fg["low"], fg["high"], facecolor="none", edgecolor=colour, hatch="///", lw=0.8, alpha=0.6)
+        else:
+            left.axhspan(fg["low"], fg["high"], color=colour, alpha=0.2)
+            left.errorbar([0], [fg["mean"]], yerr=[[fg["mean"] - fg["low"]], [fg["high"] - fg["mean"]]], fmt="s",
+                          color=colour, capsize=5)
+        left.axhline(fg["mean"], color=colour, ls="--" if arm["kind"] == "compute-matched" else "-", lw=1.5,
+                     label=f"{arm['arm']} {fg['mean']:.3f} (band: 95 % CI)")
+    nudge = 0.025 * max(ratios or [1])  # filtered series beside the unfiltered one at the same ratio
+    for g, ((threshold, group), colour) in enumerate(zip(_by_threshold(pretrain).items(), FILTER_COLOURS)):
+        means = [a["foreground"]["mean"] for a in group]
+        err = [[m - a["foreground"]["low"] for m, a in zip(means, group)],
+               [a["foreground"]["high"] - m for m, a in zip(means, group)]]
+        kept = f", kept at mask consistency ≥ {threshold:g}" if threshold else ""
+        left.errorbar([a["ratio"] + g * nudge for a in group], means, yerr=err, fmt="o-", color=colour, capsize=5,
+                      lw=1.8, label=f"pretrain → fine-tune{kept} (mean, 95 % CI)")
+        for a in group:
+            seeds = list(a["per_seed_foreground"].values())
+            left.scatter([a["ratio"] + g * nudge] * len(seeds), seeds, s=12, color=colour, alpha=0.45, zorder=3)
+    left.scatter([], [], s=12, color="tab:blue", alpha=0.45, label="per-seed means")
+    left.set_xlim(*span)
+    left.set_xticks([0] + ratios)
+    left.set_xlabel("synthetic ratio (synthetic cases per real case; 0 = real-only)")
+    left.set_ylabel("foreground Dice")
+    left.set_title("Dice vs synthetic ratio")
+    left.legend(fontsize=7, loc="best")
+    left.grid(alpha=0.3)
+
+    offsets = {"real-only": -0.04, "real-only-matched": 0.04}
+    width = max(ratios) if ratios else 1
+    threshold_of = {a["arm"]: a.get("min_consistency") for a in arms}
+    for (reference, marker), (g, (threshold, colour)) in itertools.product(
+            (("real-only", "o"), ("real-only-matched", "s")), enumerate(zip(_by_threshold(pretrain), FILTER_COLOURS))):
+        diffs = [d for d in result["differences"] if d["reference"] == reference and d["ratio"] is not None
+                 and threshold_of.get(d["arm"]) == threshold]
+        if not diffs:
+            continue
+        xs = [d["ratio"] + (offsets[reference] + 0.1 * g) * width for d in diffs]
+        ys = [d["foreground"]["mean"] for d in diffs]
+        yerr = [[y - d["foreground"]["low"] for y, d in zip(ys, diffs)],
+                [d["foreground"]["high"] - y for y, d in zip(ys, diffs)]]
+        kept = f" (mc ≥ {threshold:g})" if threshold else ""
+        right.errorbar(xs, ys, yerr=yerr, fmt=marker, color=colour, capsize=5, mfc="white" if reference != "real-only"
+                       else colour, label=f"vs {reference}{kept}")
+    right.axhline(0.0, color="black", lw=1)
+    extra = 0.1 * (len(_by_threshold(pretrain)) - 1)
+    right.set_xlim(min(ratios or [0]) - 0.12 * width, max(ratios or [1]) + (0.12 + extra) * width)
+    right.set_xticks(ratios)
+    right.set_xlabel("synthetic ratio")
+    right.set_ylabel("Δ foreground Dice (paired)")
+    right.set_title("Paired difference, 95 % CI (crossing 0 = no evidence)")
+    right.legend(fontsize=7, loc="best")
+    right.grid(alpha=0.3)
+    ev = result["evaluation"]
+    fig.suptitle(f"{result['dataset']} — budget {result['budget']['name']}, {len(result['seeds'])} seeds × "
+                 f"{ev['num_cases']} cases ({'held-out ' + ev['test_dataset'] if ev['mode'] == 'test' else 'CV'})",
+                 fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")
+    return path
+
+def write_outputs(result: dict, folder: Path, latest: dict[str, Path]) -> list[Path]:
+    """sweep.{md,json,png} into the sweep's folder, then the same three files as the dataset's latest sweep."""
+    markdown = to_markdown(result)
+    text = json.dumps(result, indent=1)
+    written = []
+    for target in (folder, None):
+        paths = {k: (folder / f"sweep.{k}") if target is not None else latest[k] for k in ("md", "json", "png")}
+        write_atomic(paths["json"], lambda p: p.write_text(text))
+        write_atomic(paths["png"], lambda p: plot(result, p))
+        write_atomic(paths["md"], lambda p: p.write_text(markdown))
+        written += [paths["md"], paths["json"], paths["png"]]
+    return written
+

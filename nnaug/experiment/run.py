@@ -1,0 +1,213 @@
+"""Running a sweep: the only module that starts nnU-Net (plan/preprocess, train with a parent-death guard).
+
+Several workers can run the same sweep: each takes the next run whose lock is free."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+from nnaug.errors import NnaugError
+from nnaug.experiment.plan import ARM_RECORD, CONFIGURATION, PLANS, Arm, SweepSetup
+from nnaug.experiment.synthetic_sets import SyntheticSets
+from nnaug.io import file_lock, load_json_or_none, write_json_atomic
+
+
+ENV_SEED = "NNAUG_SEED"
+
+
+def nnunet_command(name: str) -> str:
+    path = Path(sys.executable).parent / name
+    if path.is_file():
+        return str(path)
+    found = shutil.which(name)
+    if not found:
+        raise NnaugError(f"{name} not found beside {sys.executable} or on PATH: install nnunetv2 in this environment")
+    return found
+
+def clean_env() -> dict:
+    """This process' environment without nnaug's trainer variables (the sweep sets its own)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("NNAUG_")}
+
+def ensure_planned(raw, log=print) -> str:
+    """Plan and preprocess the real dataset (2d) with nnU-Net unless done; returns the sha256 of its plans."""
+    import hashlib
+
+    from nnaug.dataset import preprocessed_root
+
+    folder = preprocessed_root() / raw.name
+    plans_file = folder / f"{PLANS}.json"
+
+    def complete() -> bool:
+        try:
+            plans = json.loads(plans_file.read_text())
+            data = folder / plans["configurations"][CONFIGURATION]["data_identifier"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
+        done = {p.name[:-len(".pkl")] for p in data.glob("*.pkl")} if data.is_dir() else set()
+        return done >= {c.identifier for c in raw.cases}
+
+    if not complete():
+        env = clean_env()
+        env.pop("nnUNet_n_proc_DA", None)  # nnUNet_n_proc_DA=0 makes planning crash (docs/trainers.md)
+        processes = str(max(1, min(4, os.cpu_count() or 1)))
+        cmd = [nnunet_command("nnUNetv2_plan_and_preprocess"), "-d", str(raw.dataset_id), "-c", CONFIGURATION,
+               "--verify_dataset_integrity", "-np", processes]
+        log("nnaug sweep: planning and preprocessing " + raw.name + ": " + " ".join(Path(cmd[0]).name if i == 0 else c
+                                                                                 for i, c in enumerate(cmd)))
+        if subprocess.run(cmd, env=env).returncode != 0 or not complete():
+            raise NnaugError(f"nnUNetv2_plan_and_preprocess -d {raw.dataset_id} failed (its output is above): "
+                             "fix the dataset and rerun")
+    return hashlib.sha256(plans_file.read_bytes()).hexdigest()
+
+_WRAPPER = ("import ctypes, os, signal, sys\n"
+            "try:\n"
+            "    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG (Linux)\n"
+            "except Exception:\n"
+            "    pass\n"
+            "if os.getppid() != int(sys.argv[1]):\n"
+            "    sys.exit(75)\n"
+            "os.execv(sys.argv[2], sys.argv[2:])\n")
+
+"""Starts nnUNetv2_train so that it gets SIGTERM when the sweep dies (kill -9 included): no orphan keeps
+training into a folder that the next ``nnaug sweep`` continues."""
+def _fmt_seconds(seconds: float | None) -> str:
+    if seconds is None or not math.isfinite(seconds):
+        return "?"
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else \
+        f"{seconds // 60}:{seconds % 60:02d}"
+
+class Progress:
+    """Follows nnU-Net's log lines ("Epoch N", "Epoch time: X s", nnaug's phase lines) for an ETA."""
+
+    def __init__(self, log=print):
+        self.log = log
+        self.seconds_per_iteration: float | None = None
+
+    def start(self, label: str, phases: list[tuple[str, int, int]], later_iterations: int) -> None:
+        self.label, self.phases, self.later = label, phases, later_iterations
+        self.phase, self.epoch = 0, -1
+
+    def line(self, text: str) -> None:
+        if len(self.phases) > 1 and ("nnaug: phase 2/2" in text or "continuing the fine-tuning" in text):
+            self.phase = 1
+        match = re.search(r": Epoch (\d+)\s*$", text)
+        if match:
+            self.epoch = int(match.group(1))
+            return
+        match = re.search(r"Epoch time: ([0-9.]+) s", text)
+        if match and self.epoch >= 0:
+            name, epochs, iterations = self.phases[self.phase]
+            rate = float(match.group(1)) / iterations
+            self.seconds_per_iteration = rate if self.seconds_per_iteration is None else \
+                0.7 * self.seconds_per_iteration + 0.3 * rate
+            remaining = (epochs - self.epoch - 1) * iterations + sum(e * i for _, e, i in self.phases[self.phase + 1:])
+            arm_eta = remaining * self.seconds_per_iteration
+            sweep_eta = (remaining + self.later) * self.seconds_per_iteration
+            self.log(f"nnaug sweep: {self.label}: {name} epoch {self.epoch + 1}/{epochs}, "
+                     f"ETA {_fmt_seconds(arm_eta)} for this run, ~{_fmt_seconds(sweep_eta)} for the sweep's training")
+
+def train_fold(raw, arm: Arm, seed: int, fold, root: Path, device: str, synthetic: Path | None,
+               progress: Progress, label: str, later_iterations: int) -> None:
+    """``nnUNetv2_train <Dataset> 2d <fold> -tr <trainer> -device <device> --c`` into ``root`` (as nnUNet_results)."""
+    from nnaug.nnunet_pretraining import ENV_SYNTHETIC, trainers_path
+
+    env = {**clean_env(), **arm.env, "nnUNet_results": str(root), "nnUNet_extTrainer": trainers_path(),
+           ENV_SEED: str(seed), "PYTHONUNBUFFERED": "1"}
+    if synthetic is not None:
+        env[ENV_SYNTHETIC] = synthetic.name
+    if device == "cpu":
+        env.setdefault("nnUNet_n_proc_DA", "0")  # augmentation workers only compete for the cores (and break seeding)
+    # nnU-Net's final validation exports through a pool of nnUNet_def_n_proc (default 8) spawned processes
+    env.setdefault("nnUNet_def_n_proc", str(max(1, min(4, os.cpu_count() or 1))))
+    args = [raw.name, CONFIGURATION, str(fold), "-tr", arm.trainer, "-device", device, "--c"]
+    cmd = [sys.executable, "-c", _WRAPPER, str(os.getpid()), nnunet_command("nnUNetv2_train"), *args]
+    progress.log(f"nnaug sweep: {label}: nnUNetv2_train {' '.join(args)}  (nnUNet_results={root}, {ENV_SEED}={seed}"
+                 + (f", {ENV_SYNTHETIC}={synthetic.name}" if synthetic is not None else "") + ")")
+    progress.start(label, list(arm.phases) if not pretrained(root, arm, synthetic) else list(arm.phases[1:]),
+                   later_iterations)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+                            errors="replace")
+    try:
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+            progress.line(line.rstrip("\n"))
+    finally:
+        code = proc.wait()
+    if code != 0:
+        raise NnaugError(f"nnUNetv2_train {' '.join(args)} failed with exit code {code} (its output is above); "
+                         "rerun the same nnaug sweep command to continue")
+
+def pretrained(root: Path, arm: Arm, synthetic: Path | None) -> bool:
+    """Is this arm's synthetic pretraining already cached in ``root`` (then a fold only fine-tunes)?"""
+    if arm.kind != "pretrain" or synthetic is None:
+        return False
+    from nnaug.nnunet_pretraining import PRETRAIN_DONE_MARKER
+
+    return any(root.glob(f"{synthetic.name}/*/fold_all/{PRETRAIN_DONE_MARKER}"))
+
+def remaining_iterations(arm: Arm, folds_left: int, pretrained: bool) -> int:
+    per_fold = sum(e * i for _, e, i in arm.phases[-1:]) if arm.kind == "pretrain" else sum(e * i for _, e, i in arm.phases)
+    pretraining = 0 if arm.kind != "pretrain" or pretrained or not folds_left else arm.phases[0][1] * arm.phases[0][2]
+    return folds_left * per_fold + pretraining
+
+def train_runs(setup: SweepSetup, synthetic: SyntheticSets, log=print) -> list[str]:
+    """Trains every run no worker has trained. Several processes can run the same sweep: each takes the
+    next run whose lock is free (first pass), then waits for the runs others hold (second pass) and
+    continues any whose worker died. A filtered set needs the judge (real-only, seed 0) first."""
+    progress = Progress(log)
+    trained: list[str] = []
+    judge = (setup.arms[0], 0)
+    for wait in (False, True):
+        for index, (arm, seed) in enumerate(setup.tasks, 1):
+            label = f"[{index}/{len(setup.tasks)}] {arm.name} seed {seed}"
+            if not setup.folds_left(arm, seed):
+                if not wait and not any(label in t for t in trained):
+                    log(f"nnaug sweep: {label}: done, skipped")
+                continue
+            if not wait and arm.min_consistency is not None and setup.folds_left(*judge):
+                continue  # its set is filtered by the judge, not trained yet: the second pass comes back
+            with file_lock(setup.root(arm, seed).parent / f".seed_{seed}.lock",
+                           f"{label}: waiting for another worker training it", wait=wait) as held:
+                if not held:
+                    log(f"nnaug sweep: {label}: another worker is training it; taking the next run")
+                    continue
+                trained += _train_run(setup, index, arm, seed, synthetic, progress, log)
+    return trained
+
+def _train_run(setup: SweepSetup, index: int, arm: Arm, seed: int, synthetic: SyntheticSets, progress: Progress,
+               log) -> list[str]:
+    root, done = setup.root(arm, seed), []
+    label = f"[{index}/{len(setup.tasks)}] {arm.name} seed {seed}"
+    left = setup.folds_left(arm, seed)
+    for fold in left:
+        later = sum(remaining_iterations(a, len(setup.folds_left(a, s)),
+                                         pretrained(setup.root(a, s), a, synthetic.get(a.synthesis_key)))
+                    for a, s in setup.tasks[index:])
+        later += remaining_iterations(arm, len(left) - left.index(fold) - 1, True)
+        fold_start = time.time()
+        log(f"nnaug sweep: {label} fold {fold}: training with {arm.trainer} ("
+            + ", ".join(f"{p} {e} epochs x {i} iterations" for p, e, i in arm.phases) + ")")
+        synthetic_set = synthetic[arm.synthesis_key] if arm.synthesis_key else None
+        train_fold(setup.raw, arm, seed, fold, root, setup.device, synthetic_set, progress, f"{label} fold {fold}", later)
+        record = load_json_or_none(root / ARM_RECORD) or {}
+        seconds = record.get("train_seconds", {})
+        seconds[str(fold)] = seconds.get(str(fold), 0.0) + time.time() - fold_start
+        write_json_atomic(root / ARM_RECORD, {
+            "arm": arm.name, "kind": arm.kind, "ratio": arm.ratio, "seed": seed, "trainer": arm.trainer,
+            "env": arm.env, "min_consistency": arm.min_consistency,
+            "synthetic_dataset": synthetic_set.name if synthetic_set is not None else None,
+            "device": setup.device, "plans_sha256": setup.plans_sha, "train_seconds": seconds,
+            "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
+        done.append(f"{arm.name} seed {seed} fold {fold}")
+    return done
+

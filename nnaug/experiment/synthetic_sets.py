@@ -1,0 +1,116 @@
+"""The synthetic datasets a sweep pretrains on: found by their plan (reused), resumed, or made."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from nnaug.experiment.plan import SynthesisChoice, ratio_label
+
+
+
+SYNTHESIS_BATCH = 16
+
+def _options(ratio: float, generator: Path, choice: SynthesisChoice, device: str, **extra):
+    from nnaug.synthesize import SynthesisOptions
+
+    return SynthesisOptions(ratio=ratio, generator=generator, mode=choice.mode, masks=choice.masks,
+                            sampler=choice.sampler, steps=choice.steps, batch_size=SYNTHESIS_BATCH, device=device,
+                            **extra)
+
+def same_filter(provenance: dict, min_consistency: float | None, filter_model: Path | None) -> bool:
+    """A filtered set is only reused for the same threshold and the same scoring model; an unfiltered one never
+    stands in for a filtered one or the other way round."""
+    record = provenance.get("filter") or {}
+    if record.get("min_consistency") != min_consistency:
+        return False
+    return min_consistency is None or Path(str(record.get("model"))).resolve() == Path(filter_model).resolve()
+
+def _matches(provenance: dict, raw, sha: str, ratio: float, choice: SynthesisChoice,
+             min_consistency: float | None = None, filter_model: Path | None = None) -> bool:
+    from nnaug.mask_augment import MaskAugmentation
+
+    if not same_filter(provenance, min_consistency, filter_model):
+        return False
+    wanted = {"source_dataset": raw.name, "checkpoint_sha256": sha, "mode": choice.mode, "sampler": choice.sampler,
+              "steps": choice.steps, "seed": 0, "num_real_cases": len(raw.cases),
+              "masks": choice.masks if choice.mode == "mask-conditioned" else None,
+              "mask_augmentation": MaskAugmentation().as_dict()
+              if choice.mode == "mask-conditioned" and choice.masks == "augmented" else None}
+    try:
+        return all(provenance.get(k) == v for k, v in wanted.items()) and float(provenance.get("ratio")) == ratio
+    except (TypeError, ValueError):
+        return False
+
+def find_synthetic(raw, sha: str, ratio: float, choice: SynthesisChoice, min_consistency: float | None = None,
+                   filter_model: Path | None = None) -> Path | None:
+    """A finished synthetic dataset in $nnUNet_raw made from ``raw`` by this generator with these options (newest ID)."""
+    from nnaug.dataset import parse_dataset_id, raw_root
+    from nnaug.io import load_json_or_none
+    from nnaug.provenance import read_provenance
+
+    found = []
+    for folder in raw_root().glob("Dataset*_*"):
+        provenance = read_provenance(folder) if folder.is_dir() else None
+        if provenance is None or not _matches(provenance, raw, sha, ratio, choice, min_consistency, filter_model):
+            continue
+        dataset_json = load_json_or_none(folder / "dataset.json") or {}
+        if dataset_json.get("numTraining") != provenance.get("num_cases"):
+            continue  # a --mix dataset (real cases inside), not a pure synthetic set
+        found.append((parse_dataset_id(folder.name) or 0, folder))
+    return max(found, key=lambda f: f[0])[1] if found else None
+
+def ensure_synthetic(raw, generator: Path, sha: str, ratio: float, choice: SynthesisChoice, device: str,
+                     lock_folder: Path, log=print, min_consistency: float | None = None,
+                     filter_model: Path | None = None) -> Path:
+    """The synthetic dataset of ``ratio`` (filtered at ``min_consistency`` by ``filter_model`` when given):
+    reused, or an interrupted synthesis resumed, or made anew."""
+    from nnaug.dataset import parse_dataset_id, raw_root
+    from nnaug.generators import read_info
+    from nnaug.io import file_lock, load_json_or_none
+    from nnaug.synthesize import PLAN, make_plan, synthesize, synthetic_name
+
+    wanted = (min_consistency, filter_model)
+    existing = find_synthetic(raw, sha, ratio, choice, *wanted)
+    if existing is not None:
+        return existing
+    extra = {"min_consistency": min_consistency, "filter_model": filter_model} if min_consistency else {}
+    with file_lock(lock_folder / ".synthesis.lock", "waiting for another sweep synthesizing for this generator"):
+        existing = find_synthetic(raw, sha, ratio, choice, *wanted)
+        if existing is not None:
+            return existing
+        opts = _options(ratio, generator, choice, device, **extra)
+        plan = make_plan(raw, read_info(generator), generator, opts, choice.mode)
+        for partial in sorted(raw_root().glob(f".Dataset*_{synthetic_name(raw, False)}.partial")):
+            if load_json_or_none(partial / PLAN) == plan:
+                dataset_id = parse_dataset_id(partial.name[1:].removesuffix(".partial"))
+                log(f"nnaug sweep: resuming the synthesis of ratio {ratio_label(ratio)} in {partial}")
+                return synthesize(raw.name, _options(ratio, generator, choice, device, output_id=dataset_id, resume=True,
+                                                     **extra))
+        log(f"nnaug sweep: synthesizing ratio {ratio_label(ratio)} ({plan['num_cases']} cases, {choice.mode}, "
+            f"{choice.sampler} {choice.steps} steps"
+            + (f", kept at mask consistency >= {min_consistency:g}" if min_consistency else "") + f") with {generator}")
+        return synthesize(raw.name, opts)
+
+class SyntheticSets:
+    """The sweep's synthetic datasets by (ratio, filter threshold), made or reused when first asked for.
+
+    Filtered sets are scored by ``judge``, the sweep's own real-only run of seed 0 (the same training
+    cases, never a test case): they are first asked for when an arm that needs them trains, after that run
+    (it is the sweep's first task). ``get`` looks without making."""
+
+    def __init__(self, raw, generator: Path, sha: str, choice: SynthesisChoice, device: str, folder: Path,
+                 judge: Path, log=print):
+        self.raw, self.generator, self.sha, self.choice, self.device = raw, generator, sha, choice, device
+        self.folder, self.judge, self.log, self.made = folder, judge, log, {}
+
+    def get(self, key) -> Path | None:
+        return self.made.get(key)
+
+    def __getitem__(self, key) -> Path:
+        if key not in self.made:
+            ratio, threshold = key
+            self.made[key] = ensure_synthetic(self.raw, self.generator, self.sha, ratio, self.choice, self.device,
+                                              self.folder, self.log, threshold, self.judge if threshold else None)
+            self.log(f"nnaug sweep: ratio {ratio_label(ratio)}"
+                     + (f", mask consistency >= {threshold:g}" if threshold else "") + f": {self.made[key].name}")
+        return self.made[key]
+
