@@ -9,7 +9,7 @@ training masks (``nnaug synthesize --ratio 1 --mode mask-conditioned``, DDIM 50)
   cache when present, else a fixed-seed random extractor — the table says which);
 * mask consistency: Dice between each requested mask and a real-trained nnU-Net's prediction on
   the generated image — with ``--mask-model`` (an nnU-Net training output folder trained on the
-  same 40 cases at the same size, e.g. the real-only model of benchmarks/downstream.py);
+  same 40 cases at the same size, e.g. a real-only run of nnaug sweep);
 * training seconds per step (wall time of the whole run / steps, so start-up and the one final
   export are included) and the peak resident memory above the start (CPU) or peak CUDA memory.
 

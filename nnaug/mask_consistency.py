@@ -71,8 +71,7 @@ def segmentation_dice(dataset, model_training_output_dir, folds=(0,), device: st
 
     Prediction is nnU-Net's own ``nnUNetPredictor`` (no mirroring, tile step 0.5, the ensemble of
     ``folds``; ``"all"`` for fold_all). Per case: mean foreground Dice over the labels present in the
-    label or the prediction (1.0 when both are empty). Used for mask consistency (synthetic cases)
-    and for held-out test Dice (benchmarks/downstream.py).
+    label or the prediction (1.0 when both are empty). Used for mask consistency (synthetic cases).
     Returns ``dict(mean_dice=, per_case={case: dice}, folds=, model=)``.
     """
     folds = tuple(folds)

@@ -85,6 +85,20 @@ class Schedule:
                 f"initial lr {self.initial_lr:g} (poly decay)")
 
 
+# The one table of schedules: nnaug's trainer classes use these, and nnaug sweep's budgets are made of them.
+FINETUNE_SCHEDULE = Schedule(num_epochs=150, initial_lr=1e-2)  # thesis: 150 epochs at 1e-2 (polyps)
+PRETRAIN_SCHEDULE = Schedule(num_epochs=1000, initial_lr=1e-2)  # nnU-Net's default training, as its docs pretrain
+SHORT_SCHEDULE = Schedule(num_epochs=5, initial_lr=1e-2, num_iterations_per_epoch=10, num_val_iterations_per_epoch=2)
+"""The _5epochs trainers (tests, the example, ``--budget tiny``)."""
+SHORT_MATCHED_SCHEDULE = replace(SHORT_SCHEDULE, num_epochs=2 * SHORT_SCHEDULE.num_epochs)
+"""nnUNetTrainer_nnaug_10epochs: as many iterations as SHORT pretraining + SHORT fine-tuning."""
+BUDGET_SCHEDULES = {  # nnaug sweep --budget: (epochs, iterations per epoch) of pretraining and of fine-tuning
+    "tiny": ((SHORT_SCHEDULE.num_epochs, SHORT_SCHEDULE.num_iterations_per_epoch),) * 2,
+    "small": ((15, 25), (15, 25)),
+    "gpu": ((100, 250), (FINETUNE_SCHEDULE.num_epochs, 250)),
+}
+
+
 def _env_number(name: str, kind: type, default):
     text = os.environ.get(name, "").strip()
     if not text:

@@ -7,7 +7,6 @@ Writes ``$nnUNet_results/nnaug/<Dataset>/report.{md,json,html,png}`` and the pic
 """
 from __future__ import annotations
 
-import re
 import sys
 from pathlib import Path
 
@@ -975,19 +974,3 @@ def _html_synthetic_section(r: dict, report: dict) -> list[str]:
             out.append('<div class="chart">' + _img_tag(files["consistency"], "per-case mask consistency") + "</div>")
     out.append("</div>")
     return out
-
-
-def parse_folds(text: str | None) -> list | None:
-    if text is None or not text.strip():
-        return None
-    folds = []
-    for part in text.split(","):
-        part = part.strip()
-        if re.fullmatch(r"\d+", part):
-            folds.append(int(part))
-        elif part == "all":
-            folds.append("all")
-        else:
-            raise NnaugError(f"--folds {text}: use fold numbers separated by commas, e.g. 0,1,2")
-    return folds
-

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from nnaug.errors import NnaugError
 from nnaug.experiment.evaluate import evaluate, synthetic_quality
-from nnaug.experiment.plan import (BASE_CONFIG, BUDGETS, SWEEP_CONFIG, SweepSetup, check_same_kind, make_arms,
+from nnaug.experiment.plan import (BASE_CONFIG, BUDGETS, SWEEP_CONFIG, check_fold_numbers, SweepSetup, check_same_kind, make_arms,
                                    parse_ratios, parse_thresholds, resolve_device, resolve_folds, resolve_synthesis,
                                    slug, sweep_folders)
 from nnaug.experiment.render import latest_outputs, write_outputs
@@ -72,7 +72,8 @@ def run_sweep(dataset: str, ratios=(1.0, 2.5, 5.0), seeds: int = 3, generator: P
         log("nnaug sweep: wrote " + ", ".join(str(p) for p in paths))
     return results
 
-def _check_options(budget: str, seeds: int, masks: str, steps: int | None) -> None:
+def _check_options(budget: str, seeds: int, masks: str, steps: int | None, folds) -> None:
+    check_fold_numbers(folds or [])
     if budget not in BUDGETS:
         raise NnaugError(f"unknown budget '{budget}': choose one of {', '.join(BUDGETS)}")
     if int(seeds) < 1:
@@ -115,7 +116,7 @@ def prepare_sweep(dataset, ratios, seeds, generator, test, folds, budget, device
     from nnaug.dataset import check_dataset, load_raw_dataset
     from nnaug.generators import checkpoint_sha256
 
-    _check_options(budget, seeds, masks, steps)
+    _check_options(budget, seeds, masks, steps, folds)
     ratios, thresholds = parse_ratios(ratios), parse_thresholds(min_consistency)
     device = resolve_device(device)
     raw = load_raw_dataset(dataset)

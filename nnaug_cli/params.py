@@ -42,17 +42,15 @@ class FoldList(click.ParamType):
     name = "FOLDS"
 
     def convert(self, value, param, ctx):
+        from nnaug.errors import NnaugError
+        from nnaug.experiment.plan import parse_folds
+
         if isinstance(value, list):
             return value
-        folds = []
-        for part in (p.strip() for p in str(value).split(",")):
-            if part == "all":
-                folds.append("all")
-            elif part.isdigit() and int(part) < 5:
-                folds.append(int(part))
-            else:
-                self.fail(f"{part!r} is not a fold (0-4, or all with --test)", param, ctx)
-        return folds
+        try:
+            return parse_folds(value)
+        except NnaugError as exc:
+            self.fail(str(exc).removeprefix("--folds "), param, ctx)
 
 
 class Shard(click.ParamType):

@@ -5,6 +5,8 @@ from pathlib import Path
 
 import click
 
+from nnaug_cli.params import FoldList
+
 
 @click.command()
 @click.argument("dataset")
@@ -26,7 +28,7 @@ import click
                    "Default: FRDv1's firstorder,glcm,glrlm,glszm,ngtdm.")
 @click.option("--memorisation/--no-memorisation", default=True, show_default=True,
               help="Nearest-real distances of the synthetic images and their closest pairs.")
-@click.option("--folds", default=None, help="Folds to report, e.g. 0,1,2 (default: every fold found).")
+@click.option("--folds", type=FoldList(), default=None, help="Folds to report, e.g. 0,1,2 (default: every fold found).")
 @click.option("--max-images", type=click.IntRange(min=2), default=None,
               help="At most N cases per dataset (spread evenly) for FRD, FID/KID, memorisation and mask consistency "
                    "(default: all).")
@@ -41,12 +43,12 @@ def report(dataset, inception_weights, fidelity, frd, frd_roi, frd_image_types, 
     $nnUNet_results/nnaug/<Dataset>/report.{md,json,html,png}. Never trains.
     """
     from nnaug.frd import parse_list
-    from nnaug.report import build_report, parse_folds, to_markdown, write_report
+    from nnaug.report import build_report, to_markdown, write_report
 
     rois = ("image", "mask") if frd_roi == "both" else (frd_roi,)
     image_types = parse_list(frd_image_types, "image_types", "--frd-image-types") if frd is not False else None
     features = parse_list(frd_features, "feature_classes", "--frd-features") if frd is not False else None
-    result = build_report(dataset, inception_weights=inception_weights, folds=parse_folds(folds),
+    result = build_report(dataset, inception_weights=inception_weights, folds=folds or None,
                           max_images=max_images, fidelity=fidelity, mask_check=mask_consistency, device=device,
                           frd=frd, frd_roi=rois, frd_image_types=image_types, frd_features=features,
                           memorisation=memorisation)

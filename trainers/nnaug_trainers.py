@@ -32,9 +32,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnaug import nnunet_pretraining as _pt
 from nnaug.errors import NnaugError
 
-_FINETUNE = _pt.Schedule(num_epochs=150, initial_lr=1e-2)  # thesis: 150 epochs at 1e-2 (polyps)
-_PRETRAIN = _pt.Schedule(num_epochs=1000, initial_lr=1e-2)  # nnU-Net's default training, as its docs pretrain
-_SHORT = _pt.Schedule(num_epochs=5, initial_lr=1e-2, num_iterations_per_epoch=10, num_val_iterations_per_epoch=2)
+_FINETUNE, _PRETRAIN, _SHORT = _pt.FINETUNE_SCHEDULE, _pt.PRETRAIN_SCHEDULE, _pt.SHORT_SCHEDULE
 
 
 def _seed_from_env() -> int | None:
@@ -203,7 +201,7 @@ class nnUNetTrainer_nnaug_5epochs(nnUNetTrainer_nnaug):
 class nnUNetTrainer_nnaug_10epochs(nnUNetTrainer_nnaug):
     """Real-only for as many iterations as the _5epochs pretraining + fine-tuning (compute-matched baseline)."""
 
-    nnaug_defaults = _pt.Schedule(num_epochs=10, initial_lr=1e-2, num_iterations_per_epoch=10, num_val_iterations_per_epoch=2)
+    nnaug_defaults = _pt.SHORT_MATCHED_SCHEDULE
     nnaug_env_overrides = False
 
 

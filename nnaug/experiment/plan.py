@@ -10,6 +10,7 @@ from pathlib import Path
 
 
 from nnaug.errors import NnaugError
+from nnaug.nnunet_pretraining import BUDGET_SCHEDULES
 
 
 CONFIGURATION = "2d"
@@ -65,13 +66,12 @@ class Budget:
         return [("training", *self.finetune)]
 
 BUDGETS = {
-    "tiny": Budget("tiny", (5, 10), (5, 10), True,
+    "tiny": Budget("tiny", *BUDGET_SCHEDULES["tiny"], True,
                    "nnaug's _5epochs trainers: 5 epochs x 10 iterations per phase (compute-matched: "
                    "nnUNetTrainer_nnaug_10epochs); for tests and the example"),
-    "small": Budget("small", (15, 25), (15, 25), False,
-                    "CPU-sized: pretraining and fine-tuning 15 epochs x 25 iterations each (as "
-                    "benchmarks/downstream.py --budget small)"),
-    "gpu": Budget("gpu", (100, 250), (150, 250), False,
+    "small": Budget("small", *BUDGET_SCHEDULES["small"], False,
+                    "CPU-sized: pretraining and fine-tuning 15 epochs x 25 iterations each"),
+    "gpu": Budget("gpu", *BUDGET_SCHEDULES["gpu"], False,
                   "pretraining 100 x 250, fine-tuning 150 x 250 iterations (the thesis' fine-tuning), for a GPU"),
 }
 
@@ -140,17 +140,34 @@ def parse_ratios(ratios) -> list[float]:
         raise NnaugError("--ratios needs at least one ratio > 0 (0 stands for the real-only arm, which always runs)")
     return sorted(values)
 
+def parse_folds(text) -> list:
+    """``0,1,2`` or ``all`` -> [0, 1, 2] / ["all"] (nnaug's one fold parser; which folds exist is checked where
+    it matters: :func:`resolve_folds` for a sweep, the model folder for a report)."""
+    folds = []
+    for part in (p.strip() for p in str(text).split(",")):
+        if part == "all" or part.isdigit():
+            folds.append("all" if part == "all" else int(part))
+        else:
+            raise NnaugError(f"--folds {text}: {part!r} is not a fold; use fold numbers separated by commas "
+                             "(e.g. 0,1,2) or all")
+    return folds
+
+
+def check_fold_numbers(folds) -> None:
+    for fold in folds:
+        if fold != "all" and not (isinstance(fold, int) and 0 <= fold < CV_FOLDS):
+            raise NnaugError(f"--folds: {fold} is not one of nnU-Net's folds 0-{CV_FOLDS - 1} (or all)")
+
+
 def resolve_folds(folds, test: bool, num_cases: int) -> list:
     if not folds:
         return ["all"] if test else list(range(CV_FOLDS))
+    check_fold_numbers(folds)
     out = []
     for fold in folds:
-        if fold == "all":
-            if not test:
-                raise NnaugError("--folds all trains on every case and leaves none to validate: "
-                                 "use --test DATASET with it, or folds 0-4 for cross-validation")
-        elif not (isinstance(fold, int) and 0 <= fold < CV_FOLDS):
-            raise NnaugError(f"--folds: {fold} is not one of nnU-Net's folds 0-{CV_FOLDS - 1} (or all)")
+        if fold == "all" and not test:
+            raise NnaugError("--folds all trains on every case and leaves none to validate: "
+                             "use --test DATASET with it, or folds 0-4 for cross-validation")
         if fold not in out:
             out.append(fold)
     if not test and num_cases < CV_FOLDS:
