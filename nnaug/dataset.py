@@ -481,3 +481,13 @@ def write_dataset_json(folder: Path, dataset_json: dict, num_training: int, **up
     content.update(updates)
     content["numTraining"] = int(num_training)
     save_json(content, str(folder / "dataset.json"), sort_keys=False)
+
+
+def check_same_kind(reference_json: dict, other_json: dict, what: str, fix: str) -> None:
+    """Two datasets nnaug uses together (pretraining and fine-tuning, training and held-out) need the same
+    inputs and labels: the same dataset.json channel_names, labels and file_ending. ``what``: the clause
+    that starts the one-line error; ``fix``: what to do about it."""
+    for key in ("channel_names", "labels", "file_ending"):
+        if reference_json.get(key) != other_json.get(key):
+            raise NnaugError(f"{what}: its dataset.json {key} {other_json.get(key)!r} differs from "
+                             f"{reference_json.get(key)!r}; {fix}")

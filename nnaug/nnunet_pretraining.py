@@ -155,12 +155,10 @@ def find_synthetic_dataset(source_dataset: str) -> Path:
 
 def check_compatible(real_json: dict, synthetic_json: dict, real_name: str, synthetic_name: str) -> None:
     """Pretrained weights only transfer between datasets with the same inputs and labels."""
-    for key in ("channel_names", "labels", "file_ending"):
-        if real_json.get(key) != synthetic_json.get(key):
-            raise NnaugError(
-                f"{synthetic_name} cannot be used to pretrain for {real_name}: its dataset.json {key} "
-                f"{synthetic_json.get(key)!r} differs from {real_json.get(key)!r}; synthesize it from {real_name}"
-            )
+    from nnaug.dataset import check_same_kind
+
+    check_same_kind(real_json, synthetic_json, f"{synthetic_name} cannot be used to pretrain for {real_name}",
+                    f"synthesize it from {real_name}")
 
 
 # ----------------------------------------------------------------------------- small file helpers

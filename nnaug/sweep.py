@@ -26,7 +26,7 @@ from pathlib import Path
 
 from nnaug.errors import NnaugError
 from nnaug.experiment.evaluate import evaluate, synthetic_quality
-from nnaug.experiment.plan import (BASE_CONFIG, BUDGETS, SWEEP_CONFIG, check_fold_numbers, SweepSetup, check_same_kind, make_arms,
+from nnaug.experiment.plan import (BASE_CONFIG, BUDGETS, SWEEP_CONFIG, check_fold_numbers, SweepSetup, make_arms,
                                    parse_ratios, parse_thresholds, resolve_device, resolve_folds, resolve_synthesis,
                                    slug, sweep_folders)
 from nnaug.experiment.render import latest_outputs, write_outputs
@@ -85,7 +85,7 @@ def _check_options(budget: str, seeds: int, masks: str, steps: int | None, folds
 
 def _held_out_datasets(raw, test) -> list:
     """``--test A,B`` (or a list): each a raw dataset other than the training one, of the same kind."""
-    from nnaug.dataset import check_dataset, load_raw_dataset
+    from nnaug.dataset import check_dataset, check_same_kind, load_raw_dataset
 
     names = [t for t in (test.split(",") if isinstance(test, str) else (test or [])) if str(t).strip()]
     tests = []
@@ -93,7 +93,8 @@ def _held_out_datasets(raw, test) -> list:
         test_raw = load_raw_dataset(str(name).strip())
         if test_raw.folder.resolve() == raw.folder.resolve():
             raise NnaugError(f"--test {name} is the training dataset itself: give a held-out dataset")
-        check_same_kind(raw, test_raw, "--test dataset")
+        check_same_kind(raw.dataset_json, test_raw.dataset_json, f"--test dataset {test_raw.name}",
+                        f"a held-out set must be made like {raw.name} (nnaug convert --split)")
         check_dataset(test_raw)
         if test_raw.name not in [t.name for t in tests]:
             tests.append(test_raw)
@@ -103,11 +104,10 @@ def _checked_generator(raw, generator: Path | None) -> tuple[Path, dict]:
     from nnaug.generators import find_latest_generator, read_info
 
     generator = Path(generator) if generator is not None else find_latest_generator(raw.name)
+    from nnaug.synthesize import check_generator_fits
+
     info = read_info(generator)
-    if info.get("labels") != raw.labels or info.get("channel_names") != raw.channel_names:
-        raise NnaugError(f"generator {generator} was trained on {info.get('source_dataset')} with labels "
-                         f"{info.get('labels')}, channels {info.get('channel_names')}; {raw.name} has {raw.labels}, "
-                         f"{raw.channel_names}: use a generator trained on this dataset")
+    check_generator_fits(raw, info, generator)
     return generator, info
 
 def prepare_sweep(dataset, ratios, seeds, generator, test, folds, budget, device, compute_matched, mode, masks,

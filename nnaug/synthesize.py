@@ -67,7 +67,8 @@ def synthetic_name(raw: RawDataset, mix: bool) -> str:
     return f"{source}Synth{'Mix' if mix else ''}"
 
 
-def _check_compatible(raw: RawDataset, info: dict, folder: Path) -> None:
+def check_generator_fits(raw: RawDataset, info: dict, folder: Path) -> None:
+    """The generator in ``folder`` makes the labels and channels of ``raw`` (it was trained on such a dataset)."""
     if info["label_values"] != raw.label_values or info["labels"] != raw.labels:
         raise NnaugError(f"generator {folder} was trained on labels {info['labels']} ({info['source_dataset']}), but "
                          f"{raw.name} has {raw.labels}: use a generator trained on this dataset")
@@ -140,7 +141,7 @@ def synthesize(dataset: str, opts: SynthesisOptions, progress: bool = True) -> P
     summary = check_dataset(raw, progress=progress)
     generator_dir = Path(opts.generator) if opts.generator else find_latest_generator(raw.name)
     info = read_info(generator_dir)
-    _check_compatible(raw, info, generator_dir)
+    check_generator_fits(raw, info, generator_dir)
     mode, sampler, steps = get_spec(info["model"]).resolve_sampling(opts.mode, opts.sampler, opts.steps, info)
     opts = replace(opts, sampler=sampler, steps=steps)
     if opts.masks not in ("train", "augmented"):

@@ -14,6 +14,7 @@ from conftest import nnunet_folders_in
 
 from nnaug.errors import NnaugError
 from nnaug.example import write_example_dataset
+from nnaug.io import file_lock
 from nnaug.provenance import PROVENANCE_FILE
 from nnaug.nnunet_pretraining import (
     ENV_VARS,
@@ -22,7 +23,6 @@ from nnaug.nnunet_pretraining import (
     Schedule,
     check_compatible,
     ensure_pretrained,
-    file_lock,
     find_synthetic_dataset,
     schedule_from_env,
     trainers_path,
@@ -173,6 +173,25 @@ def trained(tmp_path_factory):
         yield SimpleNamespace(env=env, real=real, synthetic=synthetic, trainer=trainer, cache=cache,
                               final=cache / "checkpoint_final.pth", model=model, fold0=model / "fold_0",
                               synth_ids=[f"synth_{i:06d}" for i in range(16)])
+
+
+def test_file_lock_without_waiting_says_it_is_taken(tmp_path):
+    """A sweep worker asks without waiting and takes the next run when another worker holds this one."""
+    lock = tmp_path / "run.lock"
+    seen = []
+
+    def other():
+        with file_lock(lock, None, wait=False) as held:
+            seen.append(held)
+
+    with file_lock(lock, None, wait=False) as held:
+        assert held
+        thread = threading.Thread(target=other)
+        thread.start()
+        thread.join(30)
+    assert seen == [False]
+    with file_lock(lock, None, wait=False) as held:  # free again
+        assert held
 
 
 def _nnunet_train(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:

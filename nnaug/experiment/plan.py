@@ -175,12 +175,6 @@ def resolve_folds(folds, test: bool, num_cases: int) -> list:
                          "add cases or evaluate on a held-out dataset with --test")
     return out
 
-def check_same_kind(raw, other, what: str) -> None:
-    for key in ("channel_names", "labels", "file_ending"):
-        if raw.dataset_json.get(key) != other.dataset_json.get(key):
-            raise NnaugError(f"{what} {other.name} has dataset.json {key} {other.dataset_json.get(key)!r}, but "
-                             f"{raw.name} has {raw.dataset_json.get(key)!r}: they must match")
-
 def resolve_device(device: str | None) -> str:
     import torch
 
