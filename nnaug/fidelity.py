@@ -8,6 +8,7 @@ the stand-in the benchmarks use offline (its numbers are only comparable with ea
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -256,10 +257,7 @@ def synthetic_fidelity(real, synthetic, inception_weights: str | Path | None = N
     Returns ``dict(frd=, frd_roi=, frd_details={roi: frd()'s dict}, fid=, kid_mean=, kid_std=, extractor=,
     weights=, kid_subset_size=, n_real=, n_synthetic=, resolution=)`` (+ ``*_note`` for what is missing).
     """
-    import sys
-
-    from nnaug.frd import ROI_CHOICES, frd_available
-    from nnaug.frd import frd as frd_distance
+    from nnaug.frd import ROI_CHOICES
 
     real, synthetic = as_raw(real), as_raw(synthetic)
     syn_cases = select_cases(synthetic, synthetic_identifiers(synthetic), max_images)
@@ -278,33 +276,13 @@ def synthetic_fidelity(real, synthetic, inception_weights: str | Path | None = N
     result = {"frd": None, "frd_roi": None, "frd_details": {}, "fid": None, "kid_mean": None, "kid_std": None,
               "n_real": len(real_cases), "n_synthetic": len(syn_cases), "resolution": list(size)}
 
+    say = (lambda text: print(f"nnaug: {text} {real.name} vs {synthetic.name}: {len(real_cases)} vs {len(syn_cases)} "
+                              f"images at {size[0]}x{size[1]} ...", file=sys.stderr, flush=True)) if progress else None
     if frd is not False:
-        missing = frd_available()
-        if missing is not None:
-            from nnaug.frd import INSTALL_HINT
-
-            if frd:
-                raise NnaugError(f"FRD needs the frd-score package, but {missing}: {INSTALL_HINT}")
-            result["frd_note"] = f"n/a ({missing})"
-        else:
-            for roi in rois:
-                if progress:
-                    print(f"nnaug: FRD ({roi} ROI) {real.name} vs {synthetic.name}: {len(real_cases)} vs "
-                          f"{len(syn_cases)} images at {size[0]}x{size[1]} ...", file=sys.stderr, flush=True)
-                masks = (np.stack(real_labels), np.stack(syn_labels)) if roi == "mask" else (None, None)
-                try:
-                    details = frd_distance(real_u8, syn_u8, masks[0], masks[1], image_types=frd_image_types,
-                                           features=frd_features)
-                except NnaugError as exc:
-                    if frd:
-                        raise
-                    result[f"frd_{roi}_note" if roi == "mask" else "frd_note"] = f"n/a ({exc})"
-                    continue
-                result["frd_details"][roi] = details
-                result["frd" if roi == "image" else "frd_roi"] = details["frd"]
+        _add_frd(result, real_u8, syn_u8, (np.stack(real_labels), np.stack(syn_labels)), rois, frd,
+                 frd_image_types, frd_features, say)
     else:
         result["frd_note"] = "skipped (--no-frd)"
-
     if fid is not False:
         weights, reason = inception_weights_or_reason(inception_weights, download=download)
         if weights is None:
@@ -312,9 +290,36 @@ def synthetic_fidelity(real, synthetic, inception_weights: str | Path | None = N
                 raise NnaugError(reason)
             result["fid_note"] = reason
         else:
-            if progress:
-                print(f"nnaug: FID/KID {real.name} vs {synthetic.name} ...", file=sys.stderr, flush=True)
+            if say:
+                say("FID/KID")
             result.update(fid_kid(real_u8, syn_u8, inception_weights=weights))
     else:
         result["fid_note"] = "skipped (--no-fidelity)"
     return result
+
+
+def _add_frd(result: dict, real_u8, syn_u8, masks, rois: list, required: bool | None, image_types, features,
+             say) -> None:
+    """FRD per ROI into ``result`` (``frd`` whole image, ``frd_roi`` the masks' foreground); a note when not."""
+    from nnaug.frd import INSTALL_HINT, frd_available
+    from nnaug.frd import frd as frd_distance
+
+    missing = frd_available()
+    if missing is not None:
+        if required:
+            raise NnaugError(f"FRD needs the frd-score package, but {missing}: {INSTALL_HINT}")
+        result["frd_note"] = f"n/a ({missing})"
+        return
+    for roi in rois:
+        if say:
+            say(f"FRD ({roi} ROI)")
+        real_masks, syn_masks = masks if roi == "mask" else (None, None)
+        try:
+            details = frd_distance(real_u8, syn_u8, real_masks, syn_masks, image_types=image_types, features=features)
+        except NnaugError as exc:
+            if required:
+                raise
+            result[f"frd_{roi}_note" if roi == "mask" else "frd_note"] = f"n/a ({exc})"
+            continue
+        result["frd_details"][roi] = details
+        result["frd" if roi == "image" else "frd_roi"] = details["frd"]

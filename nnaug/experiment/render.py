@@ -105,6 +105,11 @@ def to_markdown(result: dict) -> str:
     names = result["labels"]
     nn = _show_nnunet(result)
     lines += _arm_table(result, names, nn) + _difference_table(result, names, nn)
+    return "\n".join(lines + _zero_line(result) + _synthetic_table(result) + _how_to_read(result, nn)) + "\n"
+
+
+def _zero_line(result: dict) -> list[str]:
+    lines = []
     zero = [d for d in result["differences"] if d["foreground"].get("includes_zero")]
     lines.append("")
     if zero:
@@ -113,7 +118,11 @@ def to_markdown(result: dict) -> str:
                      + " — at this number of seeds and cases these arms are not distinguishable.")
     else:
         lines.append("No foreground Dice difference has a 95 % CI that includes 0.")
-    lines += ["", "## Synthetic datasets", "",
+    return lines
+
+
+def _synthetic_table(result: dict) -> list[str]:
+    lines = ["", "## Synthetic datasets", "",
               "| ratio | filter | dataset | synthetic cases | FID | KID (mean ± std) | FRD, log(d²) | mask consistency Dice |",
               "|---|---|---|---|---|---|---|---|"]
     extractor, notes = None, []
@@ -138,7 +147,11 @@ def to_markdown(result: dict) -> str:
                      "here, so that number is at least its threshold by construction; compare the sets by Dice.")
     lines.append("Mask consistency: Dice of each synthetic mask with the prediction of the real-only model "
                  "(seed 0) on its image.")
-    lines += ["", "## How to read this", "",
+    return lines
+
+
+def _how_to_read(result: dict, nn: bool) -> list[str]:
+    return ["", "## How to read this", "",
               "- Foreground Dice here is **per case**: nnU-Net's Dice of each label (`compute_metrics`); a label absent "
               "from both reference and prediction is left out, and a case's foreground Dice is the mean over its "
               "labels (1.0 when no label is present in either), then averaged over cases. nnU-Net's own "
@@ -159,7 +172,6 @@ def to_markdown(result: dict) -> str:
               f"- Results: `{result['folder']}`; the nnU-Net runs: `{result.get('runs_folder', result['folder'])}` "
               f"(real-only arms: `{result['base_folder']}`).",
               f"- Written {result['finished']}."]
-    return "\n".join(lines) + "\n"
 
 FILTER_COLOURS = ("tab:blue", "tab:green", "tab:purple", "tab:brown", "tab:olive")
 
@@ -177,12 +189,26 @@ def plot(result: dict, path: Path) -> Path:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    arms = result["arms"]
-    pretrain = [a for a in arms if a["kind"] == "pretrain"]
-    ratios = sorted({a["ratio"] for a in pretrain})
     fig = Figure(figsize=(11, 4.4), dpi=110)
     FigureCanvasAgg(fig)
     left, right = fig.subplots(1, 2)
+    _plot_dice(left, result)
+    _plot_differences(right, result)
+    ev = result["evaluation"]
+    fig.suptitle(f"{result['dataset']} — budget {result['budget']['name']}, {len(result['seeds'])} seeds × "
+                 f"{ev['num_cases']} cases ({'held-out ' + ev['test_dataset'] if ev['mode'] == 'test' else 'CV'})",
+                 fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")
+    return path
+
+
+def _plot_dice(left, result: dict) -> None:
+    """Foreground Dice per arm: real-only arms as bands, pretrain arms against their ratio."""
+    arms = result["arms"]
+    pretrain = [a for a in arms if a["kind"] == "pretrain"]
+    ratios = sorted({a["ratio"] for a in pretrain})
     colours = {"real-only": "tab:gray", "compute-matched": "tab:orange"}
     span = (-0.06 * max(ratios or [1]), max(ratios or [1]) * 1.08)
     for arm in arms:
@@ -217,6 +243,12 @@ def plot(result: dict, path: Path) -> Path:
     left.legend(fontsize=7, loc="best")
     left.grid(alpha=0.3)
 
+
+def _plot_differences(right, result: dict) -> None:
+    """Paired differences of each pretrain arm to real-only and to compute-matched real-only, with 95 % CIs."""
+    arms = result["arms"]
+    pretrain = [a for a in arms if a["kind"] == "pretrain"]
+    ratios = sorted({a["ratio"] for a in pretrain})
     offsets = {"real-only": -0.04, "real-only-matched": 0.04}
     width = max(ratios) if ratios else 1
     threshold_of = {a["arm"]: a.get("min_consistency") for a in arms}
@@ -242,14 +274,6 @@ def plot(result: dict, path: Path) -> Path:
     right.set_title("Paired difference, 95 % CI (crossing 0 = no evidence)")
     right.legend(fontsize=7, loc="best")
     right.grid(alpha=0.3)
-    ev = result["evaluation"]
-    fig.suptitle(f"{result['dataset']} — budget {result['budget']['name']}, {len(result['seeds'])} seeds × "
-                 f"{ev['num_cases']} cases ({'held-out ' + ev['test_dataset'] if ev['mode'] == 'test' else 'CV'})",
-                 fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png")
-    return path
 
 def write_outputs(result: dict, folder: Path, latest: dict[str, Path]) -> list[Path]:
     """sweep.{md,json,png} into the sweep's folder, then the same three files as the dataset's latest sweep."""
