@@ -540,44 +540,13 @@ def to_markdown(report: dict) -> str:
 
 
 def markdown_to_html(text: str) -> str:
-    """The small markdown subset nnaug writes (headings, pipe tables, bullets, **bold**, `code`) as HTML."""
-    import html
-    import re
+    """Markdown nnaug wrote (the sweep's sweep.md) as HTML, by Python-Markdown with its tables extension;
+    headings one level down (they sit under the report's own), pictures left out (the page embeds them)."""
+    import markdown
 
-    def inline(t: str) -> str:
-        t = html.escape(t)
-        t = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", t)
-        return re.sub(r"`(.+?)`", r"<code>\1</code>", t)
-
-    out, table, bullets = [], [], []
-
-    def flush():
-        if table:
-            rows = [r for r in table if not re.fullmatch(r"\|?[\s|:-]+\|?", r)]
-            cells = [[c.strip() for c in r.strip().strip("|").split("|")] for r in rows]
-            out.append('<div class="scroll"><table><tr>' + "".join(f"<th>{inline(c)}</th>" for c in cells[0]) + "</tr>"
-                       + "".join("<tr>" + "".join(f"<td>{inline(c)}</td>" for c in r) + "</tr>" for r in cells[1:])
-                       + "</table></div>")
-            table.clear()
-        if bullets:
-            out.append('<ul class="note">' + "".join(f"<li>{inline(b)}</li>" for b in bullets) + "</ul>")
-            bullets.clear()
-
-    for line in text.splitlines():
-        if line.startswith("|"):
-            table.append(line)
-            continue
-        if line.startswith("- "):
-            bullets.append(line[2:])
-            continue
-        flush()
-        if line.startswith("#"):
-            level = min(len(line) - len(line.lstrip("#")) + 1, 4)
-            out.append(f"<h{level}>{inline(line.lstrip('#').strip())}</h{level}>")
-        elif line.strip() and not line.startswith("!["):
-            out.append(f'<p class="note">{inline(line)}</p>')
-    flush()
-    return "\n".join(out)
+    lines = [("#" + line) if line.startswith("#") else line for line in text.splitlines() if not line.startswith("![")]
+    body = markdown.markdown("\n".join(lines), extensions=["tables"], output_format="html")
+    return body.replace("<table>", '<div class="scroll"><table>').replace("</table>", "</table></div>")
 
 
 def _method_notes(report: dict) -> list[str]:
@@ -842,12 +811,6 @@ def to_html(report: dict) -> str:
     import html
 
     e = html.escape
-
-    def cell(text: str, num: bool = False) -> str:
-        na = text.startswith(("n/a", "skipped", "—"))
-        cls = "na" if na else ("num" if num else "")
-        return f'<td class="{cls}">{e(text)}</td>'
-
     out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
            f"<title>nnaug report: {e(report['dataset'])}</title>", f"<style>{_CSS}</style></head><body><main>",
            f"<h1>nnaug report: {e(report['dataset'])}</h1>",
@@ -861,8 +824,25 @@ def to_html(report: dict) -> str:
     if glance:
         out.append('<div class="glance">' + "".join(
             f'<div class="kpi"><div class="v">{e(v)}</div><div class="k">{e(k)}</div></div>' for k, v in glance) + "</div>")
+    out += _html_synthetic_table(report) + _html_dice(report) + _html_sweep(report)
+    for r in report["synthetic"]:
+        out += _html_synthetic_section(r, report)
+    out.append("</main></body></html>")
+    return "\n".join(out) + "\n"
 
-    out.append("<h2>Synthetic datasets</h2>")
+
+def _cell(text: str, num: bool = False) -> str:
+    import html
+
+    cls = "na" if text.startswith(("n/a", "skipped", "—")) else ("num" if num else "")
+    return f'<td class="{cls}">{html.escape(text)}</td>'
+
+
+def _html_synthetic_table(report: dict) -> list[str]:
+    import html
+
+    e, cell = html.escape, _cell
+    out = ["<h2>Synthetic datasets</h2>"]
     if report["synthetic"]:
         out.append('<div class="card"><div class="scroll"><table><tr><th>synthetic dataset</th><th>ratio</th><th>cases</th>'
                    "<th>generator</th><th>FRD<br>(image)</th><th>FRD<br>(mask ROI)</th><th>FID</th><th>KID<br>(mean ± std)</th>"
@@ -891,8 +871,14 @@ def to_html(report: dict) -> str:
     else:
         out.append(f'<p class="note">No synthetic dataset in $nnUNet_raw names {e(report["dataset"])} as its source '
                    "(make one with <code>nnaug synthesize</code>).</p>")
+    return out
 
-    out.append("<h2>Segmentation Dice (nnU-Net validation)</h2>")
+
+def _html_dice(report: dict) -> list[str]:
+    import html
+
+    e, cell = html.escape, _cell
+    out = ["<h2>Segmentation Dice (nnU-Net validation)</h2>"]
     if report["dice"]:
         labels = sorted({k for r in report["dice"] for k in r["dice"]})
         out.append('<div class="card">')
@@ -918,8 +904,14 @@ def to_html(report: dict) -> str:
         out.append('</table></div><p class="cap">Rows edged blue: real-only; orange: pretrain→fine-tune.</p></div>')
     else:
         out.append(f'<p class="note">No validation summary.json under $nnUNet_results/{e(report["dataset"])} yet.</p>')
+    return out
 
-    out.append("<h2>Latest sweep (<code>nnaug sweep</code>)</h2>")
+
+def _html_sweep(report: dict) -> list[str]:
+    import html
+
+    e = html.escape
+    out = ["<h2>Latest sweep (<code>nnaug sweep</code>)</h2>"]
     sweep = report.get("sweep")
     if sweep:
         body = "\n".join(line for line in sweep["markdown"].splitlines() if not line.startswith("# nnaug sweep"))
@@ -930,11 +922,7 @@ def to_html(report: dict) -> str:
     else:
         out.append(f'<p class="note">No finished sweep of {e(report["dataset"])} yet '
                    f"(<code>nnaug sweep {e(report['dataset'])} --ratios 1,5 --seeds 3</code>).</p>")
-
-    for r in report["synthetic"]:
-        out += _html_synthetic_section(r, report)
-    out.append("</main></body></html>")
-    return "\n".join(out) + "\n"
+    return out
 
 
 def _html_synthetic_section(r: dict, report: dict) -> list[str]:

@@ -6,6 +6,7 @@ first-use download at a file:// URL (a missing file: "offline"; an existing one:
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -192,7 +193,7 @@ def test_report_shows_the_latest_sweep(nnunet_env, run_cli, tmp_path, monkeypatc
     assert "## Latest sweep" in md and "### Dice per arm" in md and "| pretrain-r5 | 0.655 [0.60, 0.70] |" in md
     assert "![sweep: Dice vs ratio](sweep.png)" in md
     html = (folder / "report.html").read_text()
-    assert "<td>pretrain-r5</td><td>0.655 [0.60, 0.70]</td>" in html and "<b>includes 0</b>" in html
+    assert re.search(r"<td>pretrain-r5</td>\s*<td>0.655 \[0.60, 0.70\]</td>", html) and "<strong>includes 0</strong>" in html
     assert 'alt="sweep: Dice vs ratio" src="data:image/png;base64,' in html
     assert json.loads((folder / "report.json").read_text())["sweep"]["markdown"] == sweep_md
 
