@@ -102,6 +102,44 @@ def next_free_dataset_id(start: int = 500) -> int:
 
 
 # ----------------------------------------------------------------------------- reading
+class ReadCache:
+    """Arrays of case files already read, least recently used first out, at most ``max_bytes`` (2 GiB). A file
+    that changed on disk (size or modification time) is a new key, so a stale array is never returned."""
+
+    def __init__(self, max_bytes: int = 2 << 30):
+        from collections import OrderedDict
+
+        self.max_bytes, self.bytes, self.entries = max_bytes, 0, OrderedDict()
+
+    @staticmethod
+    def key(case) -> tuple | None:
+        files = [*case.image_files, case.label_file]
+        try:
+            stats = [os.stat(f) for f in files]
+        except OSError:  # missing: the reader says so in its own words
+            return None
+        return tuple(files) + tuple((s.st_size, s.st_mtime_ns) for s in stats)
+
+    def get(self, key):
+        if key is not None and key in self.entries:
+            self.entries.move_to_end(key)
+            return self.entries[key]
+        return None
+
+    def put(self, key, value):
+        size = sum(v.nbytes for v in value if isinstance(v, np.ndarray))
+        if key is not None and size <= self.max_bytes:
+            self.entries[key] = value
+            self.bytes += size
+            while self.bytes > self.max_bytes:
+                _, old = self.entries.popitem(last=False)
+                self.bytes -= sum(v.nbytes for v in old if isinstance(v, np.ndarray))
+        return value
+
+
+READ_CACHE = ReadCache()
+
+
 @dataclass
 class Case:
     identifier: str
@@ -150,17 +188,30 @@ class RawDataset:
     def label_values(self) -> list[int]:
         return sorted(self.labels.values())
 
+    def read_native(self, case: Case) -> tuple[np.ndarray, dict, np.ndarray]:
+        """(image, properties, label) as the dataset's nnU-Net reader/writer gives them ([C, 1, H, W] for 2D).
+
+        Read from disk once per process and file version (:data:`READ_CACHE`): ``nnaug report`` hands the
+        same arrays to FRD, FID/KID, memorisation and mask consistency. Copies, so callers may change them."""
+        key = READ_CACHE.key(case)
+        cached = READ_CACHE.get(key)
+        if cached is None:
+            rw = self.reader_writer()
+            try:
+                image, props = rw.read_images(case.image_files)
+            except Exception as exc:  # readers raise anything from OSError to AssertionError
+                raise NnaugError(f"cannot read image {_short(case.image_files)}: {one_line(exc)} — replace or remove the file") from None
+            try:
+                label, _ = rw.read_seg(case.label_file)
+            except Exception as exc:
+                raise NnaugError(f"cannot read label {case.label_file}: {one_line(exc)} — replace or remove the file") from None
+            cached = READ_CACHE.put(key, (image, props, label))
+        image, props, label = cached
+        return image.copy(), dict(props), label.copy()
+
     def read_case(self, case: Case) -> tuple[np.ndarray, np.ndarray, dict]:
         """(image [C, H, W] float32, label [H, W] int64, properties) of one case, validated."""
-        rw = self.reader_writer()
-        try:
-            image, props = rw.read_images(case.image_files)
-        except Exception as exc:  # readers raise anything from OSError to AssertionError
-            raise NnaugError(f"cannot read image {_short(case.image_files)}: {one_line(exc)} — replace or remove the file") from None
-        try:
-            label, _ = rw.read_seg(case.label_file)
-        except Exception as exc:
-            raise NnaugError(f"cannot read label {case.label_file}: {one_line(exc)} — replace or remove the file") from None
+        image, props, label = self.read_native(case)
         if image.ndim != 4 or image.shape[1] != 1:
             raise NnaugError(
                 f"{_short(case.image_files)} is a 3D volume ({image.shape[1]} slices): nnaug works on 2D datasets only "

@@ -81,13 +81,11 @@ def segmentation_dice(dataset, model_training_output_dir, folds=(0,), device: st
     if not cases:
         raise NnaugError(f"{raw.name} has no cases to check")
     predictor = load_predictor(model_training_output_dir, folds, device, checkpoint_name)
-    rw = raw.reader_writer()
     per_case = {}
     from tqdm.auto import tqdm
 
     for case in tqdm(cases, desc=desc, disable=None if progress else True, leave=False):
-        image, props = rw.read_images(case.image_files)
-        label, _ = rw.read_seg(case.label_file)
+        image, props, label = raw.read_native(case)  # read once per process: the report's other metrics share it
         per_case[case.identifier] = predicted_dice(predictor, image, props, label)
     return {"mean_dice": float(np.mean(list(per_case.values()))), "per_case": per_case,
             "folds": list(folds), "model": str(model_training_output_dir)}

@@ -258,3 +258,35 @@ def test_report_takes_the_sweeps_difference_and_test_set(nnunet_env, run_cli, tm
     md, page = (folder / "report.md").read_text(), (folder / "report.html").read_text()
     line = "Dice difference pretrain-r5 − real-only (latest sweep, 3 seeds, paired 95 % CI): +0.0200 [-0.0100, +0.0500]."
     assert line in md and "+0.0200 [-0.0100, +0.0500]" in page and "no interval" not in md
+
+
+def test_report_reads_each_file_once_for_all_its_metrics(nnunet_env, monkeypatch):
+    """FRD (image and mask ROI), memorisation and the contact sheets all take the same arrays: counted at
+    nnU-Net's reader, every image and label file of both sets is read from disk once (the first image of a
+    dataset once more, when the dataset is opened and nnU-Net's reader is chosen)."""
+    from collections import Counter
+
+    from nnunetv2.imageio.natural_image_reader_writer import NaturalImage2DIO
+
+    import nnaug.dataset
+    from nnaug.example import write_example_dataset
+    from nnaug.report import build_report
+
+    real = write_example_dataset(dataset_id=997, name="nnaugExample", num_cases=8, size=32, seed=0)
+    _fake_synthetic(nnunet_env, real, [])
+    reads = Counter()
+    original = NaturalImage2DIO.read_images  # its read_seg reads through read_images too
+
+    def counting(self, files):
+        reads.update(files)
+        return original(self, files)
+
+    monkeypatch.setattr(NaturalImage2DIO, "read_images", counting)
+    monkeypatch.setattr(nnaug.dataset, "READ_CACHE", nnaug.dataset.ReadCache())
+    report = build_report("997", fidelity=False, mask_check=False, progress=False)
+    (syn,) = report["synthetic"]
+    assert syn["frd"] is not None and syn["memorisation"]["n_synthetic"] == 6  # the metrics did read the images
+    assert len(reads) == 2 * (8 + 6)  # every image and label of both sets was read ...
+    opened = {f for f in reads if f.endswith("example_000_0000.png")}  # opening a dataset detects its reader
+    assert max(n for f, n in reads.items() if f not in opened) == 1, reads.most_common(3)  # ... once
+    assert max(reads[f] for f in opened) <= 3
