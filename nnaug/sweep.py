@@ -72,6 +72,7 @@ def run_sweep(dataset: str, ratios=(1.0, 2.5, 5.0), seeds: int = 3, generator: P
         log("nnaug sweep: wrote " + ", ".join(str(p) for p in paths))
     return results
 
+
 def _check_options(budget: str, seeds: int, masks: str, steps: int | None, folds) -> None:
     check_fold_numbers(folds or [])
     if budget not in BUDGETS:
@@ -82,6 +83,7 @@ def _check_options(budget: str, seeds: int, masks: str, steps: int | None, folds
         raise NnaugError(f"--masks must be train or augmented, got {masks}")
     if steps is not None and int(steps) < 1:
         raise NnaugError(f"--steps must be at least 1, got {steps}")
+
 
 def _held_out_datasets(raw, test) -> list:
     """``--test A,B`` (or a list): each a raw dataset other than the training one, of the same kind."""
@@ -100,6 +102,7 @@ def _held_out_datasets(raw, test) -> list:
             tests.append(test_raw)
     return tests
 
+
 def _checked_generator(raw, generator: Path | None) -> tuple[Path, dict]:
     from nnaug.generators import find_latest_generator, read_info
 
@@ -109,6 +112,7 @@ def _checked_generator(raw, generator: Path | None) -> tuple[Path, dict]:
     info = read_info(generator)
     check_generator_fits(raw, info, generator)
     return generator, info
+
 
 def prepare_sweep(dataset, ratios, seeds, generator, test, folds, budget, device, compute_matched, mode, masks,
                   sampler, steps, overwrite, min_consistency, log=print) -> SweepSetup:
@@ -140,6 +144,7 @@ def prepare_sweep(dataset, ratios, seeds, generator, test, folds, budget, device
         f"folds {','.join(map(str, folds))}, budget {budget}, device {device}; generator {generator} ({sha[:8]}); "
         f"runs under {gen_folder}")
     return setup
+
 
 def _prepare_folders(raw, base: Path, gen_folder: Path, plans_sha: str, budget: str, overwrite: bool, log) -> None:
     old = load_json_or_none(base / BASE_CONFIG)

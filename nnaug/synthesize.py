@@ -89,16 +89,40 @@ def make_plan(raw: RawDataset, info: dict, generator_dir: Path, opts: SynthesisO
         filtering = filter_plan(raw, opts, count)
     cases = [] if filtering else [candidate(raw, opts.seed, mode, i, f"synth_{i:06d}") for i in range(count)]
     plan = {
-        "source_dataset": raw.name, "generator": str(generator_dir.resolve()), "generator_model": info["model"],
-        "checkpoint_sha256": checkpoint_sha256(generator_dir), "generator_steps_trained": info.get("steps_trained"),
-        "mode": mode, "masks": opts.masks if mode == "mask-conditioned" else None,
-        "mask_augmentation": opts.augmentation.as_dict() if mode == "mask-conditioned" and opts.masks == "augmented" else None,
-        "sampler": opts.sampler, "steps": opts.steps, "seed": opts.seed, "ratio": opts.ratio,
-        "batch_size": opts.batch_size, "num_cases": count, "num_real_cases": len(raw.cases), "cases": cases,
+        **plan_header(raw, checkpoint_sha256(generator_dir), opts, mode),
+        "generator": str(generator_dir.resolve()), "generator_model": info["model"],
+        "generator_steps_trained": info.get("steps_trained"),
+        "batch_size": opts.batch_size, "num_cases": count, "cases": cases,
     }
     if filtering:
         plan["filter"] = filtering
     return plan
+
+
+def plan_header(raw: RawDataset, sha: str, opts: SynthesisOptions, mode: str) -> dict:
+    """The part of a synthesis plan that decides which cases come out (see :func:`plan_identity`)."""
+    augmented = mode == "mask-conditioned" and opts.masks == "augmented"
+    return {"source_dataset": raw.name, "checkpoint_sha256": sha, "mode": mode,
+            "masks": opts.masks if mode == "mask-conditioned" else None,
+            "mask_augmentation": opts.augmentation.as_dict() if augmented else None,
+            "sampler": opts.sampler, "steps": opts.steps, "seed": opts.seed, "ratio": opts.ratio,
+            "num_real_cases": len(raw.cases)}
+
+
+def plan_identity(plan: dict) -> dict:
+    """What makes two synthetic sets the same set, from a plan or a provenance (which holds its plan): the
+    header's keys, and a filter's threshold and scoring model; not where the generator lies or the batch size.
+    ``nnaug sweep`` reuses a set whose identity is the one it would make."""
+    identity = {key: plan.get(key) for key in ("source_dataset", "checkpoint_sha256", "mode", "masks",
+                                               "mask_augmentation", "sampler", "steps", "seed", "num_real_cases")}
+    try:
+        identity["ratio"] = float(plan.get("ratio"))
+    except (TypeError, ValueError):
+        identity["ratio"] = None
+    record = plan.get("filter") or {}
+    model = record.get("model")
+    identity["filter"] = (record.get("min_consistency"), str(Path(str(model)).resolve()) if model else None)
+    return identity
 
 
 def candidate(raw: RawDataset, seed: int, mode: str, index: int, name: str) -> dict:

@@ -149,7 +149,7 @@ def test_filtered_sets_are_arms_of_their_own_and_never_stand_in_for_unfiltered_o
     from nnaug.errors import NnaugError
     from nnaug.experiment.plan import parse_thresholds
     from nnaug.experiment.render import plot
-    from nnaug.experiment.synthetic_sets import same_filter
+    from nnaug.experiment.synthetic_sets import wanted_identity
 
     assert parse_thresholds([0.0, 0.7, 0.7]) == (None, 0.7) and parse_thresholds(None) == (None,)
     with pytest.raises(NnaugError, match="--min-consistency 1.5"):
@@ -158,12 +158,25 @@ def test_filtered_sets_are_arms_of_their_own_and_never_stand_in_for_unfiltered_o
     assert [a.name for a in arms] == ["real-only", "pretrain-r1", "pretrain-r5", "pretrain-r1-mc0.7", "pretrain-r5-mc0.7"]
     assert arms[3].synthesis_key == (1.0, 0.7) and arms[1].synthesis_key == (1.0, None) and arms[0].synthesis_key is None
 
-    model = tmp_path / "model"
-    unfiltered, filtered = {}, {"filter": {"min_consistency": 0.7, "model": str(model)}}
-    assert same_filter(unfiltered, None, None) and same_filter(filtered, 0.7, model)
-    assert not same_filter(filtered, None, None)  # a filtered set is not the unfiltered one
-    assert not same_filter(unfiltered, 0.7, model)
-    assert not same_filter(filtered, 0.8, model) and not same_filter(filtered, 0.7, tmp_path / "other")
+    from types import SimpleNamespace
+
+    from nnaug.experiment.plan import SynthesisChoice
+    from nnaug.synthesize import plan_identity
+
+    model, sha = tmp_path / "model", "ab" * 32
+    raw = SimpleNamespace(name="Dataset501_X", cases=list(range(40)))
+    choice = SynthesisChoice("joint", "train", "ddim", 25)
+    plain, kept = wanted_identity(raw, sha, 1.0, choice), wanted_identity(raw, sha, 1.0, choice, 0.7, model)
+    provenance = {"source_dataset": raw.name, "checkpoint_sha256": sha, "mode": "joint", "masks": None,
+                  "mask_augmentation": None, "sampler": "ddim", "steps": 25, "seed": 0, "ratio": 1,
+                  "num_real_cases": 40, "generator": "/moved/elsewhere", "batch_size": 8, "cases": []}
+    assert plan_identity(provenance) == plain  # where the generator lies and the batch size do not matter
+    filtered = {**provenance, "filter": {"min_consistency": 0.7, "model": str(model), "folds": [0]}}
+    assert plan_identity(filtered) == kept
+    assert plan_identity(filtered) != plain and plan_identity(provenance) != kept  # never one for the other
+    assert wanted_identity(raw, sha, 1.0, choice, 0.8, model) != kept
+    assert wanted_identity(raw, sha, 1.0, choice, 0.7, tmp_path / "other") != kept
+    assert wanted_identity(raw, sha, 2.0, choice) != plain and wanted_identity(raw, "cd" * 32, 1.0, choice) != plain
 
     # rendering: the filter is a column of the synthetic table, and a series of its own in the picture
     result = _fake_result(tmp_path, effect=0.05, noise=0.01)

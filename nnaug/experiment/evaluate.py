@@ -27,6 +27,7 @@ def label_names(dataset_json: dict) -> dict[str, str]:
             names[key] = name
     return names
 
+
 def per_case_from_metrics(metric_per_case: list[dict], names: dict[str, str], file_ending: str) -> dict:
     """nnU-Net's ``metric_per_case`` -> ``{case: {"labels": {name: Dice or None}, "foreground": Dice}}``.
 
@@ -46,12 +47,14 @@ def per_case_from_metrics(metric_per_case: list[dict], names: dict[str, str], fi
         out[case] = {"labels": labels, "foreground": float(np.mean(present)) if present else 1.0}
     return out
 
+
 def cv_results(model_dir: Path, folds: list, names: dict[str, str], file_ending: str) -> dict:
     per_case = {}
     for fold in folds:
         summary = json.loads((model_dir / f"fold_{fold}" / "validation" / "summary.json").read_text())
         per_case.update(per_case_from_metrics(summary["metric_per_case"], names, file_ending))
     return per_case
+
 
 def checkpoint_stamp(model_dir: Path, folds: list) -> dict:
     stamp = {}
@@ -60,8 +63,10 @@ def checkpoint_stamp(model_dir: Path, folds: list) -> dict:
         stamp[str(fold)] = [stat.st_size, stat.st_mtime_ns]
     return stamp
 
+
 def test_record(root: Path, test_name: str) -> Path:
     return root / f"nnaug_sweep_test_{test_name}.json"
+
 
 def heldout_metrics(test_raw, model_dir: Path, folds: list, root: Path, device: str) -> list[dict]:
     """Dice of the model (ensemble of ``folds``) on every case of the held-out dataset, cached in ``root``
@@ -81,6 +86,7 @@ def heldout_metrics(test_raw, model_dir: Path, folds: list, root: Path, device: 
         metric_per_case = _predict_and_score(test_raw, model_dir, folds, root / f"test_{test_raw.name}", device)
         write_json_atomic(record_file, {"key": key, "model": str(model_dir), "metric_per_case": metric_per_case})
     return metric_per_case
+
 
 def _predict_and_score(test_raw, model_dir: Path, folds: list, out: Path, device: str) -> list[dict]:
     """nnU-Net's predictor into ``out``, then nnU-Net's ``compute_metrics`` per case."""
@@ -118,6 +124,7 @@ def _predict_and_score(test_raw, model_dir: Path, folds: list, out: Path, device
                                 "metrics": {str(k): {"Dice": float(v["Dice"])} for k, v in result["metrics"].items()}})
     return metric_per_case
 
+
 def synthetic_quality(raw, synthetic: Path, weights: Path | None, model_dir: Path, folds: list, device: str,
                       cache: Path, log=print) -> dict:
     """FID/KID (and FRD when nnaug.fidelity gives it) and mask consistency of one synthetic dataset, cached."""
@@ -152,6 +159,7 @@ def synthetic_quality(raw, synthetic: Path, weights: Path | None, model_dir: Pat
     write_json_atomic(cache, {"key": key, "quality": quality})
     return quality
 
+
 def _grid(per_case_by_seed: dict, seeds: list[int], cases: list[str], label: str | None) -> np.ndarray:
     grid = np.full((len(seeds), len(cases)), np.nan)
     for i, seed in enumerate(seeds):
@@ -164,9 +172,11 @@ def _grid(per_case_by_seed: dict, seeds: list[int], cases: list[str], label: str
             grid[i, j] = np.nan if value is None else value
     return grid
 
+
 def _nnunet_difference(rows: list[dict], arm: str, reference: str) -> float | None:
     by = {r["arm"]: r["nnunet_foreground_mean"]["mean"] for r in rows}
     return None if by[arm] is None or by[reference] is None else by[arm] - by[reference]
+
 
 def nnunet_foreground_mean(grids: dict, names: list[str]) -> np.ndarray:
     """nnU-Net's ``foreground_mean`` Dice per seed: each label's mean over the cases where it has a Dice, then
@@ -178,9 +188,11 @@ def nnunet_foreground_mean(grids: dict, names: list[str]) -> np.ndarray:
         per_label = np.stack([np.nanmean(grids[n], axis=1) for n in names]) if names else np.zeros((0, 0))
         return np.nanmean(per_label, axis=0) if len(per_label) else np.full(grids[None].shape[0], np.nan)
 
+
 def _nnunet_row(values: np.ndarray, seeds: list[int]) -> dict:
     return {"mean": float(np.nanmean(values)) if np.isfinite(values).any() else None,
             "per_seed": {str(s): (float(v) if np.isfinite(v) else None) for s, v in zip(seeds, values)}}
+
 
 def summarise(arms: list[Arm], results: dict, seeds: list[int], names: list[str], confidence: float = 0.95) -> dict:
     """Per-arm means with CIs, and differences paired by case (vs real-only; pretrain arms also vs compute-matched);
@@ -218,6 +230,7 @@ def summarise(arms: list[Arm], results: dict, seeds: list[int], names: list[str]
             })
     return {"cases": cases, "arms": rows, "differences": differences}
 
+
 def per_case_dice(setup: SweepSetup, test_raw, log=print) -> tuple[dict, dict]:
     """{arm: {seed: per-case Dice}} on the held-out dataset (None: the CV folds), and each arm's training seconds."""
     names_by_key = label_names(setup.raw.dataset_json)
@@ -234,6 +247,7 @@ def per_case_dice(setup: SweepSetup, test_raw, log=print) -> tuple[dict, dict]:
         results.setdefault(arm.name, {})[seed] = per_case
         seconds.setdefault(arm.name, []).append(sum((load_json_or_none(root / ARM_RECORD) or {}).get("train_seconds", {}).values()))
     return results, seconds
+
 
 def evaluate(setup: SweepSetup, test_raw, synthetic: SyntheticSets, quality: dict, weights: Path | None,
              log=print) -> dict:

@@ -8,21 +8,17 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
 from nnaug.errors import NnaugError
 from nnaug.nnunet_pretraining import BUDGET_SCHEDULES
 
 
 CONFIGURATION = "2d"
-
 PLANS = "nnUNetPlans"
-
 ARM_RECORD = "nnaug_sweep_arm.json"
 SWEEP_CONFIG = "nnaug_sweep_config.json"
-
 BASE_CONFIG = "nnaug_sweep_base.json"
-
 CV_FOLDS = 5
+
 
 @dataclass(frozen=True)
 class Budget:
@@ -65,6 +61,7 @@ class Budget:
             return [("training", self.matched_epochs, self.finetune[1])]
         return [("training", *self.finetune)]
 
+
 BUDGETS = {
     "tiny": Budget("tiny", *BUDGET_SCHEDULES["tiny"], True,
                    "nnaug's _5epochs trainers: 5 epochs x 10 iterations per phase (compute-matched: "
@@ -74,6 +71,7 @@ BUDGETS = {
     "gpu": Budget("gpu", *BUDGET_SCHEDULES["gpu"], False,
                   "pretraining 100 x 250, fine-tuning 150 x 250 iterations (the thesis' fine-tuning), for a GPU"),
 }
+
 
 @dataclass(frozen=True)
 class Arm:
@@ -99,8 +97,10 @@ class Arm:
     def total_epochs(self) -> int:
         return sum(p[1] for p in self.phases)
 
+
 def ratio_label(ratio: float) -> str:
     return f"{ratio:g}"
+
 
 def make_arms(budget: Budget, ratios: list[float], compute_matched: bool,
               thresholds: tuple = (None,)) -> list[Arm]:
@@ -117,6 +117,7 @@ def make_arms(budget: Budget, ratios: list[float], compute_matched: bool,
                             budget.env("pretrain"), tuple(budget.phases("pretrain")), threshold))
     return arms
 
+
 def parse_thresholds(values) -> tuple:
     """``--min-consistency`` values: 0 is the unfiltered set (None), others must lie in (0, 1]; sorted, distinct."""
     out = set()
@@ -126,6 +127,7 @@ def parse_thresholds(values) -> tuple:
             raise NnaugError(f"--min-consistency {value:g}: each threshold must lie in (0, 1], or 0 for unfiltered")
         out.add(None if value == 0.0 else value)
     return tuple(sorted(out, key=lambda v: -1.0 if v is None else v))
+
 
 def parse_ratios(ratios) -> list[float]:
     """Sorted distinct ratios > 0; a 0 (the real-only arm, always run) is dropped."""
@@ -139,6 +141,7 @@ def parse_ratios(ratios) -> list[float]:
     if not values:
         raise NnaugError("--ratios needs at least one ratio > 0 (0 stands for the real-only arm, which always runs)")
     return sorted(values)
+
 
 def parse_folds(text) -> list:
     """``0,1,2`` or ``all`` -> [0, 1, 2] / ["all"] (nnaug's one fold parser; which folds exist is checked where
@@ -175,6 +178,7 @@ def resolve_folds(folds, test: bool, num_cases: int) -> list:
                          "add cases or evaluate on a held-out dataset with --test")
     return out
 
+
 def resolve_device(device: str | None) -> str:
     import torch
 
@@ -186,13 +190,16 @@ def resolve_device(device: str | None) -> str:
         raise NnaugError("--device cuda: no CUDA device is visible to torch; use --device cpu (with --budget tiny or small)")
     return device
 
+
 def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.+-]+", "-", text).strip("-") or "x"
+
 
 def sweeps_root(dataset_name: str) -> Path:
     from nnaug.dataset import results_root
 
     return results_root() / "nnaug" / dataset_name / "sweep"
+
 
 def sweep_folders(dataset_name: str, budget: str, generator_tag: str) -> tuple[Path, Path]:
     """(base, generator folder): where the runs are trained. Neither depends on how they are evaluated.
@@ -206,17 +213,21 @@ def sweep_folders(dataset_name: str, budget: str, generator_tag: str) -> tuple[P
     base = sweeps_root(dataset_name) / budget
     return base, base / generator_tag
 
+
 def arm_root(base: Path, generator_folder: Path, arm: Arm, seed: int) -> Path:
     return (base if arm.shared else generator_folder) / arm.name / f"seed_{seed}"
 
+
 def model_folder(root: Path, dataset_name: str, trainer: str) -> Path:
     return root / dataset_name / f"{trainer}__{PLANS}__{CONFIGURATION}"
+
 
 def fold_done(model_dir: Path, fold, cross_validation: bool) -> bool:
     fold_dir = model_dir / f"fold_{fold}"
     if not (fold_dir / "checkpoint_final.pth").is_file():
         return False
     return not cross_validation or (fold_dir / "validation" / "summary.json").is_file()
+
 
 @dataclass(frozen=True)
 class SynthesisChoice:
@@ -229,11 +240,13 @@ class SynthesisChoice:
     def tag(self) -> str:
         return f"{self.mode}-{self.sampler}{self.steps}" + ("-augmented" if self.masks == "augmented" else "")
 
+
 def resolve_synthesis(info: dict, mode: str | None, masks: str, sampler: str | None, steps: int | None) -> SynthesisChoice:
     from nnaug.generators import get_spec
 
     mode, sampler, steps = get_spec(info["model"]).resolve_sampling(mode, sampler, steps, info)
     return SynthesisChoice(mode, masks if mode == "mask-conditioned" else "train", sampler, steps)
+
 
 @dataclass
 class SweepSetup:

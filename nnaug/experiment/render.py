@@ -5,7 +5,6 @@ import itertools
 import json
 from pathlib import Path
 
-
 from nnaug.errors import NnaugError
 from nnaug.experiment.plan import CV_FOLDS, ratio_label
 from nnaug.io import write_atomic
@@ -13,12 +12,14 @@ from nnaug.io import write_atomic
 
 OUTPUTS = ("sweep.md", "sweep.json", "sweep.png")
 
+
 def latest_outputs(dataset_name: str) -> dict[str, Path]:
     """``$nnUNet_results/nnaug/<Dataset>/sweep.{md,json,png}``: copies of the latest finished sweep."""
     from nnaug.dataset import results_root
 
     folder = results_root() / "nnaug" / dataset_name
     return {name.split(".")[1]: folder / name for name in OUTPUTS}
+
 
 def latest_sweep_markdown(dataset_name: str) -> str | None:
     """The markdown of the latest finished sweep of ``dataset_name`` (for ``nnaug report``), or None."""
@@ -31,16 +32,19 @@ def latest_sweep_markdown(dataset_name: str) -> str | None:
     except OSError:
         return None
 
+
 def _num(value, digits: int = 4, signed: bool = False) -> str:
     if value is None:
         return "n/a"
     return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+
 
 def _ci(interval: dict, signed: bool = False) -> str:
     if interval.get("mean") is None:
         return "n/a"
     return (f"{_num(interval['mean'], signed=signed)} [{_num(interval['low'], signed=signed)}, "
             f"{_num(interval['high'], signed=signed)}]")
+
 
 def _verdict(interval: dict) -> str:
     if interval.get("mean") is None:
@@ -49,6 +53,7 @@ def _verdict(interval: dict) -> str:
         return "**includes 0**: no detectable difference"
     return "better" if interval["low"] > 0 else "worse"
 
+
 def _show_nnunet(result: dict) -> bool:
     """Show nnU-Net's foreground_mean beside the per-case foreground Dice: only where they differ (4 decimals)."""
     for arm in result["arms"]:
@@ -56,6 +61,7 @@ def _show_nnunet(result: dict) -> bool:
         if nn is not None and arm["foreground"].get("mean") is not None and abs(nn - arm["foreground"]["mean"]) >= 5e-5:
             return True
     return False
+
 
 def _arm_table(result: dict, names: list[str], nn: bool) -> list[str]:
     lines = ["## Dice per arm (mean over seeds × cases, 95 % CI)", "",
@@ -72,6 +78,7 @@ def _arm_table(result: dict, names: list[str], nn: bool) -> list[str]:
                      + f" | {seeds} | {_num(arm['mean_train_seconds'], 0)} |")
     return lines
 
+
 def _difference_table(result: dict, names: list[str], nn: bool) -> list[str]:
     lines = ["", "## Paired differences (same cases; each arm's seeds on their own)", "",
              "| arm | vs | Δ foreground Dice [95 % CI] | CI | " + ("Δ nnU-Net foreground_mean | " if nn else "")
@@ -83,6 +90,7 @@ def _difference_table(result: dict, names: list[str], nn: bool) -> list[str]:
                      + (f"{_num(diff.get('nnunet_foreground_mean'), signed=True)} | " if nn else "")
                      + " | ".join(_ci(diff["labels"][n], True) for n in names) + " |")
     return lines
+
 
 def to_markdown(result: dict) -> str:
     budget, ev, gen = result["budget"], result["evaluation"], result["generator"]
@@ -173,7 +181,9 @@ def _how_to_read(result: dict, nn: bool) -> list[str]:
               f"(real-only arms: `{result['base_folder']}`).",
               f"- Written {result['finished']}."]
 
+
 FILTER_COLOURS = ("tab:blue", "tab:green", "tab:purple", "tab:brown", "tab:olive")
+
 
 def _by_threshold(pretrain: list[dict]) -> dict:
     """Pretrain arms grouped by their synthetic set's filter threshold (None, unfiltered, first)."""
@@ -181,6 +191,7 @@ def _by_threshold(pretrain: list[dict]) -> dict:
     for arm in pretrain:
         groups.setdefault(arm.get("min_consistency"), []).append(arm)
     return dict(sorted(groups.items(), key=lambda g: -1.0 if g[0] is None else g[0]))
+
 
 def plot(result: dict, path: Path) -> Path:
     """Foreground Dice vs ratio (pretrain arms, 95 % CI bars; per-seed means as dots), real-only arms as bands;
@@ -274,6 +285,7 @@ def _plot_differences(right, result: dict) -> None:
     right.set_title("Paired difference, 95 % CI (crossing 0 = no evidence)")
     right.legend(fontsize=7, loc="best")
     right.grid(alpha=0.3)
+
 
 def write_outputs(result: dict, folder: Path, latest: dict[str, Path]) -> list[Path]:
     """sweep.{md,json,png} into the sweep's folder, then the same three files as the dataset's latest sweep."""

@@ -13,7 +13,6 @@ import sys
 import time
 from pathlib import Path
 
-
 from nnaug.errors import NnaugError
 from nnaug.experiment.plan import ARM_RECORD, CONFIGURATION, PLANS, Arm, SweepSetup
 from nnaug.experiment.synthetic_sets import SyntheticSets
@@ -32,9 +31,11 @@ def nnunet_command(name: str) -> str:
         raise NnaugError(f"{name} not found beside {sys.executable} or on PATH: install nnunetv2 in this environment")
     return found
 
+
 def clean_env() -> dict:
     """This process' environment without nnaug's trainer variables (the sweep sets its own)."""
     return {k: v for k, v in os.environ.items() if not k.startswith("NNAUG_")}
+
 
 def ensure_planned(raw, log=print) -> str:
     """Plan and preprocess the real dataset (2d) with nnU-Net unless done; returns the sha256 of its plans."""
@@ -67,6 +68,7 @@ def ensure_planned(raw, log=print) -> str:
                              "fix the dataset and rerun")
     return hashlib.sha256(plans_file.read_bytes()).hexdigest()
 
+
 _WRAPPER = ("import ctypes, os, signal, sys\n"
             "try:\n"
             "    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG (Linux)\n"
@@ -84,6 +86,7 @@ def _fmt_seconds(seconds: float | None) -> str:
     seconds = int(round(seconds))
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else \
         f"{seconds // 60}:{seconds % 60:02d}"
+
 
 class Progress:
     """Follows nnU-Net's log lines ("Epoch N", "Epoch time: X s", nnaug's phase lines) for an ETA."""
@@ -114,6 +117,7 @@ class Progress:
             sweep_eta = (remaining + self.later) * self.seconds_per_iteration
             self.log(f"nnaug sweep: {self.label}: {name} epoch {self.epoch + 1}/{epochs}, "
                      f"ETA {_fmt_seconds(arm_eta)} for this run, ~{_fmt_seconds(sweep_eta)} for the sweep's training")
+
 
 def train_fold(raw, arm: Arm, seed: int, fold, root: Path, device: str, synthetic: Path | None,
                progress: Progress, label: str, later_iterations: int) -> None:
@@ -147,6 +151,7 @@ def train_fold(raw, arm: Arm, seed: int, fold, root: Path, device: str, syntheti
         raise NnaugError(f"nnUNetv2_train {' '.join(args)} failed with exit code {code} (its output is above); "
                          "rerun the same nnaug sweep command to continue")
 
+
 def pretrained(root: Path, arm: Arm, synthetic: Path | None) -> bool:
     """Is this arm's synthetic pretraining already cached in ``root`` (then a fold only fine-tunes)?"""
     if arm.kind != "pretrain" or synthetic is None:
@@ -155,10 +160,12 @@ def pretrained(root: Path, arm: Arm, synthetic: Path | None) -> bool:
 
     return any(root.glob(f"{synthetic.name}/*/fold_all/{PRETRAIN_DONE_MARKER}"))
 
+
 def remaining_iterations(arm: Arm, folds_left: int, pretrained: bool) -> int:
     per_fold = sum(e * i for _, e, i in arm.phases[-1:]) if arm.kind == "pretrain" else sum(e * i for _, e, i in arm.phases)
     pretraining = 0 if arm.kind != "pretrain" or pretrained or not folds_left else arm.phases[0][1] * arm.phases[0][2]
     return folds_left * per_fold + pretraining
+
 
 def train_runs(setup: SweepSetup, synthetic: SyntheticSets, log=print) -> list[str]:
     """Trains every run no worker has trained. Several processes can run the same sweep: each takes the
@@ -183,6 +190,7 @@ def train_runs(setup: SweepSetup, synthetic: SyntheticSets, log=print) -> list[s
                     continue
                 trained += _train_run(setup, index, arm, seed, synthetic, progress, log)
     return trained
+
 
 def _train_run(setup: SweepSetup, index: int, arm: Arm, seed: int, synthetic: SyntheticSets, progress: Progress,
                log) -> list[str]:

@@ -6,8 +6,8 @@ from pathlib import Path
 from nnaug.experiment.plan import SynthesisChoice, ratio_label
 
 
-
 SYNTHESIS_BATCH = 16
+
 
 def _options(ratio: float, generator: Path, choice: SynthesisChoice, device: str, **extra):
     from nnaug.synthesize import SynthesisOptions
@@ -16,29 +16,20 @@ def _options(ratio: float, generator: Path, choice: SynthesisChoice, device: str
                             sampler=choice.sampler, steps=choice.steps, batch_size=SYNTHESIS_BATCH, device=device,
                             **extra)
 
-def same_filter(provenance: dict, min_consistency: float | None, filter_model: Path | None) -> bool:
-    """A filtered set is only reused for the same threshold and the same scoring model; an unfiltered one never
-    stands in for a filtered one or the other way round."""
-    record = provenance.get("filter") or {}
-    if record.get("min_consistency") != min_consistency:
-        return False
-    return min_consistency is None or Path(str(record.get("model"))).resolve() == Path(filter_model).resolve()
 
-def _matches(provenance: dict, raw, sha: str, ratio: float, choice: SynthesisChoice,
-             min_consistency: float | None = None, filter_model: Path | None = None) -> bool:
-    from nnaug.mask_augment import MaskAugmentation
+def wanted_identity(raw, sha: str, ratio: float, choice: SynthesisChoice, min_consistency: float | None = None,
+                    filter_model: Path | None = None) -> dict:
+    """The identity (:func:`nnaug.synthesize.plan_identity`) of the set the sweep would make: a set of that
+    identity is reused. A filtered set is only reused for the same threshold and scoring model, and an
+    unfiltered one never stands in for a filtered one or the other way round."""
+    from nnaug.synthesize import plan_header, plan_identity
 
-    if not same_filter(provenance, min_consistency, filter_model):
-        return False
-    wanted = {"source_dataset": raw.name, "checkpoint_sha256": sha, "mode": choice.mode, "sampler": choice.sampler,
-              "steps": choice.steps, "seed": 0, "num_real_cases": len(raw.cases),
-              "masks": choice.masks if choice.mode == "mask-conditioned" else None,
-              "mask_augmentation": MaskAugmentation().as_dict()
-              if choice.mode == "mask-conditioned" and choice.masks == "augmented" else None}
-    try:
-        return all(provenance.get(k) == v for k, v in wanted.items()) and float(provenance.get("ratio")) == ratio
-    except (TypeError, ValueError):
-        return False
+    opts = _options(ratio, Path("."), choice, "cpu")
+    header = plan_header(raw, sha, opts, choice.mode)
+    if min_consistency is not None:
+        header["filter"] = {"min_consistency": float(min_consistency), "model": str(filter_model)}
+    return plan_identity(header)
+
 
 def find_synthetic(raw, sha: str, ratio: float, choice: SynthesisChoice, min_consistency: float | None = None,
                    filter_model: Path | None = None) -> Path | None:
@@ -47,16 +38,20 @@ def find_synthetic(raw, sha: str, ratio: float, choice: SynthesisChoice, min_con
     from nnaug.io import load_json_or_none
     from nnaug.provenance import read_provenance
 
+    from nnaug.synthesize import plan_identity
+
+    wanted = wanted_identity(raw, sha, ratio, choice, min_consistency, filter_model)
     found = []
     for folder in raw_root().glob("Dataset*_*"):
         provenance = read_provenance(folder) if folder.is_dir() else None
-        if provenance is None or not _matches(provenance, raw, sha, ratio, choice, min_consistency, filter_model):
+        if provenance is None or plan_identity(provenance) != wanted:
             continue
         dataset_json = load_json_or_none(folder / "dataset.json") or {}
         if dataset_json.get("numTraining") != provenance.get("num_cases"):
             continue  # a --mix dataset (real cases inside), not a pure synthetic set
         found.append((parse_dataset_id(folder.name) or 0, folder))
     return max(found, key=lambda f: f[0])[1] if found else None
+
 
 def ensure_synthetic(raw, generator: Path, sha: str, ratio: float, choice: SynthesisChoice, device: str,
                      lock_folder: Path, log=print, min_consistency: float | None = None,
@@ -89,6 +84,7 @@ def ensure_synthetic(raw, generator: Path, sha: str, ratio: float, choice: Synth
             f"{choice.sampler} {choice.steps} steps"
             + (f", kept at mask consistency >= {min_consistency:g}" if min_consistency else "") + f") with {generator}")
         return synthesize(raw.name, opts)
+
 
 class SyntheticSets:
     """The sweep's synthetic datasets by (ratio, filter threshold), made or reused when first asked for.
