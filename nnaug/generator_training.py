@@ -194,8 +194,9 @@ class GeneratorTrainer:
                                     num_training_steps=config.steps)
         self.model, self.optimizer, self.lr_schedule = self.accelerator.prepare(model, optimizer, lr_schedule)
         self.params = params
+        # foreach: one fused update over all parameters instead of a Python loop per tensor
         self.ema = EMAModel(params, decay=config.ema_decay, use_ema_warmup=config.ema_warmup,
-                            power=3 / 4) if config.use_ema else None
+                            power=3 / 4, foreach=True) if config.use_ema else None
         if self.ema is not None:
             self.ema.to(self.accelerator.device)
         self.step = 0
