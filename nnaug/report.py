@@ -27,16 +27,6 @@ def trainer_kind(trainer: str) -> str:
     return "real-only"
 
 
-def _label_names(dataset_json: dict) -> dict[str, str]:
-    """summary.json label key ('1', or '(1, 2)' for regions) -> dataset.json label name."""
-    names = {}
-    for name, value in dataset_json.get("labels", {}).items():
-        key = str(tuple(value)) if isinstance(value, (list, tuple)) else str(int(value))
-        if name != "background" and key != "0":
-            names[key] = name
-    return names
-
-
 def collect_dice(dataset_name: str, folds: list[int] | None = None, dataset_json: dict | None = None) -> list[dict]:
     """One row per ``<Trainer>__<Plans>__<config>/fold_<f>/validation/summary.json`` under ``$nnUNet_results/<dataset>``."""
     from nnaug.dataset import results_root
@@ -44,7 +34,9 @@ def collect_dice(dataset_name: str, folds: list[int] | None = None, dataset_json
     from nnaug.nnunet_pretraining import TRAINING_RECORD
 
     root = results_root() / dataset_name
-    names = _label_names(dataset_json or {})
+    from nnaug.experiment.evaluate import label_names
+
+    names = label_names(dataset_json or {})
     rows = []
     if not root.is_dir():
         return rows
