@@ -9,14 +9,19 @@ every stage skips what is already done, so the same command continues after any 
                  real images, and mask consistency with a real-only nnU-Net. It stops when neither improved
                  by more than 3 % over the last chunk (or at the last chunk); ``curve.json`` / ``curve.png``.
 3. ``validate``  ``nnaug sweep 601 --test 602`` for joint pairs and for mask-then-image (``--mode
-                 mask-conditioned --masks augmented``) at ratios 1, 2.5, 5, 3 seeds; per arm, the ratio
-                 with the best validation Dice is chosen (``choice.json``).
-4. ``test``      ``nnaug sweep 601 --test 603`` once per arm at its chosen ratio, 5 seeds; real-only and
-                 compute-matched real-only are shared by both sweeps (the same runs).
+                 mask-conditioned --masks augmented``) at ratios 1, 2.5, 5, 3 seeds, real-only as reference;
+                 per arm, the ratio with the best validation Dice is chosen (``choice.json``).
+4. ``test``      ``nnaug sweep 601 --test 603`` once per arm at its chosen ratio, 5 seeds, with compute-matched
+                 real-only. The sweep's runs do not depend on the held-out set, so seeds 0-2 of real-only and
+                 of the chosen ratios are the validation stage's runs, predicted on 603: only seeds 3-4 and
+                 compute-matched real-only are trained here.
 5. ``summary``   the numbers for docs/results.md (``summary.json`` and a markdown block on stdout).
 
     python benchmarks/kvasir_evidence.py [--workdir kvasir-evidence] [--stages split,generator,...]
-                                         [--seeds 5] [--budget small] [--dry-run]
+                                         [--seeds 5] [--budget small] [--arms joint,mask-then-image]
+                                         [--max-steps 4000] [--workers 2] [--dry-run]
+
+``--workers N`` starts each sweep in N processes that share its runs (each with 1/N of the cores).
 
 ``--dry-run`` prints the commands of every stage without running them. The test set is touched only
 in stage 4, after every choice was made on the validation set.
@@ -181,6 +186,8 @@ def stage_validate(run: Runner, args) -> None:
         best = max(rows, key=lambda r: r["foreground"]["mean"])
         choice[arm] = {"ratio": best["ratio"], "validation_dice": {str(r["ratio"]): r["foreground"]["mean"] for r in rows}}
     if not run.dry_run:
+        earlier = json.loads((run.work / "choice.json").read_text()) if (run.work / "choice.json").is_file() else {}
+        choice = {**earlier, **choice}
         (run.work / "choice.json").write_text(json.dumps(choice, indent=1))
         print(f"chosen on the validation set: {choice}")
 

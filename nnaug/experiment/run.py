@@ -55,18 +55,24 @@ def ensure_planned(raw, log=print) -> str:
         done = {p.name[:-len(".pkl")] for p in data.glob("*.pkl")} if data.is_dir() else set()
         return done >= {c.identifier for c in raw.cases}
 
-    if not complete():
-        env = clean_env()
-        env.pop("nnUNet_n_proc_DA", None)  # nnUNet_n_proc_DA=0 makes planning crash (docs/trainers.md)
-        processes = str(max(1, min(4, os.cpu_count() or 1)))
-        cmd = [nnunet_command("nnUNetv2_plan_and_preprocess"), "-d", str(raw.dataset_id), "-c", CONFIGURATION,
-               "--verify_dataset_integrity", "-np", processes]
-        log("nnaug sweep: planning and preprocessing " + raw.name + ": " + " ".join(Path(cmd[0]).name if i == 0 else c
-                                                                                 for i, c in enumerate(cmd)))
-        if subprocess.run(cmd, env=env).returncode != 0 or not complete():
+    with file_lock(folder.parent / f".{raw.name}.plan.lock", "waiting for another worker planning " + raw.name):
+        if not complete():
+            _plan_and_preprocess(raw, log)
+        if not complete():
             raise NnaugError(f"nnUNetv2_plan_and_preprocess -d {raw.dataset_id} failed (its output is above): "
                              "fix the dataset and rerun")
     return hashlib.sha256(plans_file.read_bytes()).hexdigest()
+
+
+def _plan_and_preprocess(raw, log) -> None:
+    env = clean_env()
+    env.pop("nnUNet_n_proc_DA", None)  # nnUNet_n_proc_DA=0 makes planning crash (docs/trainers.md)
+    processes = str(max(1, min(4, os.cpu_count() or 1)))
+    cmd = [nnunet_command("nnUNetv2_plan_and_preprocess"), "-d", str(raw.dataset_id), "-c", CONFIGURATION,
+           "--verify_dataset_integrity", "-np", processes]
+    log("nnaug sweep: planning and preprocessing " + raw.name + ": " + " ".join(Path(cmd[0]).name if i == 0 else c
+                                                                             for i, c in enumerate(cmd)))
+    subprocess.run(cmd, env=env)
 
 
 _WRAPPER = ("import ctypes, os, signal, sys\n"
