@@ -24,6 +24,18 @@ from nnaug.generators.reverse_process import reverse_process
 
 
 @torch.no_grad()
+def _checked_hint(components, masks_onehot_hint: torch.Tensor, seeds: Sequence[int]) -> tuple[torch.Tensor, list[int]]:
+    """The masks as the components' hint (on their device, in their dtype), one int seed per mask."""
+    device, dtype = components.device, components.dtype
+    hint = components.as_mask_hint(masks_onehot_hint.to(device)).to(device=device, dtype=dtype)
+    seeds = [int(s) for s in seeds]
+    if len(seeds) != hint.shape[0]:
+        raise ValueError(f"{len(seeds)} seeds for {hint.shape[0]} masks")
+    if hint.shape[-1] != components.resolution or hint.shape[-2] != components.resolution:
+        raise ValueError(f"masks must be {components.resolution}x{components.resolution}, got {tuple(hint.shape[-2:])}")
+    return hint, seeds
+
+
 def sample_images(
     components,
     masks_onehot_hint: torch.Tensor,
@@ -53,13 +65,8 @@ def sample_images(
         float tensor [B, C_img, S, S] in [-1, 1] on the components' device.
     """
     device, dtype = components.device, components.dtype
-    hint = components.as_mask_hint(masks_onehot_hint.to(device)).to(device=device, dtype=dtype)
+    hint, seeds = _checked_hint(components, masks_onehot_hint, seeds)
     b = hint.shape[0]
-    seeds = [int(s) for s in seeds]
-    if len(seeds) != b:
-        raise ValueError(f"{len(seeds)} seeds for {b} masks")
-    if hint.shape[-1] != components.resolution or hint.shape[-2] != components.resolution:
-        raise ValueError(f"masks must be {components.resolution}x{components.resolution}, got {tuple(hint.shape[-2:])}")
     guidance = components.default_guidance_scale if guidance_scale is None else float(guidance_scale)
     use_cfg = guidance > 1.0
     if use_cfg and components.backbone == "pixel":
