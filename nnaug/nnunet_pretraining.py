@@ -42,6 +42,7 @@ from nnaug.provenance import PROVENANCE_FILE, read_provenance, same_dataset, syn
 PREPARED_MARKER = "nnaug_prepared_{plans}_{configuration}.json"
 PRETRAIN_DONE_MARKER = "nnaug_pretrain_done.json"
 TRAINING_RECORD = "nnaug_training.json"
+PROGRESS_FILE = "nnaug_progress.json"  # written by nnaug's trainers after every epoch: phase, epoch, seconds
 TRAINER_MODULE = "nnaug_trainers.py"
 
 ENV_SYNTHETIC = "NNAUG_SYNTHETIC"

@@ -335,19 +335,29 @@ def test_sweep_whole_run_kill_resume_and_two_generators(nnunet_env, tmp_path, ra
     assert "nnUNetv2_train" not in run4.stdout
 
 
-def test_progress_reads_nnunet_epochs_and_phases():
+def test_progress_reads_the_trainers_progress_files(tmp_path):
     from nnaug.experiment.run import Progress
+    from nnaug.io import write_json_atomic
+    from nnaug.nnunet_pretraining import PROGRESS_FILE
 
     lines = []
     progress = Progress(lines.append)
-    progress.start("[2/8] pretrain-r1 seed 0 fold 0", [("pretraining", 5, 10), ("fine-tuning", 5, 10)], later_iterations=100)
-    for text in ("2026-01-01 10:00:00.0: Epoch 0", "2026-01-01 10:00:02.0: Epoch time: 2.0 s",
-                 "2026-01-01 10:00:09.0: nnaug: phase 2/2: fine-tuning ...", "2026-01-01 10:00:09.1: Epoch 3",
-                 "2026-01-01 10:00:11.1: Epoch time: 2.0 s"):
-        progress.line(text)
+    progress.start("[2/8] pretrain-r1 seed 0 fold 0", tmp_path, [("pretraining", 5, 10), ("fine-tuning", 5, 10)],
+                   later_iterations=100)
+    pretraining = tmp_path / "Dataset502_S" / "nnUNetTrainer_nnaugPretrain__p__2d" / "fold_all" / PROGRESS_FILE
+    finetuning = tmp_path / "Dataset501_X" / "nnUNetTrainer_nnaugPretrainFinetune__nnUNetPlans__2d" / "fold_0" / PROGRESS_FILE
+    progress.line("no epoch yet")
+    assert lines == []
+    write_json_atomic(pretraining, {"phase": "pretrain", "epochs_done": 1, "num_epochs": 5, "iterations_per_epoch": 10,
+                                    "epoch_seconds": 2.0})
+    progress.line()
+    progress.line()  # the same epoch is reported once
+    write_json_atomic(finetuning, {"phase": "finetune", "epochs_done": 4, "num_epochs": 5, "iterations_per_epoch": 10,
+                                   "epoch_seconds": 2.0})
+    progress.line()
     assert lines[0] == ("nnaug sweep: [2/8] pretrain-r1 seed 0 fold 0: pretraining epoch 1/5, ETA 0:18 for this run, "
                         "~0:38 for the sweep's training")  # 90 iterations left at 0.2 s, + 100 later
-    assert lines[1].endswith("fine-tuning epoch 4/5, ETA 0:02 for this run, ~0:22 for the sweep's training")
+    assert len(lines) == 2 and lines[1].endswith("fine-tuning epoch 4/5, ETA 0:02 for this run, ~0:22 for the sweep's training")
 
 
 def test_nnunet_foreground_mean_beside_the_per_case_dice_and_no_ignore_column(tmp_path):

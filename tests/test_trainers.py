@@ -19,6 +19,7 @@ from nnaug.provenance import PROVENANCE_FILE
 from nnaug.nnunet_pretraining import (
     ENV_VARS,
     PRETRAIN_DONE_MARKER,
+    PROGRESS_FILE,
     TRAINING_RECORD,
     Schedule,
     check_compatible,
@@ -220,6 +221,11 @@ def test_pretrain_finetune_records_both_phases(trained):
     (log,) = trained.fold0.glob("training_log_*.txt")
     text = log.read_text()
     assert text.index("phase 1/2") < text.index("phase 2/2") < text.index("Epoch 4") < text.index("Mean Validation Dice")
+    # the progress files nnaug sweep's ETA reads: one per phase, the last epoch's
+    for folder, phase in ((trained.cache, "pretrain"), (trained.fold0, "finetune")):
+        progress = json.loads((folder / PROGRESS_FILE).read_text())
+        assert progress["phase"] == phase and progress["epochs_done"] == progress["num_epochs"] == 5
+        assert progress["iterations_per_epoch"] == 10 and 0 < progress["epoch_seconds"] < 600
     dice = json.loads((trained.fold0 / "validation" / "summary.json").read_text())["foreground_mean"]["Dice"]
     assert 0.0 <= dice <= 1.0
     assert (trained.fold0 / "progress.png").is_file() and (trained.fold0 / "checkpoint_final.pth").is_file()

@@ -125,6 +125,15 @@ class _NnaugTrainer(nnUNetTrainer):
         record = _pt.training_record(self, *self.nnaug_cases, self.nnaug_schedule(), extra)
         _pt.write_json_atomic(join(self.output_folder, _pt.TRAINING_RECORD), record)
 
+    def on_epoch_end(self):
+        super().on_epoch_end()  # nnU-Net's epoch end; it counts current_epoch up last
+        if self.local_rank == 0:  # what nnaug sweep's ETA reads, instead of parsing nnU-Net's log
+            log = self.logger.my_fantastic_logging
+            seconds = log["epoch_end_timestamps"][-1] - log["epoch_start_timestamps"][-1]
+            _pt.write_json_atomic(join(self.output_folder, _pt.PROGRESS_FILE), {
+                "phase": self.nnaug_phase, "epochs_done": self.current_epoch, "num_epochs": self.num_epochs,
+                "iterations_per_epoch": self.num_iterations_per_epoch, "epoch_seconds": float(seconds)})
+
     def save_checkpoint(self, filename: str) -> None:
         # written beside and renamed into place: a killed run never leaves a truncated checkpoint.
         # nnU-Net writes on rank 0 only, so only rank 0 renames (another rank could move a half-written file).

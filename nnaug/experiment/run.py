@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -95,34 +94,46 @@ def _fmt_seconds(seconds: float | None) -> str:
 
 
 class Progress:
-    """Follows nnU-Net's log lines ("Epoch N", "Epoch time: X s", nnaug's phase lines) for an ETA."""
+    """An ETA after every epoch of a run, from the progress file nnaug's trainers write into each fold folder
+    (``nnaug_progress.json``: phase, epochs done, iterations per epoch, the last epoch's seconds)."""
 
     def __init__(self, log=print):
         self.log = log
         self.seconds_per_iteration: float | None = None
 
-    def start(self, label: str, phases: list[tuple[str, int, int]], later_iterations: int) -> None:
-        self.label, self.phases, self.later = label, phases, later_iterations
-        self.phase, self.epoch = 0, -1
+    def start(self, label: str, root: Path, phases: list[tuple[str, int, int]], later_iterations: int) -> None:
+        """``root``: the run's nnUNet_results folder; ``phases``: (name, epochs, iterations) still to train."""
+        self.label, self.root, self.phases, self.later = label, Path(root), phases, later_iterations
+        self.started, self.reported = time.time(), {}
 
-    def line(self, text: str) -> None:
-        if len(self.phases) > 1 and ("nnaug: phase 2/2" in text or "continuing the fine-tuning" in text):
-            self.phase = 1
-        match = re.search(r": Epoch (\d+)\s*$", text)
-        if match:
-            self.epoch = int(match.group(1))
-            return
-        match = re.search(r"Epoch time: ([0-9.]+) s", text)
-        if match and self.epoch >= 0:
-            name, epochs, iterations = self.phases[self.phase]
-            rate = float(match.group(1)) / iterations
-            self.seconds_per_iteration = rate if self.seconds_per_iteration is None else \
-                0.7 * self.seconds_per_iteration + 0.3 * rate
-            remaining = (epochs - self.epoch - 1) * iterations + sum(e * i for _, e, i in self.phases[self.phase + 1:])
-            arm_eta = remaining * self.seconds_per_iteration
-            sweep_eta = (remaining + self.later) * self.seconds_per_iteration
-            self.log(f"nnaug sweep: {self.label}: {name} epoch {self.epoch + 1}/{epochs}, "
-                     f"ETA {_fmt_seconds(arm_eta)} for this run, ~{_fmt_seconds(sweep_eta)} for the sweep's training")
+    def line(self, text: str = "") -> None:
+        """Called for every line nnU-Net prints: reports each epoch that finished since."""
+        from nnaug.nnunet_pretraining import PROGRESS_FILE
+
+        for path in self.root.glob(f"*/*/fold_*/{PROGRESS_FILE}"):
+            try:
+                if path.stat().st_mtime < self.started:
+                    continue  # from an earlier start (a cached pretraining, a run continued with --c)
+            except OSError:
+                continue
+            progress = load_json_or_none(path)
+            if progress is None or self.reported.get(path) == progress.get("epochs_done"):
+                continue
+            self.reported[path] = progress["epochs_done"]
+            self._report(progress)
+
+    def _report(self, progress: dict) -> None:
+        index = 0 if progress["phase"] == "pretrain" else len(self.phases) - 1
+        name = self.phases[index][0]
+        iterations = progress["iterations_per_epoch"]
+        rate = progress["epoch_seconds"] / iterations
+        self.seconds_per_iteration = rate if self.seconds_per_iteration is None else \
+            0.7 * self.seconds_per_iteration + 0.3 * rate
+        remaining = (progress["num_epochs"] - progress["epochs_done"]) * iterations + \
+            sum(e * i for _, e, i in self.phases[index + 1:])
+        self.log(f"nnaug sweep: {self.label}: {name} epoch {progress['epochs_done']}/{progress['num_epochs']}, "
+                 f"ETA {_fmt_seconds(remaining * self.seconds_per_iteration)} for this run, "
+                 f"~{_fmt_seconds((remaining + self.later) * self.seconds_per_iteration)} for the sweep's training")
 
 
 def train_fold(raw, arm: Arm, seed: int, fold, root: Path, device: str, synthetic: Path | None,
@@ -142,7 +153,7 @@ def train_fold(raw, arm: Arm, seed: int, fold, root: Path, device: str, syntheti
     cmd = [sys.executable, "-c", _WRAPPER, str(os.getpid()), nnunet_command("nnUNetv2_train"), *args]
     progress.log(f"nnaug sweep: {label}: nnUNetv2_train {' '.join(args)}  (nnUNet_results={root}, {ENV_SEED}={seed}"
                  + (f", {ENV_SYNTHETIC}={synthetic.name}" if synthetic is not None else "") + ")")
-    progress.start(label, list(arm.phases) if not pretrained(root, arm, synthetic) else list(arm.phases[1:]),
+    progress.start(label, root, list(arm.phases) if not pretrained(root, arm, synthetic) else list(arm.phases[1:]),
                    later_iterations)
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
                             errors="replace")
