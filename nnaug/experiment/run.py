@@ -195,7 +195,7 @@ def train_runs(setup: SweepSetup, synthetic: SyntheticSets, log=print) -> list[s
         for index, (arm, seed) in enumerate(setup.tasks, 1):
             label = f"[{index}/{len(setup.tasks)}] {arm.name} seed {seed}"
             if not setup.folds_left(arm, seed):
-                if not wait and not any(label in t for t in trained):
+                if not wait:
                     log(f"nnaug sweep: {label}: done, skipped")
                 continue
             if not wait and arm.min_consistency is not None and setup.folds_left(*judge):
