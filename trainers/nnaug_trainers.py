@@ -128,8 +128,8 @@ class _NnaugTrainer(nnUNetTrainer):
     def on_epoch_end(self):
         super().on_epoch_end()  # nnU-Net's epoch end; it counts current_epoch up last
         if self.local_rank == 0:  # what nnaug sweep's ETA reads, instead of parsing nnU-Net's log
-            log = self.logger.my_fantastic_logging
-            seconds = log["epoch_end_timestamps"][-1] - log["epoch_start_timestamps"][-1]
+            seconds = (self.logger.get_value("epoch_end_timestamps", step=-1)
+                       - self.logger.get_value("epoch_start_timestamps", step=-1))
             _pt.write_json_atomic(join(self.output_folder, _pt.PROGRESS_FILE), {
                 "phase": self.nnaug_phase, "epochs_done": self.current_epoch, "num_epochs": self.num_epochs,
                 "iterations_per_epoch": self.num_iterations_per_epoch, "epoch_seconds": float(seconds)})
