@@ -152,7 +152,15 @@ def _plot_curve(curve: list[dict], path: Path) -> None:
     steps = [p["steps"] for p in curve]
     for ax, key, label in zip(fig.subplots(1, 2), ("frd", "mask_consistency"), ("FRD vs the 40 real (lower is better)",
                                                                                   "mask consistency (higher is better)")):
-        ax.plot(steps, [p[key] for p in curve], "o-")
+        values = [p[key] for p in curve]
+        ax.plot(steps, values, "o-")
+        for x, y in zip(steps, values):
+            ax.annotate(f"{y:.3f}", (x, y), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
+        if key == "mask_consistency":
+            ax.set_ylim(0, 1)  # a Dice: on its whole scale, so that noise does not look like a trend
+        else:  # FRD is log(d²): it can be below 0
+            low, high = min(0.0, min(values)), max(0.0, max(values))
+            ax.set_ylim(low - 0.15 * (high - low + 1e-9), high + 0.15 * (high - low + 1e-9))
         ax.set_xlabel("generator steps")
         ax.set_title(label, fontsize=9)
     fig.tight_layout()
