@@ -68,7 +68,7 @@ def ensure_synthetic(raw, generator: Path, sha: str, ratio: float, choice: Synth
     if existing is not None:
         return existing
     extra = {"min_consistency": min_consistency, "filter_model": filter_model} if min_consistency else {}
-    with file_lock(lock_folder / ".synthesis.lock", "waiting for another sweep synthesizing for this generator"):
+    with file_lock(lock_folder / ".synthesis.lock", "waiting for another worker synthesizing for this generator"):
         existing = find_synthetic(raw, sha, ratio, choice, *wanted)
         if existing is not None:
             return existing
