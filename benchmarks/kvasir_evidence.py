@@ -21,7 +21,8 @@ every stage skips what is already done, so the same command continues after any 
                                          [--seeds 5] [--budget small] [--arms joint,mask-then-image]
                                          [--max-steps 4000] [--workers 2] [--dry-run]
 
-``--workers N`` starts each sweep in N processes that share its runs (each with 1/N of the cores).
+``--workers N`` starts each sweep in N processes that share its runs: for a machine with N GPUs. On one CPU
+leave it at 1 (nnU-Net gives every CPU run all the cores; two workers on 2 cores ran 6x slower per epoch).
 
 ``--dry-run`` prints the commands of every stage without running them. The test set is touched only
 in stage 4, after every choice was made on the validation set.
@@ -234,7 +235,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if __import__("torch").cuda.is_available() else "cpu")
     parser.add_argument("--arms", default=",".join(ARMS), help=f"synthetic arms, from {','.join(ARMS)}")
     parser.add_argument("--workers", type=int, default=1,
-                        help="nnaug sweep processes sharing each sweep (the cores are split between them)")
+                        help="nnaug sweep processes sharing each sweep (one per GPU; 1 on a CPU)")
     parser.add_argument("--dry-run", action="store_true", help="print every stage's commands, run nothing")
     args = parser.parse_args()
     run = Runner(args.workdir.resolve(), args.dry_run)
