@@ -188,7 +188,7 @@ def stage_validate(run: Runner, args) -> None:
     choice = {}
     for arm in args.arms.split(","):
         # compute-matched real-only is a reference of the final table, not a choice: the test stage trains it
-        _sweep(run, args, VAL, arm, VALIDATION_RATIOS, VALIDATION_SEEDS, "--no-compute-matched")
+        _sweep(run, args, VAL, arm, args.ratios, VALIDATION_SEEDS, "--no-compute-matched")
         if run.dry_run:
             continue
         rows = [r for r in _sweep_json(run, VAL, arm, args.budget)["arms"] if r["kind"] == "pretrain"]
@@ -233,6 +233,7 @@ def main() -> None:
                         help="the generator's last chunk (a cap for a short session; the curve says if it still improved)")
     parser.add_argument("--budget", default="small", choices=["tiny", "small", "gpu"])
     parser.add_argument("--device", default="cuda" if __import__("torch").cuda.is_available() else "cpu")
+    parser.add_argument("--ratios", default=VALIDATION_RATIOS, help="the validation stage's ratios")
     parser.add_argument("--arms", default=",".join(ARMS), help=f"synthetic arms, from {','.join(ARMS)}")
     parser.add_argument("--workers", type=int, default=1,
                         help="nnaug sweep processes sharing each sweep (one per GPU; 1 on a CPU)")
