@@ -36,7 +36,7 @@ from pathlib import Path
 
 from nnaug.dataset import find_raw_dataset, parse_dataset_id, preprocessed_root, raw_root, results_root
 from nnaug.errors import NnaugError
-from nnaug.io import file_lock, load_json_or_none, write_json_atomic  # noqa: F401 (the trainers read load_json_or_none here)
+from nnaug.io import file_lock, load_json_or_none, write_json_atomic
 from nnaug.provenance import PROVENANCE_FILE, read_provenance, same_dataset, synthetic_datasets_for
 
 PREPARED_MARKER = "nnaug_prepared_{plans}_{configuration}.json"

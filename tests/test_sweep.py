@@ -348,12 +348,15 @@ def test_progress_reads_the_trainers_progress_files(tmp_path):
     finetuning = tmp_path / "Dataset501_X" / "nnUNetTrainer_nnaugPretrainFinetune__nnUNetPlans__2d" / "fold_0" / PROGRESS_FILE
     progress.line("no epoch yet")
     assert lines == []
+    progress.looked = 0.0
     write_json_atomic(pretraining, {"phase": "pretrain", "epochs_done": 1, "num_epochs": 5, "iterations_per_epoch": 10,
                                     "epoch_seconds": 2.0})
     progress.line()
+    progress.looked = 0.0  # (the next look would wait a second)
     progress.line()  # the same epoch is reported once
     write_json_atomic(finetuning, {"phase": "finetune", "epochs_done": 4, "num_epochs": 5, "iterations_per_epoch": 10,
                                    "epoch_seconds": 2.0})
+    progress.looked = 0.0
     progress.line()
     assert lines[0] == ("nnaug sweep: [2/8] pretrain-r1 seed 0 fold 0: pretraining epoch 1/5, ETA 0:18 for this run, "
                         "~0:38 for the sweep's training")  # 90 iterations left at 0.2 s, + 100 later

@@ -104,12 +104,16 @@ class Progress:
     def start(self, label: str, root: Path, phases: list[tuple[str, int, int]], later_iterations: int) -> None:
         """``root``: the run's nnUNet_results folder; ``phases``: (name, epochs, iterations) still to train."""
         self.label, self.root, self.phases, self.later = label, Path(root), phases, later_iterations
-        self.started, self.reported = time.time(), {}
+        self.started, self.reported, self.looked = time.time(), {}, 0.0
 
     def line(self, text: str = "") -> None:
-        """Called for every line nnU-Net prints: reports each epoch that finished since."""
+        """Called for every line nnU-Net prints: reports each epoch that finished since (looking at most
+        once a second: nnU-Net prints many lines per epoch, and prediction one per case)."""
         from nnaug.nnunet_pretraining import PROGRESS_FILE
 
+        if time.time() - self.looked < 1.0:
+            return
+        self.looked = time.time()
         for path in self.root.glob(f"*/*/fold_*/{PROGRESS_FILE}"):
             try:
                 if path.stat().st_mtime < self.started:
