@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nnaug.dataset import raw_root, write_case
+from nnaug.dataset import raw_target, write_case
 from nnaug.errors import NnaugError
 from nnaug.io import atomic_output_dir, write_json_atomic
 from nnaug.split import SplitPart, assign_split, parse_split
@@ -142,11 +142,7 @@ def _check_new_dataset(dataset_id: int, name: str, overwrite: bool) -> Path:
         raise NnaugError(f"--dataset-id must be between 1 and 999, got {dataset_id}")
     if not re.fullmatch(r"[A-Za-z0-9-]+", name):
         raise NnaugError(f"--name '{name}' may only hold letters, digits and '-' (nnU-Net uses '_' as separator)")
-    root = raw_root()
-    clash = [p.name for p in root.glob(f"Dataset{dataset_id:03d}_*") if p.name != f"Dataset{dataset_id:03d}_{name}"]
-    if clash:
-        raise NnaugError(f"dataset ID {dataset_id} is already used by {clash[0]}: choose another --dataset-id")
-    target = root / f"Dataset{dataset_id:03d}_{name}"
+    target = raw_target(dataset_id, name, "--dataset-id")
     if target.exists() and not overwrite:
         raise NnaugError(f"{target} already exists: pass --overwrite to replace it, or choose another ID/name")
     return target

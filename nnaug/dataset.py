@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from nnaug.errors import NnaugError
-from nnaug.io import file_sha256, one_line
+from nnaug.io import PARTIAL_SUFFIX, file_sha256, one_line
 
 REQUIRED_KEYS = ("channel_names", "labels", "file_ending")
 
@@ -78,16 +78,26 @@ def find_raw_dataset(name_or_id: str | int) -> Path:
 
 
 def used_dataset_ids() -> set[int]:
-    """IDs taken in nnUNet_raw, nnUNet_preprocessed or nnUNet_results (as nnU-Net checks all three)."""
+    """IDs taken in nnUNet_raw, nnUNet_preprocessed or nnUNet_results (as nnU-Net checks all three), and by
+    the unfinished outputs nnaug is writing (``.DatasetNNN_name.partial``), so two runs never pick one ID."""
     ids = set()
     for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         folder = os.environ.get(var)
         if folder and Path(folder).is_dir():
             for p in Path(folder).iterdir():
-                match = re.fullmatch(r"Dataset(\d{3})_.+", p.name)
-                if match and p.is_dir():
+                match = re.fullmatch(rf"\.?Dataset(\d{{3}})_.+?({re.escape(PARTIAL_SUFFIX)})?", p.name)
+                if match and p.is_dir() and (p.name[0] != "." or match.group(2)):
                     ids.add(int(match.group(1)))
     return ids
+
+
+def raw_target(dataset_id: int, name: str, option: str) -> Path:
+    """``$nnUNet_raw/DatasetNNN_name``; refuses an ID that another dataset uses (``option``: what to change)."""
+    root = raw_root()
+    clash = [p.name for p in root.glob(f"Dataset{dataset_id:03d}_*") if p.name != f"Dataset{dataset_id:03d}_{name}"]
+    if clash:
+        raise NnaugError(f"dataset ID {dataset_id} is already used by {clash[0]}: choose another {option}")
+    return root / f"Dataset{dataset_id:03d}_{name}"
 
 
 def next_free_dataset_id(start: int = 500) -> int:

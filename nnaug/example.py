@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nnaug.dataset import raw_root, write_case
+from nnaug.dataset import raw_target, write_case
 from nnaug.io import atomic_output_dir
 from nnaug.errors import NnaugError
 
@@ -66,11 +66,7 @@ def write_example_dataset(dataset_id: int = 999, name: str = "nnaugExample", num
 
     if num_cases < 1:
         raise NnaugError("--num-cases must be at least 1")
-    root = raw_root()
-    clash = [p.name for p in root.glob(f"Dataset{dataset_id:03d}_*") if p.name != f"Dataset{dataset_id:03d}_{name}"]
-    if clash:
-        raise NnaugError(f"dataset ID {dataset_id} is already used by {clash[0]}: choose another --dataset-id")
-    target = root / f"Dataset{dataset_id:03d}_{name}"
+    target = raw_target(dataset_id, name, "--dataset-id")
     rng = np.random.default_rng(seed)
     with atomic_output_dir(target, overwrite=overwrite) as work:
         for i in range(num_cases):

@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from nnaug.errors import NnaugError
+from nnaug.choices import LR_SCHEDULES
 from nnaug.io import write_json_atomic
 
 CHECKPOINTS = "checkpoints"
@@ -189,7 +190,7 @@ class GeneratorTrainer:
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay,
                                       fused=True if config.fused_adamw else None)
-        schedule = {"linear": "linear", "constant": "constant_with_warmup", "cosine": "cosine"}[config.lr_schedule]
+        schedule = LR_SCHEDULES[config.lr_schedule]
         lr_schedule = get_scheduler(schedule, optimizer, num_warmup_steps=config.warmup_steps,
                                     num_training_steps=config.steps)
         self.model, self.optimizer, self.lr_schedule = self.accelerator.prepare(model, optimizer, lr_schedule)

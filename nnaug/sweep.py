@@ -25,52 +25,77 @@ import time
 from pathlib import Path
 
 from nnaug.errors import NnaugError
+from nnaug.choices import MASK_SOURCES
 from nnaug.experiment.evaluate import evaluate, synthetic_quality
 from nnaug.experiment.plan import (BASE_CONFIG, BUDGETS, SWEEP_CONFIG, check_fold_numbers, SweepSetup, make_arms,
                                    parse_ratios, parse_thresholds, resolve_device, resolve_folds, resolve_synthesis,
                                    slug, sweep_folders)
 from nnaug.experiment.render import latest_outputs, write_outputs
-from nnaug.experiment.run import ensure_planned, train_runs
+from nnaug.experiment.run import ensure_planned, shell_commands, train_runs
 from nnaug.experiment.synthetic_sets import SyntheticSets
-from nnaug.io import load_json_or_none, write_json_atomic
+from nnaug.io import file_lock, load_json_or_none, write_json_atomic
+
+COMBINED = "sweep.json"  # in the generator folder: every evaluation of these runs (cv, test-<Dataset>, ...)
 
 
 def run_sweep(dataset: str, ratios=(1.0, 2.5, 5.0), seeds: int = 3, generator: Path | None = None,
               test=None, folds=None, budget: str = "small", device: str | None = None,
               compute_matched: bool = True, inception_weights: Path | None = None, mode: str | None = None,
               masks: str = "train", sampler: str | None = None, steps: int | None = None, overwrite: bool = False,
-              min_consistency=None, log=print) -> list[dict]:
+              min_consistency=None, print_commands: bool = False, log=print) -> list:
     """Train every arm x seed that is not done yet (by no other worker either), evaluate on each held-out
     dataset in ``test`` (a name/ID or a list; none: cross-validation), and write one sweep.{md,json,png}
-    per evaluation; returns their sweep.json dicts."""
-    from nnaug.fidelity import resolve_inception_weights
+    per evaluation plus the sweep's own sweep.json with all of them; returns their result dicts.
 
+    ``print_commands``: make the synthetic sets, then return the ``nnUNetv2_train`` lines of the runs not
+    trained yet instead of training them (for a scheduler; the same sweep afterwards evaluates)."""
     start = time.time()
     setup = prepare_sweep(dataset, ratios, seeds, generator, test, folds, budget, device, compute_matched, mode,
                           masks, sampler, steps, overwrite, min_consistency, log)
-    real_model = setup.model_dir(setup.arms[0], 0)
     synthetic = SyntheticSets(setup.raw, setup.generator, setup.sha, setup.choice, setup.device, setup.gen_folder,
-                              real_model, log)
+                              setup.model_dir(setup.arms[0], 0), log)
     for key in [a.synthesis_key for a in setup.arms if a.kind == "pretrain" and a.min_consistency is None]:
         synthetic[key]  # the unfiltered sets up front: made, resumed or reused
+    if print_commands:
+        return shell_commands(setup, synthetic)
     trained = train_runs(setup, synthetic, log)
     for arm, seed in setup.tasks:
         if setup.folds_left(arm, seed):  # a worker that held it died: the next run of the command continues it
             raise NnaugError(f"{arm.name} seed {seed} is not trained (another worker stopped): rerun the same command")
+    with file_lock(setup.gen_folder / ".evaluate.lock", "waiting for another worker evaluating this sweep"):
+        return _evaluate_all(setup, synthetic, inception_weights,
+                             {"trained_this_run": trained, "wall_seconds_this_run": time.time() - start}, log)
 
+
+def _evaluate_all(setup: SweepSetup, synthetic: SyntheticSets, inception_weights: Path | None, this_run: dict,
+                  log) -> list[dict]:
+    """Evaluates what is not up to date. Of several workers, the first to get here writes the outputs; the
+    others find the same runs already evaluated in ``<generator folder>/sweep.json`` and write nothing."""
+    from nnaug.fidelity import resolve_inception_weights
+
+    combined_path = setup.gen_folder / COMBINED
+    evaluations = (load_json_or_none(combined_path) or {}).get("evaluations", {})
+    stamp = setup.runs_stamp()
+    wanted = {(f"test-{t.name}" if t is not None else "cv"): t for t in setup.tests or [None]}
+    stale = [key for key in wanted if (evaluations.get(key) or {}).get("runs_stamp") != stamp]
+    if not stale:
+        log(f"nnaug sweep: up to date: these runs are already evaluated in {combined_path}")
+        return [evaluations[key] for key in wanted]
     weights = resolve_inception_weights(inception_weights, required=False)
+    real_model = setup.model_dir(setup.arms[0], 0)
     keys = [a.synthesis_key for a in setup.arms if a.kind == "pretrain"]
     quality = {key: synthetic_quality(setup.raw, synthetic[key], weights, real_model, setup.folds, setup.device,
                                       setup.gen_folder / "fidelity" / f"{synthetic[key].name}.json", log) for key in keys}
-    results = []
-    for test_raw in setup.tests or [None]:
-        results.append(evaluate(setup, test_raw, synthetic, quality, weights, log))
-        results[-1].update({"trained_this_run": trained, "wall_seconds_this_run": time.time() - start})
-        folder = setup.gen_folder / (f"test-{test_raw.name}" if test_raw is not None else "cv")
-        results[-1]["folder"] = str(folder)
-        paths = write_outputs(results[-1], folder, latest_outputs(setup.raw.name))
+    for key in stale:
+        folder = setup.gen_folder / key
+        result = evaluate(setup, wanted[key], synthetic, quality, weights, log)
+        evaluations[key] = {**result, **this_run, "runs_stamp": stamp, "folder": str(folder)}
+        paths = write_outputs(evaluations[key], folder, latest_outputs(setup.raw.name))
         log("nnaug sweep: wrote " + ", ".join(str(p) for p in paths))
-    return results
+    write_json_atomic(combined_path, {"dataset": setup.raw.name, "runs_folder": str(setup.gen_folder),
+                                      "evaluations": evaluations})
+    log(f"nnaug sweep: wrote {combined_path} ({', '.join(evaluations)})")
+    return [evaluations[key] for key in wanted]
 
 
 def _check_options(budget: str, seeds: int, masks: str, steps: int | None, folds) -> None:
@@ -79,7 +104,7 @@ def _check_options(budget: str, seeds: int, masks: str, steps: int | None, folds
         raise NnaugError(f"unknown budget '{budget}': choose one of {', '.join(BUDGETS)}")
     if int(seeds) < 1:
         raise NnaugError(f"--seeds must be at least 1, got {seeds}")
-    if masks not in ("train", "augmented"):
+    if masks not in MASK_SOURCES:
         raise NnaugError(f"--masks must be train or augmented, got {masks}")
     if steps is not None and int(steps) < 1:
         raise NnaugError(f"--steps must be at least 1, got {steps}")

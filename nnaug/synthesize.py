@@ -18,11 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
+from nnaug.choices import MASK_SOURCES
 from nnaug.dataset import (PairDataset, RawDataset, check_dataset, from_model_range, load_raw_dataset,
-                           next_free_dataset_id, raw_root, write_case, write_dataset_json)
+                           next_free_dataset_id, raw_root, raw_target, write_case, write_dataset_json)
 from nnaug.errors import NnaugError
 from nnaug.generators import checkpoint_sha256, find_latest_generator, get_spec, load_generator, read_info
-from nnaug.io import partial_dir, replace_dir, write_json_atomic
+from nnaug.io import file_lock, partial_dir, replace_dir, write_json_atomic
 from nnaug.mask_augment import MaskAugmentation, augment_mask
 from nnaug.provenance import write_provenance
 
@@ -137,10 +138,7 @@ def _resolve_target(raw: RawDataset, opts: SynthesisOptions) -> Path:
     name = synthetic_name(raw, opts.mix)
     root = raw_root()
     if opts.output_id is not None:
-        clash = [p.name for p in root.glob(f"Dataset{opts.output_id:03d}_*") if p.name != f"Dataset{opts.output_id:03d}_{name}"]
-        if clash:
-            raise NnaugError(f"dataset ID {opts.output_id} is already used by {clash[0]}: choose another --output-id")
-        return root / f"Dataset{opts.output_id:03d}_{name}"
+        return raw_target(opts.output_id, name, "--output-id")
     if opts.resume or opts.merge or opts.shard:  # continue the unfinished one, if there is exactly one
         partials = sorted(root.glob(f".Dataset*_{name}.partial"))
         if len(partials) == 1:
@@ -168,18 +166,20 @@ def synthesize(dataset: str, opts: SynthesisOptions, progress: bool = True) -> P
     check_generator_fits(raw, info, generator_dir)
     mode, sampler, steps = get_spec(info["model"]).resolve_sampling(opts.mode, opts.sampler, opts.steps, info)
     opts = replace(opts, sampler=sampler, steps=steps)
-    if opts.masks not in ("train", "augmented"):
+    if opts.masks not in MASK_SOURCES:
         raise NnaugError(f"--masks must be train or augmented, got {opts.masks}")
     device = opts.device or ("cuda" if torch.cuda.is_available() else "cpu")
     opts = replace(opts, batch_size=opts.batch_size or DEFAULT_BATCH_SIZE.get(torch.device(device).type, 8))
     shard_index, shard_count = _shard(opts, cpu=str(device) == "cpu")
 
-    target = _resolve_target(raw, opts)
-    if target.exists() and not opts.overwrite:
-        raise NnaugError(f"{target} already exists: pass --overwrite to replace it, or --output-id for another ID")
-    work = partial_dir(target)
     plan = make_plan(raw, info, generator_dir, opts, mode)
-    _open_work_folder(work, plan, resume=opts.resume or opts.merge or shard_count > 1)
+    # the next free ID is taken by making the work folder: under a lock, two runs never take the same one
+    with file_lock(raw_root() / ".nnaug_new_dataset.lock", "waiting for another nnaug choosing a dataset ID"):
+        target = _resolve_target(raw, opts)
+        if target.exists() and not opts.overwrite:
+            raise NnaugError(f"{target} already exists: pass --overwrite to replace it, or --output-id for another ID")
+        work = partial_dir(target)
+        _open_work_folder(work, plan, resume=opts.resume or opts.merge or shard_count > 1)
     if "filter" in plan:
         from nnaug.synthesis_filter import synthesize_filtered
 

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import click
 
+from nnaug.choices import BACKBONES, FLOW_T, LR_SCHEDULES, MIXED_PRECISION, NOISE_SCHEDULES, OBJECTIVES, PREDICTIONS
 from nnaug_cli.params import POSITIVE, POSITIVE_FLOAT, GeneratorModel, IntList
 
 
@@ -21,7 +22,7 @@ from nnaug_cli.params import POSITIVE, POSITIVE_FLOAT, GeneratorModel, IntList
 @click.option("--batch-size", type=POSITIVE)
 @click.option("--grad-accum", type=POSITIVE, help="Micro-batches per optimizer step (effective batch = batch-size x this).")
 @click.option("--lr", type=POSITIVE_FLOAT, help="AdamW learning rate (peak, after the warm-up).")
-@click.option("--lr-schedule", type=click.Choice(["linear", "constant", "cosine"]), default=None,
+@click.option("--lr-schedule", type=click.Choice(list(LR_SCHEDULES)), default=None,
               help="After the warm-up: linear decay to 0 (tiny/small), constant (siamese paper, as published), or cosine.")
 @click.option("--grad-clip", "max_grad_norm", type=click.FloatRange(min=0), default=None,
               help="Clip the gradient norm at this value; 0 = no clipping (default 1.0; siamese paper: 0, as published).")
@@ -33,23 +34,23 @@ from nnaug_cli.params import POSITIVE, POSITIVE_FLOAT, GeneratorModel, IntList
 @click.option("--ema-decay", type=click.FloatRange(0, 1, max_open=True))
 @click.option("--ema-warmup/--no-ema-warmup", default=None,
               help="EMA decay that grows with the step count (1 - (1+step)^-3/4, capped at --ema-decay).")
-@click.option("--prediction", type=click.Choice(["epsilon", "v"]), default=None,
+@click.option("--prediction", type=click.Choice(PREDICTIONS), default=None,
               help="jdm and siamese pixel: what the UNet predicts (paper: epsilon; tiny/small: v).")
 @click.option("--learned-variance/--fixed-variance", default=None,
               help="jdm: learned-range variance and the hybrid loss (paper), or fixed variance and MSE only.")
 @click.option("--snr-gamma", type=click.FloatRange(min=0, min_open=True), default=None,
               help="jdm and siamese: min-SNR-gamma loss weighting (tiny/small: 5).")
-@click.option("--noise-schedule", type=click.Choice(["linear", "cosine"]), default=None,
+@click.option("--noise-schedule", type=click.Choice(NOISE_SCHEDULES), default=None,
               help="jdm and siamese pixel: beta schedule over T = 1000 steps (paper: linear; tiny/small: cosine).")
-@click.option("--objective", type=click.Choice(["diffusion", "flow"]), default=None,
+@click.option("--objective", type=click.Choice(OBJECTIVES), default=None,
               help="jdm: diffusion (default) or rectified flow (velocity on a straight noise path; samplers euler, heun).")
-@click.option("--flow-t", type=click.Choice(["logit-normal", "uniform"]), default=None,
+@click.option("--flow-t", type=click.Choice(FLOW_T), default=None,
               help="jdm --objective flow: how training draws t in (0, 1) (default logit-normal).")
 @click.option("--ema/--no-ema", "use_ema", default=None, help="Keep an EMA of the weights (exported weights are the EMA).")
 @click.option("--augment/--no-augment", default=None, help="Random flips and rot90, identical for image and mask.")
 @click.option("--checkpoint-every", type=POSITIVE, help="Steps between checkpoints, contact sheets and loss curves.")
 @click.option("--seed", type=click.IntRange(min=0))
-@click.option("--mixed-precision", type=click.Choice(["no", "fp16", "bf16"]), default=None)
+@click.option("--mixed-precision", type=click.Choice(MIXED_PRECISION), default=None)
 @click.option("--tf32/--no-tf32", default=None, help="GPU: TF32 for float32 matmuls and convolutions (Ampere and newer).")
 @click.option("--channels-last/--no-channels-last", default=None, help="NHWC weights and batches (faster convolutions on tensor cores).")
 @click.option("--fused-adamw/--no-fused-adamw", default=None, help="One fused kernel for the AdamW update.")
@@ -59,7 +60,7 @@ from nnaug_cli.params import POSITIVE, POSITIVE_FLOAT, GeneratorModel, IntList
 @click.option("--report-to", default=None, metavar="TRACKER",
               help="Log loss, lr and the contact sheets to an accelerate tracker: tensorboard (files under "
                    "<output>/logs), wandb, mlflow, ... Off by default; the tracker's package must be installed.")
-@click.option("--backbone", type=click.Choice(["pixel", "sd15"]), default=None, help="siamese: pixel space or Stable Diffusion 1.5.")
+@click.option("--backbone", type=click.Choice(BACKBONES), default=None, help="siamese: pixel space or Stable Diffusion 1.5.")
 @click.option("--base-model", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None, help="siamese sd15: local diffusers SD 1.5 folder.")
 @click.option("--prompt", default=None, help='siamese sd15: text prompt (default "A photo of a polyp.").')
 @click.option("--consistency/--no-consistency", default=None, help="siamese: noise-consistency losses (off = plain ControlNet).")

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import click
 
+from nnaug.choices import FRD_ROIS
 from nnaug_cli.params import FoldList
 
 
@@ -18,7 +19,7 @@ from nnaug_cli.params import FoldList
                    "had; otherwise one warning line and the other metrics go on.")
 @click.option("--frd/--no-frd", default=None,
               help="Demand FRD (exit 2 if it cannot be computed) / skip it. Default: computed (frd-score, no weights).")
-@click.option("--frd-roi", type=click.Choice(["both", "image", "mask"]), default="both", show_default=True,
+@click.option("--frd-roi", type=click.Choice(FRD_ROIS), default="both", show_default=True,
               help="FRD over the whole image, over the masks' foreground, or both.")
 @click.option("--frd-image-types", default=None, metavar="LIST",
               help="frd-score's feature subset: PyRadiomics image types, e.g. Original (fastest) or Original,LoG. "

@@ -1,10 +1,14 @@
 """``nnaug sweep``."""
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 from pathlib import Path
 
 import click
 
+from nnaug.choices import BUDGETS, DEVICES, MASK_SOURCES, MODES
 from nnaug.samplers import SAMPLERS
 from nnaug_cli.params import FloatList, FoldList
 
@@ -22,18 +26,18 @@ from nnaug_cli.params import FloatList, FoldList
                    "adding one later trains nothing. Default: nnU-Net's 5-fold CV on the real cases.")
 @click.option("--folds", type=FoldList(), default=None,
               help="Folds to train: CV default 0,1,2,3,4; with --test default all (several: their ensemble predicts).")
-@click.option("--budget", type=click.Choice(["tiny", "small", "gpu"]), default="small", show_default=True,
+@click.option("--budget", type=click.Choice(BUDGETS), default="small", show_default=True,
               help="tiny: nnaug's _5epochs trainers (tests, the example); small: 15+15 epochs x 25 iterations (CPU); "
                    "gpu: 100 x 250 pretraining + 150 x 250 fine-tuning.")
-@click.option("--device", type=click.Choice(["cpu", "cuda", "mps"]), default=None,
+@click.option("--device", type=click.Choice(DEVICES), default=None,
               help="For nnUNetv2_train, synthesis and prediction. Default: cuda if available, else cpu.")
 @click.option("--compute-matched/--no-compute-matched", default=True, show_default=True,
               help="Also train real-only as long as pretraining + fine-tuning together.")
 @click.option("--inception-weights", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="InceptionV3 weights for FID/KID/FRD. Default: torch-fidelity's cache, if present (else n/a).")
-@click.option("--mode", type=click.Choice(["joint", "mask-conditioned"]), default=None,
+@click.option("--mode", type=click.Choice(MODES), default=None,
               help="Synthesis mode (default: joint for JDM, mask-conditioned otherwise).")
-@click.option("--masks", type=click.Choice(["train", "augmented"]), default="train", show_default=True,
+@click.option("--masks", type=click.Choice(MASK_SOURCES), default="train", show_default=True,
               help="mask-conditioned synthesis: the training masks, or augmented copies.")
 @click.option("--sampler", type=click.Choice(SAMPLERS), default=None,
               help="Synthesis sampler (default: the generator's, as nnaug synthesize).")
@@ -42,6 +46,9 @@ from nnaug_cli.params import FloatList, FoldList
               help="Synthesis filter thresholds, comma-separated: 0 = the unfiltered sets; each D in (0, 1] adds a "
                    "pretrain arm per ratio on a set kept at mask consistency >= D (scored by the sweep's real-only "
                    "run of seed 0), e.g. 0,0.7.")
+@click.option("--print-commands", is_flag=True,
+              help="Make the synthetic sets, then print one nnUNetv2_train line per run not trained yet (for SLURM or "
+                   "any scheduler) instead of training; the same nnaug sweep afterwards evaluates.")
 @click.option("--overwrite", is_flag=True,
               help="Train this sweep's arms again (its real-only arms and this generator's pretrain arms).")
 def sweep(dataset, **options):
@@ -55,9 +62,27 @@ def sweep(dataset, **options):
     from nnaug.experiment.render import to_markdown
     from nnaug.sweep import run_sweep
 
+    if options["print_commands"]:  # stdout is the commands alone: nnaug sweep ... --print-commands > runs.sh
+        with _stdout_to_stderr():  # planning and synthesis talk (nnU-Net's subprocesses too)
+            lines = run_sweep(dataset, **options)
+        click.echo("\n".join(lines))
+        return
     for result in run_sweep(dataset, **options):
         click.echo("")
         click.echo(to_markdown(result))
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr():
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 COMMANDS = [sweep]

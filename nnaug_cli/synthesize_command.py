@@ -5,6 +5,7 @@ from pathlib import Path
 
 import click
 
+from nnaug.choices import MASK_SOURCES, MODES
 from nnaug.samplers import SAMPLERS
 from nnaug_cli.params import CONSISTENCY, DATASET_ID, POSITIVE, POSITIVE_FLOAT, Shard
 
@@ -14,9 +15,9 @@ from nnaug_cli.params import CONSISTENCY, DATASET_ID, POSITIVE, POSITIVE_FLOAT, 
 @click.option("--ratio", type=float, required=True, help="Synthetic cases per real training case (5.0 = 500 %).")
 @click.option("--generator", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Generator folder. Default: the latest generator trained on DATASET.")
-@click.option("--mode", type=click.Choice(["joint", "mask-conditioned"]), default=None,
+@click.option("--mode", type=click.Choice(MODES), default=None,
               help="joint: image and mask sampled together (JDM). Default: joint for JDM, mask-conditioned otherwise.")
-@click.option("--masks", type=click.Choice(["train", "augmented"]), default="train", show_default=True,
+@click.option("--masks", type=click.Choice(MASK_SOURCES), default="train", show_default=True,
               help="mask-conditioned: the real training masks in turn, or randomly scaled/rotated/shifted/flipped copies.")
 @click.option("--sampler", type=click.Choice(SAMPLERS), default=None,
               help="Default: dpmsolver++ for a diffusion JDM, heun for a flow-matching JDM (--objective flow; "

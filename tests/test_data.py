@@ -256,3 +256,19 @@ def test_error_convert_mismatched_shapes_leaves_nothing(tmp_path, nnunet_env, ru
     io.imsave(source / "masks" / "a.png", mask, check_contrast=False)
     assert_one_line_error(run_cli("convert", source, "-d", 6, "--name", "Shapes"), "must match")
     assert list(nnunet_env["raw"].iterdir()) == []
+
+
+def test_next_free_id_skips_the_ids_unfinished_outputs_hold(nnunet_env):
+    from nnaug.dataset import next_free_dataset_id, raw_target
+    from nnaug.errors import NnaugError
+
+    raw = nnunet_env["raw"]
+    (raw / "Dataset510_A").mkdir()
+    assert next_free_dataset_id() == 511
+    (raw / ".Dataset511_B.partial").mkdir()  # another nnaug synthesize writing: its ID is taken
+    assert next_free_dataset_id() == 512
+    (raw / ".Dataset530_Hidden").mkdir()  # a hidden folder that is not nnaug's work folder takes nothing
+    assert next_free_dataset_id() == 512
+    with pytest.raises(NnaugError, match="ID 510 is already used by Dataset510_A: choose another --output-id"):
+        raw_target(510, "Other", "--output-id")
+    assert raw_target(510, "A", "--dataset-id") == raw / "Dataset510_A"

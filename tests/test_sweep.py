@@ -1,4 +1,4 @@
-"""nnaug sweep: inputs, the statistics and report layer, and (slow) the whole sweep with a kill in the middle."""
+"""nnaug sweep: inputs, plan, statistics and rendering (fast); a kill and resume, and two workers sharing a sweep (slow)."""
 from __future__ import annotations
 
 import json
@@ -61,9 +61,17 @@ def test_budgets_and_arms(monkeypatch):
     assert small.env("compute-matched")["NNAUG_FINETUNE_EPOCHS"] == "30"
     assert small.env("pretrain")["NNAUG_PRETRAIN_EPOCHS"] == "15"
     assert BUDGETS["gpu"].matched_epochs == 250
+    from nnaug import choices
+
+    assert tuple(BUDGETS) == choices.BUDGETS  # what the CLI offers is what the library has
     arms = make_arms(small, [1.0, 2.5], compute_matched=True)
     assert [a.name for a in arms] == ["real-only", "real-only-matched", "pretrain-r1", "pretrain-r2.5"]
     assert [a.shared for a in arms] == [True, True, False, False]
+    from nnaug.experiment.plan import arm_root
+
+    base = Path("/r/sweep/small")  # the real-only runs are shared by every generator's sweep, pretrain runs are not
+    assert arm_root(base, base / "gen-a", arms[0], 1) == arm_root(base, base / "gen-b", arms[0], 1) == base / "real-only" / "seed_1"
+    assert arm_root(base, base / "gen-a", arms[2], 1) != arm_root(base, base / "gen-b", arms[2], 1)
     assert [a.name for a in make_arms(small, [5.0], compute_matched=False)] == ["real-only", "pretrain-r5"]
 
 
@@ -204,19 +212,43 @@ def _sweep(*args) -> list[str]:
             "--folds", "0", "--steps", "20", *map(str, args)]  # 20 sampling steps: the quality does not matter here
 
 
-@pytest.mark.slow
-def test_sweep_whole_run_kill_resume_and_two_generators(nnunet_env, tmp_path, random_weights):
-    import psutil
+def _sweep_env() -> dict:
+    env = {**os.environ, "nnUNet_def_n_proc": "1"}
+    return {k: v for k, v in env.items() if not k.startswith("NNAUG_")}
 
+
+def _tiny_generator(nnunet_env, name: str, steps: int) -> Path:
     from nnaug.train_generator import train_generator
 
-    env = {**os.environ, "nnUNet_def_n_proc": "1"}
-    for var in [v for v in env if v.startswith("NNAUG_")]:
-        env.pop(var)
-    write_example_dataset(999, num_cases=10)
     generators = nnunet_env["results"] / "nnaug" / "Dataset999_nnaugExample" / "generators"
-    gen_a = train_generator("999", preset="tiny", output=generators / "a", overrides={"steps": 20}, progress=False, cpu=True)
-    command = _sweep("--ratios", "1,2", "--seeds", "2", "--generator", gen_a, "--inception-weights", random_weights)
+    return train_generator("999", preset="tiny", output=generators / name, overrides={"steps": steps},
+                           progress=False, cpu=True)
+
+
+def _check_statistics(result: dict, arms: list[str], seeds: list[str]) -> None:
+    """Every arm's mean and every paired difference is what its per-case Dice say."""
+    for arm in result["arms"]:
+        fg = arm["foreground"]
+        assert fg["n_seeds"] == len(seeds) and fg["low"] <= fg["mean"] <= fg["high"]
+        values = [v["foreground"] for s in seeds for v in result["per_case"][arm["arm"]][s].values()]
+        assert fg["mean"] == pytest.approx(np.mean(values)) and len(values) == len(seeds) * fg["n_cases"]
+    assert [a["arm"] for a in result["arms"]] == arms
+    for d in result["differences"]:
+        a, b = ([[result["per_case"][name][s][c]["foreground"] for c in sorted(result["per_case"][name][s])]
+                 for s in seeds] for name in (d["arm"], d["reference"]))
+        fg = d["foreground"]
+        assert fg["mean"] == pytest.approx((np.array(a) - np.array(b)).mean())
+        assert fg["includes_zero"] == (fg["low"] <= 0 <= fg["high"])
+
+
+@pytest.mark.slow
+def test_a_killed_sweep_continues_where_it_stopped(nnunet_env, tmp_path, random_weights):
+    import psutil
+
+    env = _sweep_env()
+    write_example_dataset(999, num_cases=10)
+    command = _sweep("--ratios", "1", "--seeds", "1", "--generator", _tiny_generator(nnunet_env, "a", 20),
+                     "--inception-weights", random_weights)
 
     # 1. run until the first arm is done and the second is mid-training, then SIGKILL the sweep
     base = nnunet_env["results"] / "nnaug" / "Dataset999_nnaugExample" / "sweep" / "tiny"
@@ -248,91 +280,87 @@ def test_sweep_whole_run_kill_resume_and_two_generators(nnunet_env, tmp_path, ra
     # 2. the same command: finishes, skips the finished arm, continues the killed one with --c
     run2 = subprocess.run(command, env=env, capture_output=True, text=True, timeout=3600)
     assert run2.returncode == 0, run2.stdout[-4000:] + run2.stderr[-4000:]
-    assert "[1/8] real-only seed 0: done, skipped" in run2.stdout
+    assert "[1/3] real-only seed 0: done, skipped" in run2.stdout
     assert "nnUNetv2_train Dataset999_nnaugExample 2d 0 -tr nnUNetTrainer_nnaug_10epochs -device cpu --c" in run2.stdout
     assert first_ckpt.stat().st_mtime_ns == stamp  # not retrained
     gen_folder = next(p for p in base.iterdir() if p.is_dir() and p.name.startswith("a-"))
     result = json.loads((gen_folder / "cv" / "sweep.json").read_text())
-    assert "real-only seed 0 fold 0" not in result["trained_this_run"]
-    assert "real-only-matched seed 0 fold 0" in result["trained_this_run"] and len(result["trained_this_run"]) == 7
-
-    # the arms, seeds and statistics
-    assert [a["arm"] for a in result["arms"]] == ["real-only", "real-only-matched", "pretrain-r1", "pretrain-r2"]
-    assert result["seeds"] == [0, 1] and result["labels"] == ["round", "lobed"]
-    n_cases = result["evaluation"]["num_cases"]
-    assert n_cases == 2 and result["evaluation"]["mode"] == "cross-validation"  # fold 0 of 10 cases
-    for arm in result["arms"]:
-        fg = arm["foreground"]
-        assert (fg["n_seeds"], fg["n_cases"]) == (2, n_cases) and fg["low"] <= fg["mean"] <= fg["high"]
-        values = [result["per_case"][arm["arm"]][s][c]["foreground"] for s in ("0", "1") for c in result["per_case"][arm["arm"]][s]]
-        assert fg["mean"] == pytest.approx(np.mean(values)) and len(values) == 2 * n_cases
-        assert set(arm["labels"]) == {"round", "lobed"}
-    diffs = {(d["arm"], d["reference"]): d["foreground"] for d in result["differences"]}
-    assert len(diffs) == 5
-    for (arm, ref), d in diffs.items():
-        a = np.array([[result["per_case"][arm][s][c]["foreground"] for c in sorted(result["per_case"][arm][s])] for s in ("0", "1")])
-        b = np.array([[result["per_case"][ref][s][c]["foreground"] for c in sorted(result["per_case"][ref][s])] for s in ("0", "1")])
-        assert d["mean"] == pytest.approx((a - b).mean()) and d["includes_zero"] == (d["low"] <= 0 <= d["high"])
+    assert result["trained_this_run"] == ["real-only-matched seed 0 fold 0", "pretrain-r1 seed 0 fold 0"]
+    assert result["evaluation"] == {"mode": "cross-validation", "num_cases": 2}  # fold 0 of 10 cases
+    assert result["labels"] == ["round", "lobed"]
+    _check_statistics(result, ["real-only", "real-only-matched", "pretrain-r1"], ["0"])
+    synth = result["synthetic"][0]
+    assert synth["num_cases"] == 10 and synth["fidelity"]["fid"] >= 0 and 0.0 <= synth["mask_consistency"] <= 1.0
+    record = json.loads(next((gen_folder / "pretrain-r1" / "seed_0").glob("Dataset999_*/*/fold_0/nnaug_training.json")).read_text())
+    assert record["seed"] == 0 and record["pretraining"]["synthetic_dataset"] == synth["dataset"]
     text = (gen_folder / "cv" / "sweep.md").read_text()
-    for arm in ("real-only", "real-only-matched", "pretrain-r1", "pretrain-r2"):
-        assert f"| {arm} |" in text
-    assert "Paired differences" in text and "95 % CI" in text
-    assert ("includes 0" in text) == any(d["includes_zero"] for d in diffs.values())
-    for row in result["synthetic"]:
-        assert row["fidelity"]["fid"] >= 0 and 0.0 <= row["mask_consistency"] <= 1.0
-    assert [row["num_cases"] for row in result["synthetic"]] == [10, 20]
-    # every arm and seed in its own nnUNet_results, with its own (seeded) pretraining
-    for ratio, synth in zip(("1", "2"), result["synthetic"]):
-        for seed in (0, 1):
-            root = gen_folder / f"pretrain-r{ratio}" / f"seed_{seed}"
-            assert list(root.glob(f"{synth['dataset']}/*/fold_all/checkpoint_final.pth"))
-            record = json.loads(next(root.glob("Dataset999_*/*/fold_0/nnaug_training.json")).read_text())
-            assert record["seed"] == seed and record["pretraining"]["synthetic_dataset"] == synth["dataset"]
+    assert all(f"| {arm} |" in text for arm in ("real-only", "real-only-matched", "pretrain-r1"))
     assert latest_sweep_markdown("Dataset999_nnaugExample") == text
     assert (gen_folder / "cv" / "sweep.png").read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((gen_folder / "sweep.json").read_text())["evaluations"]["cv"] == result
 
-    # 3. a second generator, in two workers started together, scored on a held-out dataset: its own folder;
-    #    the real-only runs are shared (fold 0 of the CV above), each pretrain run is trained by one worker only
+    # 3. once more: nothing to train, nothing to evaluate, nothing rewritten
+    run3 = subprocess.run(command, env=env, capture_output=True, text=True, timeout=3600)
+    assert run3.returncode == 0 and "up to date" in run3.stdout and "nnUNetv2_train" not in run3.stdout
+    assert json.loads((gen_folder / "cv" / "sweep.json").read_text()) == result
+
+
+@pytest.mark.slow
+def test_two_workers_share_one_sweep_and_a_second_test_set_trains_nothing(nnunet_env, random_weights):
+    env = {**_sweep_env(), "OMP_NUM_THREADS": "1"}  # each worker's nnU-Net takes one core, not all of them
+    write_example_dataset(999, num_cases=10)
     write_example_dataset(998, "Held", num_cases=4, seed=5)
     write_example_dataset(997, "Later", num_cases=3, seed=6)
-    gen_b = train_generator("999", preset="tiny", output=generators / "b", overrides={"steps": 10}, progress=False, cpu=True)
-    command_b = _sweep("--ratios", "1", "--seeds", "2", "--no-compute-matched", "--generator", gen_b,
-                       "--inception-weights", random_weights, "--test", "998")
-    workers = [subprocess.Popen(command_b, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    command = _sweep("--ratios", "1", "--seeds", "2", "--no-compute-matched", "--generator",
+                     _tiny_generator(nnunet_env, "b", 10), "--inception-weights", random_weights, "--test", "998")
+
+    # 1. --print-commands: one independent nnUNetv2_train line per run, and nothing else on stdout; a
+    #    scheduler runs the first one (real-only seed 0), and the sweep then counts it as done
+    printed = subprocess.run(command + ["--print-commands"], env=env, capture_output=True, text=True, timeout=1800)
+    assert printed.returncode == 0, printed.stdout[-3000:] + printed.stderr[-3000:]
+    lines = printed.stdout.splitlines()
+    assert len(lines) == 4 and all(" nnUNetv2_train Dataset999_nnaugExample 2d 0 -tr " in line for line in lines), lines
+    assert "NNAUG_SEED=0" in lines[0] and "NNAUG_SYNTHETIC=" in lines[1] and "NNAUG_SEED=1" in lines[3]
+    scheduled = subprocess.run(["bash", "-c", lines[0]], env={**env, "PATH": f"{Path(sys.executable).parent}:{env['PATH']}"},
+                               capture_output=True, text=True, timeout=1800)
+    assert scheduled.returncode == 0, scheduled.stdout[-3000:] + scheduled.stderr[-3000:]
+
+    # 2. two workers started together: each run is trained by one of them, and one of them evaluates
+    workers = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
                for _ in range(2)]
     outputs = [w.communicate(timeout=3600)[0] for w in workers]
     assert [w.returncode for w in workers] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
     both = "\n".join(outputs)
-    for seed in (0, 1):
-        assert both.count(f"pretrain-r1 seed {seed} fold 0: training with") == 1  # one worker trained it
-        assert f"real-only seed {seed}: done, skipped" in outputs[0]
+    assert all("[1/4] real-only seed 0: done, skipped" in output for output in outputs)  # the scheduler's run
+    for run in ("real-only seed 1", "pretrain-r1 seed 0", "pretrain-r1 seed 1"):
+        assert both.count(f"{run} fold 0: training with") == 1, run
     assert "another worker is training it; taking the next run" in both
-    gen_b_folder = next(p for p in base.iterdir() if p.is_dir() and p.name.startswith("b-"))
-    for seed in (0, 1):
-        assert len(list((gen_b_folder / "pretrain-r1" / f"seed_{seed}").glob("Dataset999_*/*/fold_0/training_log_*"))) == 1
-    result_b = json.loads((gen_b_folder / "test-Dataset998_Held" / "sweep.json").read_text())
-    assert result_b["evaluation"] == {"mode": "test", "test_dataset": "Dataset998_Held", "num_cases": 4}
-    assert set(result_b["per_case"]["pretrain-r1"]["1"]) == {c.name[:-len(".png")] for c in
-                                                            (nnunet_env["raw"] / "Dataset998_Held" / "labelsTr").iterdir()}
-    assert all(0.0 <= v["foreground"] <= 1.0 for v in result_b["per_case"]["real-only"]["0"].values())
-    assert result_b["synthetic"][0]["dataset"] != result["synthetic"][0]["dataset"]  # made by the other generator
-    assert (gen_folder / "cv" / "sweep.md").read_text() == text
-    assert json.loads((gen_folder / "cv" / "sweep.json").read_text()) == result
-    predictions = gen_b_folder / "pretrain-r1" / "seed_0" / "test_Dataset998_Held"
-    assert len(list(predictions.glob("*.png"))) == 4
+    base = nnunet_env["results"] / "nnaug" / "Dataset999_nnaugExample" / "sweep" / "tiny"
+    gen_folder = next(p for p in base.iterdir() if p.is_dir() and p.name.startswith("b-"))
+    for root in [base / "real-only", gen_folder / "pretrain-r1"]:
+        for seed in (0, 1):
+            assert len(list((root / f"seed_{seed}").glob("Dataset999_*/*/fold_0/training_log_*"))) == 1
+    assert both.count("sweep.json (test-Dataset998_Held)") == 1 and "up to date" in both  # written once
+    result = json.loads((gen_folder / "test-Dataset998_Held" / "sweep.json").read_text())
+    assert result["evaluation"] == {"mode": "test", "test_dataset": "Dataset998_Held", "num_cases": 4}
+    assert set(result["per_case"]["pretrain-r1"]["1"]) == {c.name[:-len(".png")] for c in
+                                                          (nnunet_env["raw"] / "Dataset998_Held" / "labelsTr").iterdir()}
+    _check_statistics(result, ["real-only", "pretrain-r1"], ["0", "1"])
+    assert len(list((gen_folder / "pretrain-r1" / "seed_0" / "test_Dataset998_Held").glob("*.png"))) == 4
 
-    # 4. a second held-out dataset later: nothing is trained, and the first one's predictions are reused
-    record = gen_b_folder / "pretrain-r1" / "seed_0" / "nnaug_sweep_test_Dataset998_Held.json"
+    # 3. a second held-out set later: nothing is trained, the first set's predictions are reused, and the
+    #    sweep's own sweep.json holds both evaluations
+    record = gen_folder / "pretrain-r1" / "seed_0" / "nnaug_sweep_test_Dataset998_Held.json"
     stamp = record.stat().st_mtime_ns
-    run4 = subprocess.run(command_b[:-1] + ["998,997"], env=env, capture_output=True, text=True, timeout=3600)
-    assert run4.returncode == 0, run4.stdout[-4000:] + run4.stderr[-4000:]
-    later = json.loads((gen_b_folder / "test-Dataset997_Later" / "sweep.json").read_text())
-    again = json.loads((gen_b_folder / "test-Dataset998_Held" / "sweep.json").read_text())
-    assert later["trained_this_run"] == [] and again["trained_this_run"] == []
-    assert later["evaluation"]["num_cases"] == 3 and record.stat().st_mtime_ns == stamp
-    assert again["per_case"] == result_b["per_case"]
-    assert latest_sweep_markdown("Dataset999_nnaugExample") == (gen_b_folder / "test-Dataset997_Later" / "sweep.md").read_text()
-    assert "nnUNetv2_train" not in run4.stdout
+    again = subprocess.run(command[:-1] + ["998,997"], env=env, capture_output=True, text=True, timeout=3600)
+    assert again.returncode == 0, again.stdout[-4000:] + again.stderr[-4000:]
+    assert "nnUNetv2_train" not in again.stdout and record.stat().st_mtime_ns == stamp
+    combined = json.loads((gen_folder / "sweep.json").read_text())["evaluations"]
+    assert set(combined) == {"test-Dataset998_Held", "test-Dataset997_Later"}
+    assert combined["test-Dataset998_Held"] == result  # up to date: not evaluated again
+    assert combined["test-Dataset997_Later"]["trained_this_run"] == []
+    assert combined["test-Dataset997_Later"]["evaluation"]["num_cases"] == 3
+    assert latest_sweep_markdown("Dataset999_nnaugExample") == (gen_folder / "test-Dataset997_Later" / "sweep.md").read_text()
 
 
 def test_progress_reads_the_trainers_progress_files(tmp_path):

@@ -68,6 +68,15 @@ def _weights_signature(network: torch.nn.Module) -> tuple[float, ...]:
         return tuple(float(p.detach().float().sum()) for p in network.parameters())
 
 
+def _honour_thread_limit(device: torch.device) -> None:
+    """nnUNetv2_train gives a CPU run every core (torch.set_num_threads(cpu_count)). With OMP_NUM_THREADS set,
+    use that many instead: several CPU workers of one nnaug sweep then share the cores instead of each
+    taking all of them (two on 2 cores ran 6x slower per epoch)."""
+    limit = os.environ.get("OMP_NUM_THREADS", "")
+    if torch.device(device).type == "cpu" and limit.isdigit() and int(limit) > 0:
+        torch.set_num_threads(int(limit))
+
+
 class _NnaugTrainer(nnUNetTrainer):
     """Schedule from class defaults (+ NNAUG_* variables), atomic checkpoints, and a record of the cases used."""
 
@@ -79,6 +88,7 @@ class _NnaugTrainer(nnUNetTrainer):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device('cuda')):
         self.nnaug_seed = _seed_from_env()
+        _honour_thread_limit(device)
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.nnaug_schedule().apply(self)
         self.nnaug_extra_record = {}

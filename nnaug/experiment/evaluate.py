@@ -245,7 +245,8 @@ def per_case_dice(setup: SweepSetup, test_raw, log=print) -> tuple[dict, dict]:
             metrics = heldout_metrics(test_raw, model_dir, setup.folds, root, setup.device)
             per_case = per_case_from_metrics(metrics, names_by_key, test_raw.file_ending)
         results.setdefault(arm.name, {})[seed] = per_case
-        seconds.setdefault(arm.name, []).append(sum((load_json_or_none(root / ARM_RECORD) or {}).get("train_seconds", {}).values()))
+        record = load_json_or_none(root / ARM_RECORD)  # none for a run a scheduler trained (--print-commands)
+        seconds.setdefault(arm.name, []).extend([sum(record.get("train_seconds", {}).values())] if record else [])
     return results, seconds
 
 

@@ -3,12 +3,14 @@
 Pure functions of the inputs; nothing here starts nnU-Net or writes a file."""
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from nnaug.errors import NnaugError
+from nnaug.choices import DEVICES
 from nnaug.nnunet_pretraining import BUDGET_SCHEDULES
 
 
@@ -184,7 +186,7 @@ def resolve_device(device: str | None) -> str:
 
     if device is None:
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if device not in ("cpu", "cuda", "mps"):
+    if device not in DEVICES:
         raise NnaugError(f"--device must be cpu, cuda or mps (what nnUNetv2_train accepts), got {device}")
     if device == "cuda" and not torch.cuda.is_available():
         raise NnaugError("--device cuda: no CUDA device is visible to torch; use --device cpu (with --budget tiny or small)")
@@ -284,4 +286,16 @@ class SweepSetup:
 
     def folds_left(self, arm: Arm, seed: int) -> list:
         return [f for f in self.folds if not fold_done(self.model_dir(arm, seed), f, self.cv)]
+
+    def runs_stamp(self) -> str:
+        """Which runs, trained when: an evaluation with the same stamp is up to date (another worker's, or
+        an earlier run's), and one with another stamp is redone."""
+        import hashlib
+
+        runs = []
+        for arm, seed in self.tasks:
+            for fold in self.folds:
+                checkpoint = self.model_dir(arm, seed) / f"fold_{fold}" / "checkpoint_final.pth"
+                runs.append([arm.name, seed, str(fold), checkpoint.stat().st_mtime_ns if checkpoint.is_file() else None])
+        return hashlib.sha256(json.dumps(runs).encode()).hexdigest()
 

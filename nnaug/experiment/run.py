@@ -74,6 +74,8 @@ def _plan_and_preprocess(raw, log) -> None:
     subprocess.run(cmd, env=env)
 
 
+# Starts nnUNetv2_train so that it gets SIGTERM when the sweep dies (kill -9 included): no orphan keeps
+# training into a folder that the next ``nnaug sweep`` continues.
 _WRAPPER = ("import ctypes, os, signal, sys\n"
             "try:\n"
             "    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG (Linux)\n"
@@ -83,8 +85,7 @@ _WRAPPER = ("import ctypes, os, signal, sys\n"
             "    sys.exit(75)\n"
             "os.execv(sys.argv[2], sys.argv[2:])\n")
 
-"""Starts nnUNetv2_train so that it gets SIGTERM when the sweep dies (kill -9 included): no orphan keeps
-training into a folder that the next ``nnaug sweep`` continues."""
+
 def _fmt_seconds(seconds: float | None) -> str:
     if seconds is None or not math.isfinite(seconds):
         return "?"
@@ -143,17 +144,14 @@ class Progress:
 def train_fold(raw, arm: Arm, seed: int, fold, root: Path, device: str, synthetic: Path | None,
                progress: Progress, label: str, later_iterations: int) -> None:
     """``nnUNetv2_train <Dataset> 2d <fold> -tr <trainer> -device <device> --c`` into ``root`` (as nnUNet_results)."""
-    from nnaug.nnunet_pretraining import ENV_SYNTHETIC, trainers_path
+    from nnaug.nnunet_pretraining import ENV_SYNTHETIC
 
-    env = {**clean_env(), **arm.env, "nnUNet_results": str(root), "nnUNet_extTrainer": trainers_path(),
-           ENV_SEED: str(seed), "PYTHONUNBUFFERED": "1"}
-    if synthetic is not None:
-        env[ENV_SYNTHETIC] = synthetic.name
+    env = {**clean_env(), **fold_env(arm, seed, root, synthetic), "PYTHONUNBUFFERED": "1"}
     if device == "cpu":
         env.setdefault("nnUNet_n_proc_DA", "0")  # augmentation workers only compete for the cores (and break seeding)
     # nnU-Net's final validation exports through a pool of nnUNet_def_n_proc (default 8) spawned processes
     env.setdefault("nnUNet_def_n_proc", str(max(1, min(4, os.cpu_count() or 1))))
-    args = [raw.name, CONFIGURATION, str(fold), "-tr", arm.trainer, "-device", device, "--c"]
+    args = fold_args(raw, arm, fold, device)
     cmd = [sys.executable, "-c", _WRAPPER, str(os.getpid()), nnunet_command("nnUNetv2_train"), *args]
     progress.log(f"nnaug sweep: {label}: nnUNetv2_train {' '.join(args)}  (nnUNet_results={root}, {ENV_SEED}={seed}"
                  + (f", {ENV_SYNTHETIC}={synthetic.name}" if synthetic is not None else "") + ")")
@@ -171,6 +169,41 @@ def train_fold(raw, arm: Arm, seed: int, fold, root: Path, device: str, syntheti
     if code != 0:
         raise NnaugError(f"nnUNetv2_train {' '.join(args)} failed with exit code {code} (its output is above); "
                          "rerun the same nnaug sweep command to continue")
+
+
+def fold_env(arm: Arm, seed: int, root: Path, synthetic: Path | None) -> dict[str, str]:
+    """What nnUNetv2_train needs to train this run (beside the user's own environment)."""
+    from nnaug.nnunet_pretraining import ENV_SYNTHETIC, trainers_path
+
+    env = {**arm.env, "nnUNet_results": str(root), "nnUNet_extTrainer": trainers_path(), ENV_SEED: str(seed)}
+    if synthetic is not None:
+        env[ENV_SYNTHETIC] = synthetic.name
+    return env
+
+
+def fold_args(raw, arm: Arm, fold, device: str) -> list[str]:
+    return [raw.name, CONFIGURATION, str(fold), "-tr", arm.trainer, "-device", device, "--c"]
+
+
+def shell_commands(setup: SweepSetup, synthetic: SyntheticSets) -> list[str]:
+    """One shell line per run not trained yet (its folds one after another), for any scheduler: each line
+    is independent of the others. Rerunning the same ``nnaug sweep`` afterwards evaluates."""
+    import shlex
+
+    lines = []
+    for arm, seed in setup.tasks:
+        folds = setup.folds_left(arm, seed)
+        if not folds:
+            continue
+        if arm.min_consistency is not None and setup.folds_left(setup.arms[0], 0):
+            lines.append(f"# {arm.name} seed {seed}: its synthetic set is filtered by real-only seed 0; "
+                         "print the commands again once that run is trained")
+            continue
+        synthetic_set = synthetic[arm.synthesis_key] if arm.synthesis_key else None
+        env = " ".join(f"{k}={shlex.quote(v)}" for k, v in fold_env(arm, seed, setup.root(arm, seed), synthetic_set).items())
+        lines.append(" && ".join(f"{env} nnUNetv2_train {shlex.join(fold_args(setup.raw, arm, f, setup.device))}"
+                                 for f in folds))
+    return lines
 
 
 def pretrained(root: Path, arm: Arm, synthetic: Path | None) -> bool:

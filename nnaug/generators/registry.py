@@ -16,7 +16,6 @@ from nnaug.errors import NnaugError
 
 BUILT_IN = {"jdm": "nnaug.generators.jdm", "siamese": "nnaug.generators.siamese"}
 ENTRY_POINT_GROUP = "nnaug.generators"
-MODES = ("joint", "mask-conditioned")
 
 
 @runtime_checkable

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-T_DISTRIBUTIONS = ("logit-normal", "uniform")
+from nnaug.choices import FLOW_T as T_DISTRIBUTIONS
 TIME_SCALE = 1000.0  # the network's timestep input is t * 1000, as diffusers' FlowMatch timesteps
 SCHEDULER_CONFIG = {"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": 1000, "shift": 1.0}
 

@@ -31,6 +31,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from nnaug.choices import PREDICTIONS
+
 __all__ = [
     "normal_kl",
     "approx_standard_normal_cdf",
@@ -317,7 +319,7 @@ class GaussianDiffusion:
         """
         if noise.shape != x0.shape:
             raise ValueError(f"noise shape {tuple(noise.shape)} != x0 shape {tuple(x0.shape)}")
-        if prediction not in ("epsilon", "v"):
+        if prediction not in PREDICTIONS:
             raise ValueError(f"prediction must be 'epsilon' or 'v', got {prediction!r}")
         if learned_variance:
             pred, v = self._split(model_output, xt)

@@ -55,6 +55,7 @@ import torch
 from torch import nn
 
 from nnaug.errors import NnaugError
+from nnaug.choices import BACKBONES
 from nnaug.generators.siamese.dhi import DenseHintInput
 from nnaug.generators.siamese.presets import DEFAULT_PROMPT, PROMPT_DROPOUT
 from nnaug.io import one_line
@@ -123,7 +124,7 @@ class SiameseComponents(nn.Module):
         base_model: str | None = None,
     ):
         super().__init__()
-        if backbone not in ("pixel", "sd15"):
+        if backbone not in BACKBONES:
             raise ValueError(f"unknown backbone {backbone!r}")
         if mask_channels < 1 or image_channels < 1:
             raise ValueError(f"need at least one image channel and one mask class, got {image_channels} and {mask_channels}")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from nnaug.errors import NnaugError
+from nnaug.choices import NOISE_SCHEDULES, PREDICTIONS
 
 PROMPT_DROPOUT = 0.05  # share of steps trained with the empty prompt (classifier-free guidance)
 DEFAULT_PROMPT = "A photo of a polyp."
@@ -51,9 +52,9 @@ PRESETS = {
 
 def check_settings(settings: dict) -> None:
     """Problems a user can fix before anything is written (run by train-generator first)."""
-    if settings.get("prediction", "epsilon") not in ("epsilon", "v"):
+    if settings.get("prediction", "epsilon") not in PREDICTIONS:
         raise NnaugError(f"--prediction must be epsilon or v, got {settings['prediction']!r}")
-    if settings.get("noise_schedule", "linear") not in ("linear", "cosine"):
+    if settings.get("noise_schedule", "linear") not in NOISE_SCHEDULES:
         raise NnaugError(f"--noise-schedule must be linear or cosine, got {settings['noise_schedule']!r}")
     if settings.get("objective", "diffusion") != "diffusion":  # flow matching exists for the JDM only, so far
         raise NnaugError("--objective flow is a JDM option: Siamese-Diffusion trains as a diffusion (leave --objective out)")
