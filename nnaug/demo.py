@@ -17,6 +17,7 @@ from pathlib import Path
 from nnaug.errors import NnaugError
 
 DATASET_ID = 999
+DATASET_NAME = "Dataset999_nnaugExample"
 SYNTHETIC_ID = 998
 
 
@@ -61,84 +62,77 @@ def _run(cmd: list[str], env: dict) -> None:
 
 def run_demo(workdir: Path, generator_steps: int | None = None, ratio: float = 2.0, overwrite: bool = False,
              device: str = "cpu", model: str = "jdm") -> dict:
-    """Run the demo with the ``model`` generator's tiny preset; the nnU-Net folder variables and
-    ``nnUNet_extTrainer`` point at the demo's folders while it runs (nnaug's own steps read them in this
-    process) and are restored afterwards."""
-    from unittest import mock
-
+    """Run the demo with the ``model`` generator's tiny preset. Every step is the command a user would type,
+    started with the demo's nnU-Net folders and ``nnUNet_extTrainer`` in its environment (this process's
+    own environment is left alone)."""
     from nnaug.generators.registry import get_spec
+    from nnaug.nnunet_pretraining import trainers_path
 
     get_spec(model)  # an unknown model is refused before anything is written
-    with mock.patch.dict(os.environ):  # the standard library's restore-the-environment-afterwards
-        return _run_demo(workdir, generator_steps, ratio, overwrite, device, model)
+    workdir = Path(workdir).resolve()
+    folders = _demo_folders(workdir, overwrite)
+    env = {**os.environ, **{var: str(folder) for var, folder in folders.items()}, "nnUNet_extTrainer": trainers_path(),
+           "NNAUG_SYNTHETIC": str(SYNTHETIC_ID)}
+    generator = folders["nnUNet_results"] / "nnaug" / DATASET_NAME / "generators" / f"{model}_tiny"
+    timer = _run_steps(env, model, generator, generator_steps, ratio, device)
+    synthetic = next(folders["nnUNet_raw"].glob(f"Dataset{SYNTHETIC_ID:03d}_*"))
+    _print_summary(workdir, folders, generator, synthetic, timer, trainers_path())
+    return {"workdir": workdir, "generator": generator, "synthetic": synthetic, "timings": timer.wall,
+            "cpu_timings": timer.cpu}
 
 
 def _demo_folders(workdir: Path, overwrite: bool) -> dict[str, Path]:
-    """The demo's own nnU-Net folders, set in this process's environment (and nnUNet_extTrainer)."""
-    from nnaug.nnunet_pretraining import trainers_path
-
+    """The demo's own nnUNet_raw, nnUNet_preprocessed and nnUNet_results, made empty."""
     if workdir.exists() and any(workdir.iterdir()):
         if not overwrite:
             raise NnaugError(f"{workdir} is not empty: pass --overwrite to start the demo over, or --workdir DIR")
         shutil.rmtree(workdir)
     folders = {var: workdir / var for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
-    for var, folder in folders.items():
+    for folder in folders.values():
         folder.mkdir(parents=True, exist_ok=True)
-        os.environ[var] = str(folder)
-    os.environ["nnUNet_extTrainer"] = trainers_path()
     return folders
 
 
-def _run_demo(workdir: Path, generator_steps: int | None, ratio: float, overwrite: bool, device: str,
-              model: str) -> dict:
-    from nnaug.example import write_example_dataset
-    from nnaug.nnunet_pretraining import trainers_path
-    from nnaug.synthesize import SynthesisOptions, synthesize
-    from nnaug.train_generator import train_generator
-
-    workdir = Path(workdir).resolve()
-    folders = _demo_folders(workdir, overwrite)
-    env = {**os.environ, "NNAUG_SYNTHETIC": str(SYNTHETIC_ID)}
+def _run_steps(env: dict, model: str, generator: Path, generator_steps: int | None, ratio: float, device: str) -> Timer:
+    bin_dir = Path(sys.executable).parent  # nnU-Net's and nnaug's commands, also when the venv is not on PATH
+    nnaug, dataset = str(bin_dir / "nnaug"), str(DATASET_ID)
+    cpu = ["--cpu"] if device == "cpu" else []
+    steps = ["--steps", str(generator_steps)] if generator_steps else []
     timer = Timer()
     timer.begin("1/6 example dataset")
-    write_example_dataset(DATASET_ID)
+    _run([nnaug, "example-dataset", "--dataset-id", dataset], env)
     timer.end("example dataset")
-
     timer.begin(f"2/6 train the {model} generator (tiny preset{f', {generator_steps} steps' if generator_steps else ''})")
-    generator = train_generator(str(DATASET_ID), model=model, preset="tiny", overrides={"steps": generator_steps},
-                                cpu=device == "cpu")
+    _run([nnaug, "train-generator", dataset, "--model", model, "--preset", "tiny", "--output", str(generator), *steps, *cpu], env)
     timer.end("train generator")
-
     timer.begin(f"3/6 synthesize {ratio:g} synthetic cases per real case")  # the generator's default mode and sampler
-    synthetic = synthesize(str(DATASET_ID), SynthesisOptions(ratio=ratio, output_id=SYNTHETIC_ID, device=device))
+    _run([nnaug, "synthesize", dataset, "--ratio", f"{ratio:g}", "--generator", str(generator),
+          "--output-id", str(SYNTHETIC_ID), "--device", device], env)
     timer.end("synthesize")
-
-    bin_dir = Path(sys.executable).parent  # nnU-Net's and nnaug's commands, also when the venv is not on PATH
     timer.begin("4/6 nnU-Net plan and preprocess (real dataset)")
-    _run([str(bin_dir / "nnUNetv2_plan_and_preprocess"), "-d", str(DATASET_ID), "-c", "2d", "--verify_dataset_integrity",
+    _run([str(bin_dir / "nnUNetv2_plan_and_preprocess"), "-d", dataset, "-c", "2d", "--verify_dataset_integrity",
           "-np", "2"], env)
     timer.end("plan and preprocess")
-
     for trainer in ("nnUNetTrainer_nnaug_5epochs", "nnUNetTrainer_nnaugPretrainFinetune_5epochs"):
         timer.begin(f"5/6 nnUNetv2_train {DATASET_ID} 2d 0 -tr {trainer}")
-        _run([str(bin_dir / "nnUNetv2_train"), str(DATASET_ID), "2d", "0", "-tr", trainer, "-device", device], env)
+        _run([str(bin_dir / "nnUNetv2_train"), dataset, "2d", "0", "-tr", trainer, "-device", device], env)
         timer.end(trainer)
-
     timer.begin("6/6 report")
-    _run([str(bin_dir / "nnaug"), "report", str(DATASET_ID)], env)
+    _run([nnaug, "report", dataset], env)
     timer.end("report")
     timer.finish()
+    return timer
 
+
+def _print_summary(workdir: Path, folders: dict, generator: Path, synthetic: Path, timer: Timer, trainers: str) -> None:
     print("\n== done. Everything is under", workdir)
     print(f"  generator          {generator}")
     print(f"  synthetic dataset  {synthetic}")
-    print(f"  nnU-Net results    {folders['nnUNet_results'] / f'Dataset{DATASET_ID:03d}_nnaugExample'}")
-    print(f"  report             {folders['nnUNet_results'] / 'nnaug' / f'Dataset{DATASET_ID:03d}_nnaugExample'}")
+    print(f"  nnU-Net results    {folders['nnUNet_results'] / DATASET_NAME}")
+    print(f"  report             {folders['nnUNet_results'] / 'nnaug' / DATASET_NAME}")
     print("  to use these folders yourself:")
     for var, folder in folders.items():
         print(f"    export {var}={folder}")
-    print(f"    export nnUNet_extTrainer={trainers_path()}")
+    print(f"    export nnUNet_extTrainer={trainers}")
     print("  wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in timer.wall.items()))
     print("  CPU time:  " + ", ".join(f"{k} {v:.0f} s" for k, v in timer.cpu.items()))
-    return {"workdir": workdir, "generator": generator, "synthetic": synthetic, "timings": timer.wall,
-            "cpu_timings": timer.cpu}
