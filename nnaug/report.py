@@ -31,6 +31,8 @@ def collect_dice(dataset_name: str, folds: list[int] | None = None, dataset_json
     """One row per ``<Trainer>__<Plans>__<config>/fold_<f>/validation/summary.json`` under ``$nnUNet_results/<dataset>``."""
     from nnaug.dataset import results_root
     from nnaug.io import load_json_or_none
+    from nnunetv2.utilities.file_path_utilities import convert_identifier_to_trainer_plans_config
+
     from nnaug.nnunet_pretraining import TRAINING_RECORD
 
     root = results_root() / dataset_name
@@ -41,7 +43,7 @@ def collect_dice(dataset_name: str, folds: list[int] | None = None, dataset_json
     if not root.is_dir():
         return rows
     for model_dir in sorted(p for p in root.iterdir() if p.is_dir() and p.name.count("__") == 2):
-        trainer, plans, configuration = model_dir.name.split("__")
+        trainer, plans, configuration = convert_identifier_to_trainer_plans_config(model_dir.name)
         for fold_dir in sorted(model_dir.glob("fold_*")):
             fold_text = fold_dir.name[len("fold_"):]
             fold = int(fold_text) if fold_text.isdigit() else fold_text
@@ -69,6 +71,8 @@ def collect_dice(dataset_name: str, folds: list[int] | None = None, dataset_json
 
 def find_real_only_model(dataset_name: str, folds: list[int] | None = None) -> tuple[Path, list] | None:
     """(model folder, folds with checkpoint_final.pth) of a real-only model: nnUNetTrainer_nnaug* first, then nnUNetTrainer."""
+    from nnunetv2.utilities.file_path_utilities import convert_identifier_to_trainer_plans_config
+
     from nnaug.dataset import results_root
 
     root = results_root() / dataset_name
@@ -78,7 +82,7 @@ def find_real_only_model(dataset_name: str, folds: list[int] | None = None) -> t
     for model_dir in root.iterdir():
         if not model_dir.is_dir() or model_dir.name.count("__") != 2:
             continue
-        trainer = model_dir.name.split("__")[0]
+        trainer = convert_identifier_to_trainer_plans_config(model_dir.name)[0]
         if trainer_kind(trainer) != "real-only":
             continue
         available = []

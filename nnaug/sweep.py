@@ -27,7 +27,7 @@ from pathlib import Path
 from nnaug.errors import NnaugError
 from nnaug.choices import MASK_SOURCES
 from nnaug.experiment.evaluate import evaluate, synthetic_quality
-from nnaug.experiment.plan import (BASE_CONFIG, BUDGETS, SWEEP_CONFIG, check_fold_numbers, SweepSetup, make_arms,
+from nnaug.experiment.plan import (BASE_CONFIG, BUDGETS, PLAN_FILE, check_fold_numbers, SweepSetup, make_arms,
                                    parse_ratios, parse_thresholds, resolve_device, resolve_folds, resolve_synthesis,
                                    slug, sweep_folders)
 from nnaug.experiment.render import latest_outputs, write_outputs
@@ -158,12 +158,10 @@ def prepare_sweep(dataset, ratios, seeds, generator, test, folds, budget, device
     base, gen_folder = sweep_folders(raw.name, budget, f"{slug(generator.name)}-{sha[:8]}_{choice.tag}")
     plans_sha = ensure_planned(raw, log)
     _prepare_folders(raw, base, gen_folder, plans_sha, budget, overwrite, log)
-    write_json_atomic(gen_folder / SWEEP_CONFIG, {
-        "dataset": raw.name, "plans_sha256": plans_sha, "budget": budget, "generator": str(generator.resolve()),
-        "generator_model": info.get("model"), "checkpoint_sha256": sha, "synthesis": choice.__dict__})
     arms = make_arms(BUDGETS[budget], ratios, compute_matched, thresholds)
     setup = SweepSetup(raw, tests, folds, generator, info, sha, choice, budget, device, arms, list(range(int(seeds))),
                        base, gen_folder, plans_sha)
+    write_json_atomic(gen_folder / PLAN_FILE, setup.plan_record())
     done = sum(not setup.folds_left(a, s) for a, s in setup.tasks)
     log(f"nnaug sweep: {raw.name}: {len(arms)} arms x {int(seeds)} seeds = {len(setup.tasks)} runs ({done} done), "
         f"folds {','.join(map(str, folds))}, budget {budget}, device {device}; generator {generator} ({sha[:8]}); "

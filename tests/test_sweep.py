@@ -298,6 +298,10 @@ def test_a_killed_sweep_continues_where_it_stopped(nnunet_env, tmp_path, random_
     assert latest_sweep_markdown("Dataset999_nnaugExample") == text
     assert (gen_folder / "cv" / "sweep.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((gen_folder / "sweep.json").read_text())["evaluations"]["cv"] == result
+    plan = json.loads((gen_folder / "plan.json").read_text())
+    assert [a["name"] for a in plan["arms"]] == ["real-only", "real-only-matched", "pretrain-r1"]
+    assert [r["folder"] for r in plan["runs"]] == [str(first), str(base / "real-only-matched" / "seed_0"),
+                                                   str(gen_folder / "pretrain-r1" / "seed_0")]
 
     # 3. once more: nothing to train, nothing to evaluate, nothing rewritten
     run3 = subprocess.run(command, env=env, capture_output=True, text=True, timeout=3600)

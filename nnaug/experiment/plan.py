@@ -17,7 +17,7 @@ from nnaug.nnunet_pretraining import BUDGET_SCHEDULES
 CONFIGURATION = "2d"
 PLANS = "nnUNetPlans"
 ARM_RECORD = "nnaug_sweep_arm.json"
-SWEEP_CONFIG = "nnaug_sweep_config.json"
+PLAN_FILE = "plan.json"  # in the generator folder: the latest invocation's plan (SweepSetup.plan_record)
 BASE_CONFIG = "nnaug_sweep_base.json"
 CV_FOLDS = 5
 
@@ -221,7 +221,9 @@ def arm_root(base: Path, generator_folder: Path, arm: Arm, seed: int) -> Path:
 
 
 def model_folder(root: Path, dataset_name: str, trainer: str) -> Path:
-    return root / dataset_name / f"{trainer}__{PLANS}__{CONFIGURATION}"
+    from nnunetv2.utilities.file_path_utilities import convert_trainer_plans_config_to_identifier
+
+    return root / dataset_name / convert_trainer_plans_config_to_identifier(trainer, PLANS, CONFIGURATION)
 
 
 def fold_done(model_dir: Path, fold, cross_validation: bool) -> bool:
@@ -286,6 +288,17 @@ class SweepSetup:
 
     def folds_left(self, arm: Arm, seed: int) -> list:
         return [f for f in self.folds if not fold_done(self.model_dir(arm, seed), f, self.cv)]
+
+    def plan_record(self) -> dict:
+        """What this sweep is, as JSON: the inputs, the arms, the runs and where they live."""
+        from dataclasses import asdict
+
+        return {"dataset": self.raw.name, "plans_sha256": self.plans_sha, "budget": self.budget,
+                "generator": str(self.generator.resolve()), "generator_model": self.info.get("model"),
+                "checkpoint_sha256": self.sha, "synthesis": asdict(self.choice), "device": self.device,
+                "arms": [asdict(a) for a in self.arms], "seeds": self.seeds, "folds": [str(f) for f in self.folds],
+                "tests": [t.name for t in self.tests],
+                "runs": [{"arm": a.name, "seed": s, "folder": str(self.root(a, s))} for a, s in self.tasks]}
 
     def runs_stamp(self) -> str:
         """Which runs, trained when: an evaluation with the same stamp is up to date (another worker's, or
