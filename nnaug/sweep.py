@@ -24,8 +24,8 @@ import shutil
 import time
 from pathlib import Path
 
-from nnaug.errors import NnaugError
 from nnaug.choices import MASK_SOURCES
+from nnaug.errors import NnaugError
 from nnaug.experiment.evaluate import evaluate, synthetic_quality
 from nnaug.experiment.plan import (BASE_CONFIG, BUDGETS, PLAN_FILE, check_fold_numbers, SweepSetup, make_arms,
                                    parse_ratios, parse_thresholds, resolve_device, resolve_folds, resolve_synthesis,
