@@ -23,7 +23,7 @@ from nnaug.dataset import (PairDataset, RawDataset, check_dataset, from_model_ra
                            next_free_dataset_id, raw_root, raw_target, write_case, write_dataset_json)
 from nnaug.errors import NnaugError
 from nnaug.generators import checkpoint_sha256, find_latest_generator, get_spec, load_generator, read_info
-from nnaug.io import file_lock, partial_dir, replace_dir, write_json_atomic
+from nnaug.io import partial_dir, replace_dir, write_json_atomic
 from nnaug.mask_augment import MaskAugmentation, augment_mask
 from nnaug.provenance import write_provenance
 
@@ -147,7 +147,14 @@ def _resolve_target(raw: RawDataset, opts: SynthesisOptions) -> Path:
             raise NnaugError(f"several unfinished {name} datasets in {root}: pass --output-id to pick one")
         if opts.resume or opts.merge:
             raise NnaugError(f"nothing to {'resume' if opts.resume else 'merge'}: no unfinished {name} dataset in {root}")
-    return root / f"Dataset{next_free_dataset_id():03d}_{name}"
+    while True:  # a new ID is claimed by making its work folder (mkdir is atomic)
+        target = root / f"Dataset{next_free_dataset_id():03d}_{name}"
+        try:
+            partial_dir(target).mkdir()
+        except FileExistsError:
+            if not opts.shard:
+                continue  # another run chose the same free ID a moment earlier: take the next one
+        return target  # (a shard joins the shard that made it)
 
 
 def synthesize(dataset: str, opts: SynthesisOptions, progress: bool = True) -> Path | None:
@@ -172,14 +179,12 @@ def synthesize(dataset: str, opts: SynthesisOptions, progress: bool = True) -> P
     opts = replace(opts, batch_size=opts.batch_size or DEFAULT_BATCH_SIZE.get(torch.device(device).type, 8))
     shard_index, shard_count = _shard(opts, cpu=str(device) == "cpu")
 
+    target = _resolve_target(raw, opts)
+    if target.exists() and not opts.overwrite:
+        raise NnaugError(f"{target} already exists: pass --overwrite to replace it, or --output-id for another ID")
+    work = partial_dir(target)
     plan = make_plan(raw, info, generator_dir, opts, mode)
-    # the next free ID is taken by making the work folder: under a lock, two runs never take the same one
-    with file_lock(raw_root() / ".nnaug_new_dataset.lock", "waiting for another nnaug choosing a dataset ID"):
-        target = _resolve_target(raw, opts)
-        if target.exists() and not opts.overwrite:
-            raise NnaugError(f"{target} already exists: pass --overwrite to replace it, or --output-id for another ID")
-        work = partial_dir(target)
-        _open_work_folder(work, plan, resume=opts.resume or opts.merge or shard_count > 1)
+    _open_work_folder(work, plan, resume=opts.resume or opts.merge or shard_count > 1)
     if "filter" in plan:
         from nnaug.synthesis_filter import synthesize_filtered
 
