@@ -27,15 +27,13 @@ from pathlib import Path
 from nnaug.choices import MASK_SOURCES
 from nnaug.errors import NnaugError
 from nnaug.experiment.evaluate import evaluate, synthetic_quality
-from nnaug.experiment.plan import (BASE_CONFIG, BUDGETS, PLAN_FILE, check_fold_numbers, SweepSetup, make_arms,
+from nnaug.experiment.plan import (BASE_CONFIG, BUDGETS, PLAN_FILE, RESULTS_FILE, check_fold_numbers, SweepSetup, make_arms,
                                    parse_ratios, parse_thresholds, resolve_device, resolve_folds, resolve_synthesis,
                                    slug, sweep_folders)
 from nnaug.experiment.render import latest_outputs, write_outputs
 from nnaug.experiment.run import ensure_planned, shell_commands, train_runs
 from nnaug.experiment.synthetic_sets import SyntheticSets
 from nnaug.io import file_lock, load_json_or_none, write_json_atomic
-
-COMBINED = "sweep.json"  # in the generator folder: every evaluation of these runs (cv, test-<Dataset>, ...)
 
 
 def run_sweep(dataset: str, ratios=(1.0, 2.5, 5.0), seeds: int = 3, generator: Path | None = None,
@@ -73,7 +71,7 @@ def _evaluate_all(setup: SweepSetup, synthetic: SyntheticSets, inception_weights
     others find the same runs already evaluated in ``<generator folder>/sweep.json`` and write nothing."""
     from nnaug.fidelity import resolve_inception_weights
 
-    combined_path = setup.gen_folder / COMBINED
+    combined_path = setup.gen_folder / RESULTS_FILE
     evaluations = (load_json_or_none(combined_path) or {}).get("evaluations", {})
     stamp = setup.runs_stamp()
     wanted = {(f"test-{t.name}" if t is not None else "cv"): t for t in setup.tests or [None]}

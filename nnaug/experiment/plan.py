@@ -17,6 +17,7 @@ from nnaug.nnunet_pretraining import BUDGET_SCHEDULES
 CONFIGURATION = "2d"
 PLANS = "nnUNetPlans"
 ARM_RECORD = "nnaug_sweep_arm.json"
+RESULTS_FILE = "sweep.json"  # in the generator folder: every evaluation of its runs (cv, test-<Dataset>, ...)
 PLAN_FILE = "plan.json"  # in the generator folder: the latest invocation's plan (SweepSetup.plan_record)
 BASE_CONFIG = "nnaug_sweep_base.json"
 CV_FOLDS = 5
