@@ -293,16 +293,31 @@ def load_dataset_json(folder: Path) -> dict:
     return content
 
 
+def _nnunet_training_files(folder: Path, dataset_json: dict) -> dict:
+    """nnU-Net's ``get_filenames_of_train_images_and_targets``, with its file matching (``create_paths_fn``)
+    but without the 12-process pool it starts for an imagesTr folder: each of those forks this whole process
+    (torch loaded), 12 forks for every dataset listed, which cost more than the listing itself."""
+    from batchgenerators.utilities.file_and_folder_operations import subfiles
+    from nnunetv2.utilities.utils import (create_paths_fn, get_filenames_of_train_images_and_targets,
+                                          get_identifiers_from_splitted_dataset_folder)
+
+    if "dataset" in dataset_json:  # explicit file lists: nnU-Net's reader starts no pool here
+        return get_filenames_of_train_images_and_targets(str(folder), dataset_json)
+    images_folder, ending = str(folder / "imagesTr"), dataset_json["file_ending"]
+    identifiers = get_identifiers_from_splitted_dataset_folder(images_folder, ending)
+    names = subfiles(images_folder, suffix=ending, join=False, sort=True)
+    return {i: {"images": create_paths_fn(images_folder, names, ending, i),
+                "label": os.path.join(str(folder), "labelsTr", i + ending)} for i in identifiers}
+
+
 def load_raw_dataset(name_or_id: str | int | Path) -> RawDataset:
     """Locate and open a raw dataset; checks its structure and the first case (``check_dataset`` checks all)."""
-    from nnunetv2.utilities.utils import get_filenames_of_train_images_and_targets
-
     folder = Path(name_or_id) if isinstance(name_or_id, Path) else find_raw_dataset(name_or_id)
     dataset_json = load_dataset_json(folder)
     if "dataset" not in dataset_json and not (folder / "imagesTr").is_dir():
         raise NnaugError(f"{folder} has no imagesTr folder: put the training images there (CASE_0000{dataset_json['file_ending']})")
     try:
-        files = get_filenames_of_train_images_and_targets(str(folder), dataset_json)
+        files = _nnunet_training_files(folder, dataset_json)
     except Exception as exc:
         raise NnaugError(f"cannot list the cases of {folder}: {one_line(exc)}") from None
     if not files:

@@ -272,3 +272,24 @@ def test_next_free_id_skips_the_ids_unfinished_outputs_hold(nnunet_env):
     with pytest.raises(NnaugError, match="ID 510 is already used by Dataset510_A: choose another --output-id"):
         raw_target(510, "Other", "--output-id")
     assert raw_target(510, "A", "--dataset-id") == raw / "Dataset510_A"
+
+
+def test_listing_a_dataset_matches_nnunet_and_starts_no_process(nnunet_env, monkeypatch):
+    """load_raw_dataset lists cases as nnU-Net does, without the process pool nnU-Net's lister starts."""
+    import multiprocessing.pool
+
+    from nnunetv2.utilities.utils import get_filenames_of_train_images_and_targets
+
+    from nnaug.example import write_example_dataset
+
+    folder = write_example_dataset(999, num_cases=5)
+    (folder / "imagesTr" / "notes.txt").write_text("not a case")  # another ending: neither lister takes it
+    expected = get_filenames_of_train_images_and_targets(str(folder), json.loads((folder / "dataset.json").read_text()))
+
+    def no_pool(*args, **kwargs):
+        raise AssertionError("a process pool was started")
+
+    monkeypatch.setattr(multiprocessing.pool.Pool, "__init__", no_pool)
+    cases = load_raw_dataset(999).cases
+    assert {c.identifier: {"images": c.image_files, "label": c.label_file} for c in cases} == expected
+    assert len(cases) == 5
