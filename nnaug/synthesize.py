@@ -116,6 +116,7 @@ def plan_identity(plan: dict) -> dict:
     ``nnaug sweep`` reuses a set whose identity is the one it would make."""
     identity = {key: plan.get(key) for key in ("source_dataset", "checkpoint_sha256", "mode", "masks",
                                                "mask_augmentation", "sampler", "steps", "seed", "num_real_cases")}
+    identity = json.loads(json.dumps(identity))  # as a provenance file holds it: tuples become lists
     try:
         identity["ratio"] = float(plan.get("ratio"))
     except (TypeError, ValueError):

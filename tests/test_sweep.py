@@ -185,6 +185,15 @@ def test_filtered_sets_are_arms_of_their_own_and_never_stand_in_for_unfiltered_o
     assert wanted_identity(raw, sha, 1.0, choice, 0.8, model) != kept
     assert wanted_identity(raw, sha, 1.0, choice, 0.7, tmp_path / "other") != kept
     assert wanted_identity(raw, sha, 2.0, choice) != plain and wanted_identity(raw, "cd" * 32, 1.0, choice) != plain
+    # a mask-then-image set is found again from its provenance file (its mask augmentation: tuples in the plan,
+    # lists once written as JSON; before, the sweep never reused such a set and made it anew on every start)
+    from nnaug.experiment.synthetic_sets import _options
+    from nnaug.synthesize import plan_header
+
+    augmented = SynthesisChoice("mask-conditioned", "augmented", "ddim", 25)
+    header = plan_header(raw, sha, _options(1.0, Path("."), augmented, "cpu"), "mask-conditioned")
+    assert header["mask_augmentation"]
+    assert plan_identity(json.loads(json.dumps(header))) == wanted_identity(raw, sha, 1.0, augmented)
 
     # rendering: the filter is a column of the synthetic table, and a series of its own in the picture
     result = _fake_result(tmp_path, effect=0.05, noise=0.01)
