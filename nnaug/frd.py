@@ -41,6 +41,10 @@ LOG_CONVENTION_NOTE = ("log(d²): natural log of the squared Fréchet distance, 
 MIN_ROI_PIXELS = 16
 """A mask ROI with fewer foreground pixels (at the compared resolution) is left out: PyRadiomics
 resamples to 2 px spacing first, and a ROI of a few pixels has no texture to measure."""
+MIN_ROI_EXTENT = 4
+"""A mask ROI narrower than this (bounding box, pixels, in either direction) is left out too: at FRDv1's
+2 px spacing it becomes one pixel wide, and PyRadiomics then refuses it as one-dimensional, which fails
+the whole set (a 16 x 3 px polyp of Kvasir at 64 px did)."""
 
 INSTALL_HINT = ('install it with: pip install -c constraints.txt frd-score pyradiomics-bhklab '
                 '(or pip install -c constraints.txt -e . in the nnaug checkout)')
@@ -124,7 +128,7 @@ def _write_set(folder: Path, pixels: np.ndarray, masks: np.ndarray | None) -> tu
             roi = (np.asarray(masks[i]) > 0).astype(np.uint8)
             if roi.shape != image.shape[:2]:
                 raise NnaugError(f"FRD: mask {i} has shape {roi.shape}, its image {image.shape[:2]}")
-            if roi.sum() < MIN_ROI_PIXELS:
+            if roi.sum() < MIN_ROI_PIXELS or min(np.ptp(np.nonzero(roi), axis=1)) + 1 < MIN_ROI_EXTENT:
                 skipped += 1
                 continue
             if not (folder / "msk").is_dir():
@@ -163,8 +167,8 @@ def frd(images_a, images_b, masks_a=None, masks_b=None, image_types=None, featur
     [N, H, W, C]); they are written as 8-bit RGB or grayscale PNGs (:func:`to_frd_uint8`) for frd-score to
     read. Sizes may differ between the sets.
     ``masks_a``/``masks_b`` ([N, H, W] label maps, both or neither): the foreground (label > 0) is the
-    region of interest, and cases with fewer than :data:`MIN_ROI_PIXELS` foreground pixels are left
-    out; without masks the whole image is the ROI. ``image_types`` (PyRadiomics filter images, default
+    region of interest, and cases with fewer than :data:`MIN_ROI_PIXELS` foreground pixels, or narrower
+    than :data:`MIN_ROI_EXTENT`, are left out; without masks the whole image is the ROI. ``image_types`` (PyRadiomics filter images, default
     Original + LoG + Wavelet) and ``features`` (feature classes, default FRDv1's firstorder, glcm,
     glrlm, glszm, ngtdm) select frd-score's feature subset. ``num_workers``: frd-score's process pool
     (default: its own, CPU count − 2, at least 1).
@@ -187,7 +191,8 @@ def frd(images_a, images_b, masks_a=None, masks_b=None, image_types=None, featur
         files_b, mask_files_b, skipped_b = _write_set(Path(tmp) / "b", pixels_b, masks_b)
         for name, files, skipped in (("reference", files_a, skipped_a), ("compared", files_b, skipped_b)):
             if len(files) < 2:
-                extra = f" ({skipped} left out: mask ROI under {MIN_ROI_PIXELS} pixels)" if skipped else ""
+                extra = (f" ({skipped} left out: mask ROI under {MIN_ROI_PIXELS} pixels or narrower than "
+                         f"{MIN_ROI_EXTENT})" if skipped else "")
                 raise NnaugError(f"FRD needs at least 2 images per set; the {name} set has {len(files)}{extra}")
         try:
             with _quiet():

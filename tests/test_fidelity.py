@@ -100,6 +100,14 @@ def test_frd_feature_subset_and_bad_inputs(shared_data):
     with pytest.raises(NnaugError, match="at least 2 images") as info:
         frd(images[:6], images[6:], masks_a=empty, masks_b=empty, image_types=["Original"])
     assert "\n" not in str(info.value) and "6 left out" in str(info.value)
+    # a thin ROI (16 x 3 px, as one Kvasir polyp at 64 px) is left out, not the end of the whole set's FRD
+    masks = np.zeros((6, 48, 48), np.uint8)
+    masks[:, 10:30, 10:30] = 1
+    masks[0] = 0
+    masks[0, 5:21, 5:8] = 1
+    thin = frd(images[:6], images[6:], masks_a=masks, masks_b=masks[::-1], image_types=["Original"],
+               features=["firstorder"])
+    assert math.isfinite(thin["frd"]) and thin["skipped_a"] == thin["skipped_b"] == 1 and thin["n_a"] == 5
     assert parse_list("original, LOG", "image_types", "--frd-image-types") == ["Original", "LoG"]
     with pytest.raises(NnaugError, match="--frd-features 'texture' is not a PyRadiomics feature class"):
         parse_list("firstorder,texture", "feature_classes", "--frd-features")
