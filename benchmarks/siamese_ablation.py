@@ -106,13 +106,13 @@ def run_arm(index: int, args) -> dict:
     cases = len(load_raw_dataset(synthetic).cases)
     sample_seconds = time.perf_counter() - start
     fidelity = synthetic_fidelity(load_raw_dataset(args.train_dataset), synthetic, args.workdir / "inception.pth")
-    consistency = (mask_consistency(synthetic, args.mask_model, folds=(args.fold,), device=args.device)["mean_dice"]
-                   if args.mask_model else None)
+    consistency = (mask_consistency(synthetic, args.mask_model, folds=(args.fold,), device=args.device)
+                   if args.mask_model else {})
     sampler, sampler_steps = get_spec(model).default_sampling
     return {"arm": arm, "steps": steps, "seconds": seconds, "s_per_step": seconds / steps, "probe_s_per_step": probe,
             "peak_mib": memory.mib, "sampler": f"{sampler} {sampler_steps}", "cases": cases,
-            "s_per_image": sample_seconds / cases, "fidelity": fidelity, "mask_consistency": consistency,
-            "synthetic": str(synthetic)}
+            "s_per_image": sample_seconds / cases, "fidelity": fidelity, "mask_consistency": consistency.get("mean_dice"),
+            "mask_consistency_per_case": consistency.get("per_case"), "synthetic": str(synthetic)}
 
 
 def main() -> None:
@@ -183,10 +183,29 @@ def main() -> None:
             for r in results]
     print_table(["arm", "steps", "s/step (timed steps)", "s/step (wall/steps)", "FRD vs train", "FRD (mask ROI)", "KID vs train",
                  "mask consistency Dice", "peak memory above start (MiB)", "sampler", "s/image sampling"], rows)
+    _print_consistency_differences(results)
     out = args.workdir / "siamese_ablation.json"
     out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "extractor": extractor,
                                "results": results}, indent=1))
     print(f"results: {out}")
+
+
+def _print_consistency_differences(results: list[dict]) -> None:
+    """Siamese-Diffusion minus each other arm in mask consistency, paired by requested mask (every arm
+    completes the same masks in the same order): percentile bootstrap over the masks (one training seed,
+    so training noise is not in the interval)."""
+    import numpy as np
+
+    from nnaug.stats import bootstrap_difference
+
+    if any(not r.get("mask_consistency_per_case") for r in results):
+        return
+    cases = sorted(results[0]["mask_consistency_per_case"])
+    grid = [np.array([[r["mask_consistency_per_case"].get(c, np.nan) for c in cases]]) for r in results]
+    for other, values in zip(results[1:], grid[1:]):
+        d = bootstrap_difference(grid[0], values)
+        print(f"mask consistency, {results[0]['arm']} - {other['arm']}: {d.mean:+.3f} [{d.low:+.3f}, {d.high:+.3f}] "
+              f"(95 % CI over the {len(cases)} masks, paired; one training seed)")
 
 
 def _round(value, digits):
