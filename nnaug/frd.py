@@ -168,9 +168,9 @@ def frd(images_a, images_b, masks_a=None, masks_b=None, image_types=None, featur
     read. Sizes may differ between the sets.
     ``masks_a``/``masks_b`` ([N, H, W] label maps, both or neither): the foreground (label > 0) is the
     region of interest, and cases with fewer than :data:`MIN_ROI_PIXELS` foreground pixels, or narrower
-    than :data:`MIN_ROI_EXTENT`, are left out; without masks the whole image is the ROI. ``image_types`` (PyRadiomics filter images, default
-    Original + LoG + Wavelet) and ``features`` (feature classes, default FRDv1's firstorder, glcm,
-    glrlm, glszm, ngtdm) select frd-score's feature subset. ``num_workers``: frd-score's process pool
+    than :data:`MIN_ROI_EXTENT`, are left out; without masks the whole image is the ROI. ``image_types``
+    (PyRadiomics filter images, default Original + LoG + Wavelet) and ``features`` (feature classes, default
+    FRDv1's firstorder, glcm, glrlm, glszm, ngtdm) select frd-score's feature subset. ``num_workers``: frd-score's process pool
     (default: its own, CPU count − 2, at least 1).
     Returns ``dict(frd=, roi=, n_a=, n_b=, skipped_a=, skipped_b=, image_types=, features=, version=,
     package=, log=, colour=, seconds=)``; ``frd`` (:data:`LOG_CONVENTION`) is -inf when the two feature
