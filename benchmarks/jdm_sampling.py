@@ -13,11 +13,14 @@ generator, seeds and masks, as a user would get it. Each set is scored by
   InceptionV3 weights file when given, else a fixed-seed random extractor: relative numbers only);
 * FRD against the real images, when ``nnaug.fidelity.synthetic_fidelity`` provides it.
 
-For each objective the cheapest row (fewest network evaluations) within 10 % of DDPM 1000 on FRD and
-on mask consistency is marked: that is how ``nnaug synthesize``'s default sampler is chosen
-(``default_sampling`` and ``FLOW_DEFAULT_SAMPLING``, nnaug/generators/jdm/). KID is shown but not
-part of the rule: with a random-weights extractor and tens of images per set it cannot resolve 10 %
-(on the example the reference set itself scored 0.00096 against the real images, the default 0.00159).
+For each objective the cheapest row (fewest network evaluations) close to the reference is marked
+(``close_to_reference``): mask consistency and FRD within 10 %, and its KID against the reference set
+at most 10 % of the reference's KID against the real images. That is how ``nnaug synthesize``'s
+default sampler is chosen (``default_sampling`` and ``FLOW_DEFAULT_SAMPLING``, nnaug/generators/jdm/).
+KID against the real images is shown but not part of the rule: with a random-weights extractor and
+tens of images per set it cannot resolve 10 % (on the example the reference set itself scored 0.00096,
+the default 0.00159). KID against the reference set is paired (same seeds, same masks) and resolves
+what FRD misses: on Kvasir it grows steadily as the evaluations fall, with the blur the pictures show.
 
     python benchmarks/jdm_sampling.py --generator DIR --model-dir NNUNET_TRAINING_OUTPUT [--folds 0]
         [--mode joint|mask-conditioned] [--ratio 2] [--inception-weights FILE]
@@ -70,6 +73,20 @@ def _example_setup(work: Path) -> tuple[Path, Path]:
 
     model = _example_real_only(work)
     return train_generator("999", model="jdm", preset="tiny", progress=False), model
+
+
+def close_to_reference(row: dict, ref: dict) -> bool:
+    """Within TOLERANCE of the reference row: mask consistency at least 90 % of its, FRD at most 110 % of
+    its, and the row's KID against the reference set at most 10 % of the reference set's KID against the
+    real images (how far the row moved from the reference, measured in units of how far the reference is
+    from the data). The KID term is what sees few-step blur: on Kvasir UniPC 4 passed FRD (1.055x) and
+    mask consistency, but its images had lost the fine mucosal texture, and its KID against the
+    reference set was 1.7x the reference's own KID against the real images."""
+    if row["frd"] is None or ref["frd"] is None:
+        return False
+    return (row["mask_consistency"] >= (1 - TOLERANCE) * ref["mask_consistency"]
+            and row["frd"] <= (1 + TOLERANCE) * ref["frd"]
+            and row["kid_ref"] <= TOLERANCE * max(ref["kid_real"], 0.0))
 
 
 def main() -> None:
@@ -139,8 +156,7 @@ def main() -> None:
             args.rows.write_text(json.dumps(done, indent=1))
 
     ref = rows[0]
-    within = [r["mask_consistency"] >= (1 - TOLERANCE) * ref["mask_consistency"]
-              and r["frd"] is not None and ref["frd"] is not None and r["frd"] <= (1 + TOLERANCE) * ref["frd"] for r in rows]
+    within = [close_to_reference(r, ref) for r in rows]
     best = {}
     for objective in ("diffusion", "flow"):  # the cheapest qualifying row of each objective (the reference excluded)
         candidates = [i for i, ok in enumerate(within) if ok and i and rows[i]["objective"] == objective]
@@ -157,7 +173,7 @@ def main() -> None:
     print(f"mask consistency: nnU-Net {args.model_dir} folds {folds}; extractor: {extractor}")
     print_table(["objective", "sampler", "steps", "NFE", "fewer evals vs ref", "s/image", "mask consistency", "MC / ref",
                  "FRD vs real", "FRD / ref", "KID vs real", "KID vs ref set",
-                 f"within {TOLERANCE:.0%} of ref (FRD, MC)", ""], table)
+                 f"within {TOLERANCE:.0%} of ref (FRD, MC, KID)", ""], table)
 
 
 if __name__ == "__main__":

@@ -45,6 +45,8 @@ GENERATOR = ["--model", "jdm", "--preset", "tiny", "--resolution", "64", "--chan
 CHUNKS = (500, 1000, 1500, 2000, 3000, 4000)
 ARMS = {"joint": [], "mask-then-image": ["--mode", "mask-conditioned", "--masks", "augmented"]}
 VALIDATION_RATIOS, VALIDATION_SEEDS = "1,2.5,5", 3
+# The sampler the published experiment used (nnaug's default then); pinned so that a rerun reuses its sets
+SAMPLING = ["--sampler", "dpmsolver++", "--steps", "25"]
 CURVE_CASES_RATIO = 5.0  # 200 synthetic pairs per point of the curve
 MIN_GAIN = 0.03
 
@@ -110,7 +112,7 @@ def score_chunk(run: Runner, args, steps: int, judge: Path) -> dict:
 
     output_id = 650 + CHUNKS.index(steps)
     run("nnaug", "synthesize", TRAIN, "--generator", generator_folder(run), "--ratio", CURVE_CASES_RATIO,
-        "--output-id", output_id, "--overwrite")
+        "--output-id", output_id, *SAMPLING, "--overwrite")
     if run.dry_run:
         return {}
     folder = next((run.work / "nnUNet_raw").glob(f"Dataset{output_id}_*"))
@@ -170,7 +172,8 @@ def _plot_curve(curve: list[dict], path: Path) -> None:
 
 def _sweep(run: Runner, args, test: int, arm: str, ratios: str, seeds: int, *extra) -> None:
     run("nnaug", "sweep", TRAIN, "--test", test, "--ratios", ratios, "--seeds", seeds, "--budget", args.budget,
-        "--device", args.device, "--generator", generator_folder(run), *ARMS[arm], *extra, workers=args.workers)
+        "--device", args.device, "--generator", generator_folder(run), *SAMPLING, *ARMS[arm], *extra,
+        workers=args.workers)
 
 
 def _sweep_json(run: Runner, test: int, arm: str, budget: str) -> dict:

@@ -25,7 +25,7 @@ def test_the_built_in_generators_are_registered():
     jdm, siamese = get_spec("jdm"), get_spec("siamese")
     assert jdm.supports_joint and not siamese.supports_joint
     assert set(jdm.presets) == set(siamese.presets) == {"tiny", "small", "paper"}
-    assert jdm.resolve_sampling(None, None, None) == ("joint", "dpmsolver++", 25)
+    assert jdm.resolve_sampling(None, None, None) == ("joint", "unipc", 10)
     assert siamese.resolve_sampling(None, None, 10) == ("mask-conditioned", "ddim", 10)
 
 

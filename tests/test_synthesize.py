@@ -56,7 +56,7 @@ def test_joint_synthesis_writes_a_valid_dataset(example_with_generator, run_cli)
         assert image.shape == (3, 64, 64)  # written at the source's median size
     provenance = json.loads((folder / "nnaug_provenance.json").read_text())
     assert provenance["mode"] == "joint" and provenance["num_cases"] == 16 and provenance["seed"] == 0
-    assert (provenance["sampler"], provenance["steps"]) == ("dpmsolver++", 5)  # the JDM's default sampler
+    assert (provenance["sampler"], provenance["steps"]) == ("unipc", 5)  # the JDM's default sampler
     assert len({c["seed"] for c in provenance["cases"]}) == 16 and len(provenance["checkpoint_sha256"]) == 64
     assert (folder / "contact_sheet.png").is_file()
     assert _digest(source) == before  # the source dataset is read-only to nnaug
