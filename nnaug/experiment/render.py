@@ -215,6 +215,12 @@ def plot(result: dict, path: Path) -> Path:
     return path
 
 
+def _clip_to(ax, low: float, high: float) -> None:
+    """Keep the y axis within what the quantity can be; a CI beyond it runs off the axis (the table has it)."""
+    bottom, top = ax.get_ylim()
+    ax.set_ylim(max(bottom, low), min(top, high))
+
+
 def _plot_dice(left, result: dict) -> None:
     """Foreground Dice per arm: real-only arms as bands, pretrain arms against their ratio."""
     arms = result["arms"]
@@ -247,6 +253,7 @@ def _plot_dice(left, result: dict) -> None:
             left.scatter([a["ratio"] + g * nudge] * len(seeds), seeds, s=12, color=colour, alpha=0.45, zorder=3)
     left.scatter([], [], s=12, color="tab:blue", alpha=0.45, label="per-seed means")
     left.set_xlim(*span)
+    _clip_to(left, -0.02, 1.02)  # Dice lives in [0, 1]; a 2-seed t-interval can reach far outside it
     left.set_xticks([0] + ratios)
     left.set_xlabel("synthetic ratio (synthetic cases per real case; 0 = real-only)")
     left.set_ylabel("foreground Dice")
@@ -277,6 +284,7 @@ def _plot_differences(right, result: dict) -> None:
         right.errorbar(xs, ys, yerr=yerr, fmt=marker, color=colour, capsize=5, mfc="white" if reference != "real-only"
                        else colour, label=f"vs {reference}{kept}")
     right.axhline(0.0, color="black", lw=1)
+    _clip_to(right, -1.02, 1.02)
     extra = 0.1 * (len(_by_threshold(pretrain)) - 1)
     right.set_xlim(min(ratios or [0]) - 0.12 * width, max(ratios or [1]) + (0.12 + extra) * width)
     right.set_xticks(ratios)
