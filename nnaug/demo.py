@@ -53,9 +53,11 @@ class Timer:
         self.wall["total"], self.cpu["total"] = time.time() - self.start_wall, cpu_seconds() - self.start_cpu
 
 
-def _run(cmd: list[str], env: dict) -> None:
-    print("$ " + " ".join(cmd), flush=True)
-    result = subprocess.run(cmd, env=env)
+def _run(cmd: list[str], env: dict, extra_env: dict | None = None) -> None:
+    """Runs ``cmd`` as the user would type it; ``extra_env`` is printed in front of it."""
+    extra_env = extra_env or {}
+    print("$ " + " ".join([*(f"{k}={v}" for k, v in extra_env.items()), *cmd]), flush=True)
+    result = subprocess.run(cmd, env={**env, **extra_env})
     if result.returncode != 0:
         raise NnaugError(f"`{' '.join(cmd)}` failed with exit code {result.returncode} (its output is above)")
 
@@ -94,6 +96,8 @@ def _demo_folders(workdir: Path, overwrite: bool) -> dict[str, Path]:
 
 
 def _run_steps(env: dict, model: str, generator: Path, generator_steps: int | None, ratio: float, device: str) -> Timer:
+    from nnaug.experiment.run import nnunet_processes, nnunet_training_env
+
     bin_dir = Path(sys.executable).parent  # nnU-Net's and nnaug's commands, also when the venv is not on PATH
     nnaug, dataset = str(bin_dir / "nnaug"), str(DATASET_ID)
     cpu = ["--cpu"] if device == "cpu" else []
@@ -110,12 +114,15 @@ def _run_steps(env: dict, model: str, generator: Path, generator_steps: int | No
           "--output-id", str(SYNTHETIC_ID), "--device", device], env)
     timer.end("synthesize")
     timer.begin("4/6 nnU-Net plan and preprocess (real dataset)")
+    processes = str(nnunet_processes())
     _run([str(bin_dir / "nnUNetv2_plan_and_preprocess"), "-d", dataset, "-c", "2d", "--verify_dataset_integrity",
-          "-np", "2"], env)
+          "-np", processes, "-npfp", processes], env)
     timer.end("plan and preprocess")
+    processes_env = nnunet_training_env(device)  # nnU-Net's pools are sized for GPU nodes
     for trainer in ("nnUNetTrainer_nnaug_5epochs", "nnUNetTrainer_nnaugPretrainFinetune_5epochs"):
         timer.begin(f"5/6 nnUNetv2_train {DATASET_ID} 2d 0 -tr {trainer}")
-        _run([str(bin_dir / "nnUNetv2_train"), dataset, "2d", "0", "-tr", trainer, "-device", device], env)
+        _run([str(bin_dir / "nnUNetv2_train"), dataset, "2d", "0", "-tr", trainer, "-device", device], env,
+             processes_env)
         timer.end(trainer)
     timer.begin("6/6 report")
     _run([nnaug, "report", dataset], env)

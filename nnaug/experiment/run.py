@@ -36,6 +36,21 @@ def clean_env() -> dict:
     return {k: v for k, v in os.environ.items() if not k.startswith("NNAUG_")}
 
 
+def nnunet_processes() -> int:
+    """Processes for nnU-Net's pools (preprocessing, fingerprints, the final validation's export): its
+    default of 8 spawned processes is sized for GPU nodes; on a small machine each one's start-up
+    (importing torch and nnU-Net) costs more than the work it shares."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def nnunet_training_env(device: str) -> dict[str, str]:
+    """Process counts for ``nnUNetv2_train`` on this machine; the user's own settings win."""
+    env = {"nnUNet_def_n_proc": str(nnunet_processes())}
+    if device == "cpu":
+        env["nnUNet_n_proc_DA"] = "0"  # augmentation workers only compete for the cores (and break seeding)
+    return {k: v for k, v in env.items() if k not in os.environ}
+
+
 def ensure_planned(raw, log=print) -> str:
     """Plan and preprocess the real dataset (2d) with nnU-Net unless done; returns the sha256 of its plans."""
     import hashlib
@@ -66,9 +81,9 @@ def ensure_planned(raw, log=print) -> str:
 def _plan_and_preprocess(raw, log) -> None:
     env = clean_env()
     env.pop("nnUNet_n_proc_DA", None)  # nnUNet_n_proc_DA=0 makes planning crash (docs/trainers.md)
-    processes = str(max(1, min(4, os.cpu_count() or 1)))
+    processes = str(nnunet_processes())
     cmd = [nnunet_command("nnUNetv2_plan_and_preprocess"), "-d", str(raw.dataset_id), "-c", CONFIGURATION,
-           "--verify_dataset_integrity", "-np", processes]
+           "--verify_dataset_integrity", "-np", processes, "-npfp", processes]
     log("nnaug sweep: planning and preprocessing " + raw.name + ": " + " ".join(Path(cmd[0]).name if i == 0 else c
                                                                              for i, c in enumerate(cmd)))
     subprocess.run(cmd, env=env)
@@ -146,11 +161,7 @@ def train_fold(raw, arm: Arm, seed: int, fold, root: Path, device: str, syntheti
     """``nnUNetv2_train <Dataset> 2d <fold> -tr <trainer> -device <device> --c`` into ``root`` (as nnUNet_results)."""
     from nnaug.nnunet_pretraining import ENV_SYNTHETIC
 
-    env = {**clean_env(), **fold_env(arm, seed, root, synthetic), "PYTHONUNBUFFERED": "1"}
-    if device == "cpu":
-        env.setdefault("nnUNet_n_proc_DA", "0")  # augmentation workers only compete for the cores (and break seeding)
-    # nnU-Net's final validation exports through a pool of nnUNet_def_n_proc (default 8) spawned processes
-    env.setdefault("nnUNet_def_n_proc", str(max(1, min(4, os.cpu_count() or 1))))
+    env = {**clean_env(), **fold_env(arm, seed, root, synthetic), **nnunet_training_env(device), "PYTHONUNBUFFERED": "1"}
     args = fold_args(raw, arm, fold, device)
     cmd = [sys.executable, "-c", _WRAPPER, str(os.getpid()), nnunet_command("nnUNetv2_train"), *args]
     progress.log(f"nnaug sweep: {label}: nnUNetv2_train {' '.join(args)}  (nnUNet_results={root}, {ENV_SEED}={seed}"
