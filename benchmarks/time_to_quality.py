@@ -75,6 +75,9 @@ def _plot(rows: list[dict], path: Path) -> None:
             ax.plot([p["cpu_seconds"] / 60 for p in points], [p[key] for p in points], "o-", label=recipe)
     axes[0].set_title("FRD vs the real images (lower is better)", fontsize=9)
     axes[1].set_title("mask consistency (higher is better)", fontsize=9)
+    # from 0 (FRD: log of a distance, may be below 0), so that one-run noise does not look like a trend
+    axes[0].set_ylim(min(0.0, *(r["frd"] for r in rows)), 1.1 * max(r["frd"] for r in rows))
+    axes[1].set_ylim(0, 1)  # a Dice, on its whole scale
     for ax in axes:
         ax.set_xlabel("training CPU minutes")
     axes[1].legend(fontsize=8)

@@ -61,9 +61,9 @@ def make_scheduler(name: str, config: dict, clip_x0: bool = True):
 
 
 def _flow_scheduler(name: str, config: dict):
-    from diffusers import FlowMatchEulerDiscreteScheduler, FlowMatchHeunDiscreteScheduler
+    from nnaug.scheduler_variants import FlowMatchEulerTrailingScheduler, FlowMatchHeunTrailingScheduler
 
-    kind = FlowMatchEulerDiscreteScheduler if name == "euler" else FlowMatchHeunDiscreteScheduler
+    kind = FlowMatchEulerTrailingScheduler if name == "euler" else FlowMatchHeunTrailingScheduler
     return kind.from_config({k: v for k, v in config.items() if k in ("num_train_timesteps", "shift")})
 
 

@@ -1,12 +1,15 @@
-"""Two diffusers schedulers with one ``step()`` each changed, for pixel-space models (see nnaug.samplers).
+"""diffusers schedulers with one method each changed, for pixel-space models (see nnaug.samplers).
 
-Both are adapted from diffusers' own ``step()`` (``DDIMScheduler.step`` and ``DDPMScheduler.step``,
-diffusers 0.3x-0.4x, Apache-2.0): the same arithmetic with the two changes their docstrings name.
+The DDIM and DDPM ones are adapted from diffusers' own ``step()`` (``DDIMScheduler.step`` and
+``DDPMScheduler.step``, diffusers 0.3x-0.4x, Apache-2.0): the same arithmetic with the two changes their
+docstrings name. The flow-matching ones change only where their steps fall (``set_timesteps``).
 This module imports diffusers; :mod:`nnaug.samplers` imports it only when it builds a scheduler.
 """
 from __future__ import annotations
 
-from diffusers import DDIMScheduler, DDPMScheduler
+import numpy as np
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler, FlowMatchEulerDiscreteScheduler, FlowMatchHeunDiscreteScheduler
 from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
 from diffusers.schedulers.scheduling_ddpm import DDPMSchedulerOutput
 from diffusers.utils.torch_utils import randn_tensor
@@ -74,3 +77,40 @@ class NoiseFreeLastStepDDPMScheduler(DDPMScheduler):
             out = DDPMSchedulerOutput(prev_sample=out.pred_original_sample,
                                       pred_original_sample=out.pred_original_sample)
         return out if return_dict else (out.prev_sample, out.pred_original_sample)
+
+
+def trailing_flow_times(num_steps: int) -> np.ndarray:
+    """The ``t`` (diffusers' sigmas) where ``num_steps`` equal steps from t = 1 to 0 start: 1, (n-1)/n, ..., 1/n.
+
+    diffusers' FlowMatch schedulers space their times from 1 down to sigma_min = 1/1000 and then add 0,
+    so the last of n steps goes from 0.001 to 0 and changes nothing: n steps integrate like n - 1
+    (measured on Kvasir: Euler 2 gave the same images as Euler 1). This is the flow analogue of the
+    diffusion samplers' trailing spacing (nnaug.samplers.SPACING)."""
+    if num_steps < 1:
+        raise ValueError(f"a sampler needs at least one step, got {num_steps}")
+    return np.linspace(1.0, 0.0, num_steps + 1)[:-1]
+
+
+class FlowMatchEulerTrailingScheduler(FlowMatchEulerDiscreteScheduler):
+    """diffusers' FlowMatch Euler with ``num_steps`` equal steps from t = 1 to 0 (:func:`trailing_flow_times`)."""
+
+    def set_timesteps(self, num_inference_steps=None, device=None, sigmas=None, mu=None, timesteps=None):
+        if sigmas is None and timesteps is None:
+            sigmas = trailing_flow_times(num_inference_steps)
+        super().set_timesteps(num_inference_steps, device=device, sigmas=sigmas, mu=mu, timesteps=timesteps)
+
+
+class FlowMatchHeunTrailingScheduler(FlowMatchHeunDiscreteScheduler):
+    """diffusers' FlowMatch Heun with ``num_steps`` equal steps from t = 1 to 0 (:func:`trailing_flow_times`):
+    Heun on all but the last, which is an Euler step to t = 0, as diffusers does. The interleaving of times
+    (each interior time twice: predictor, then corrector) is diffusers' ``set_timesteps``."""
+
+    def set_timesteps(self, num_inference_steps: int, device=None) -> None:
+        super().set_timesteps(num_inference_steps, device=device)  # resets the solver state
+        sigmas = torch.from_numpy(trailing_flow_times(num_inference_steps)).to(torch.float32)
+        shift = self.config.shift
+        sigmas = shift * sigmas / (1 + (shift - 1) * sigmas)
+        times = sigmas * self.config.num_train_timesteps
+        self.timesteps = torch.cat([times[:1], times[1:].repeat_interleave(2)]).to(device=device)
+        sigmas = torch.cat([sigmas, torch.zeros(1)])
+        self.sigmas = torch.cat([sigmas[:1], sigmas[1:-1].repeat_interleave(2), sigmas[-1:]]).to(device=device)

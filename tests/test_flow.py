@@ -76,6 +76,17 @@ def test_flow_samplers_recover_a_point_mass(sampler, steps):
 
 
 @pytest.mark.parametrize("sampler", ["euler", "heun"])
+def test_n_flow_steps_are_n_equal_intervals_of_t(sampler):
+    """n steps are n equal intervals of t from 1 to 0 (diffusers' own spacing visits 1, ..., 0.001, 0: its
+    last step moved nothing, and on Kvasir 2 Euler steps gave the 1-step images)."""
+    for steps in (1, 2, 4):
+        scheduler = make_scheduler(sampler, CONFIG)
+        scheduler.set_timesteps(steps)
+        visited = sorted(set(scheduler.sigmas.tolist()), reverse=True)
+        torch.testing.assert_close(torch.tensor(visited), torch.linspace(1, 0, steps + 1))
+
+
+@pytest.mark.parametrize("sampler", ["euler", "heun"])
 def test_flow_mask_channels_stay_exactly_on_their_straight_path(sampler):
     size, seeds = 16, [4, 9]
     target = _point(size)  # the oracle believes in another mask than the given one
