@@ -20,11 +20,11 @@ from nnaug_cli.params import CONSISTENCY, DATASET_ID, POSITIVE, POSITIVE_FLOAT, 
 @click.option("--masks", type=click.Choice(MASK_SOURCES), default="train", show_default=True,
               help="mask-conditioned: the real training masks in turn, or randomly scaled/rotated/shifted/flipped copies.")
 @click.option("--sampler", type=click.Choice(SAMPLERS), default=None,
-              help="Default: unipc for a diffusion JDM, heun for a flow-matching JDM (--objective flow; "
-                   "euler and heun fit only those), ddim for Siamese-Diffusion.")
+              help="Default: unipc for a diffusion JDM and a pixel-space Siamese-Diffusion, heun for a flow-matching "
+                   "JDM (--objective flow; euler and heun fit only those), ddim for Siamese-Diffusion on SD 1.5.")
 @click.option("--steps", type=POSITIVE, default=None,
-              help="Sampling steps. Default: 10 for a diffusion JDM (unipc), 4 for a flow JDM (heun), "
-                   "50 for Siamese-Diffusion (ddim).")
+              help="Sampling steps. Default: 10 for a diffusion JDM and a pixel-space Siamese-Diffusion (unipc), "
+                   "9 for a flow JDM (heun: 17 network evaluations), 50 for Siamese-Diffusion on SD 1.5 (ddim).")
 @click.option("--batch-size", type=POSITIVE, default=None,
               help="Cases per batch. Default: 64 on a GPU (halved while one does not fit), 8 on the CPU.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Global seed; case i gets its own seed from it.")

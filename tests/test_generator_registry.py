@@ -27,6 +27,9 @@ def test_the_built_in_generators_are_registered():
     assert set(jdm.presets) == set(siamese.presets) == {"tiny", "small", "paper"}
     assert jdm.resolve_sampling(None, None, None) == ("joint", "unipc", 10)
     assert siamese.resolve_sampling(None, None, 10) == ("mask-conditioned", "ddim", 10)
+    # a trained folder's own default: UniPC 10 in pixel space, the published DDIM 50 on SD 1.5
+    assert siamese.resolve_sampling(None, None, None, {"settings": {"backbone": "pixel"}})[1:] == ("unipc", 10)
+    assert siamese.resolve_sampling(None, None, None, {"settings": {"backbone": "sd15"}})[1:] == ("ddim", 50)
 
 
 @pytest.mark.slow

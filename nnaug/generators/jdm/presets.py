@@ -25,9 +25,10 @@ PRESETS = {
                   ema_decay=0.9999, checkpoint_every=5000, **OBJECTIVE_PAPER, **DIFFUSION),
 }
 # --objective flow (nnaug/generators/jdm/flow.py): rectified flow on the same UNet; --flow-t picks how training
-# draws t. The default sampler of a flow JDM: Heun, 4 steps = 7 network evaluations (docs/train-generator.md).
+# draws t. The default sampler of a flow JDM: Heun, 9 steps = 17 network evaluations, the cheapest row close to
+# its own 25-evaluation set on Kvasir (benchmarks/jdm_sampling.py; fewer lost the fine texture; docs/train-generator.md).
 OBJECTIVES = ("diffusion", "flow")
-FLOW_DEFAULT_SAMPLING = ("heun", 4)
+FLOW_DEFAULT_SAMPLING = ("heun", 9)
 PREDICTION_TYPES = {"epsilon": "epsilon", "v": "v_prediction"}
 BETA_SCHEDULES = {"linear": "linear", "cosine": "squaredcos_cap_v2"}
 
