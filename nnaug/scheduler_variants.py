@@ -15,6 +15,28 @@ from diffusers.schedulers.scheduling_ddpm import DDPMSchedulerOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 
+def ddim_x0_eps(sample, model_output, a, prediction_type: str, clip: float | None, rederive_eps: bool = True):
+    """DDIM's (x0, epsilon) from a network output at ``abar_t = a`` (a number, or a tensor that broadcasts per
+    sample): x0 clipped to ``[-clip, clip]`` and, by ``rederive_eps``, epsilon re-derived from the clipped x0
+    (improved-diffusion's ``ddim_sample``). The deterministic DDIM step to ``abar_s`` is then
+    ``sqrt(abar_s) x0 + sqrt(1 - abar_s) eps``; few-step distillation (nnaug.generators.jdm.distill) takes the
+    same step with a different ``a`` per sample."""
+    if prediction_type == "epsilon":
+        x0, eps = (sample - (1 - a).sqrt() * model_output) / a.sqrt(), model_output
+    elif prediction_type == "v_prediction":
+        x0 = a.sqrt() * sample - (1 - a).sqrt() * model_output
+        eps = a.sqrt() * model_output + (1 - a).sqrt() * sample
+    elif prediction_type == "sample":
+        x0, eps = model_output, (sample - a.sqrt() * model_output) / (1 - a).sqrt()
+    else:
+        raise ValueError(f"unknown prediction_type {prediction_type}")
+    if clip is not None:
+        x0 = x0.clamp(-clip, clip)
+        if rederive_eps:
+            eps = (sample - a.sqrt() * x0) / (1 - a).sqrt()
+    return x0, eps
+
+
 class ScheduledDDIMScheduler(DDIMScheduler):
     """DDIM that steps to the next *scheduled* timestep and re-derives epsilon from the clipped x0.
 
@@ -35,22 +57,15 @@ class ScheduledDDIMScheduler(DDIMScheduler):
         a = self.alphas_cumprod[int(timestep)].to(sample.device, sample.dtype)
         a_prev = (self.alphas_cumprod[prev] if prev >= 0 else self.final_alpha_cumprod).to(sample.device,
                                                                                             sample.dtype)
-        kind = self.config.prediction_type
-        if kind == "epsilon":
-            x0, eps = (sample - (1 - a).sqrt() * model_output) / a.sqrt(), model_output
-        elif kind == "v_prediction":
-            x0 = a.sqrt() * sample - (1 - a).sqrt() * model_output
-            eps = a.sqrt() * model_output + (1 - a).sqrt() * sample
-        elif kind == "sample":
-            x0, eps = model_output, (sample - a.sqrt() * model_output) / (1 - a).sqrt()
-        else:
-            raise ValueError(f"unknown prediction_type {kind}")
         if self.config.thresholding:
+            x0, eps = ddim_x0_eps(sample, model_output, a, self.config.prediction_type, clip=None)
             x0 = self._threshold_sample(x0)
-        elif self.config.clip_sample:
-            x0 = x0.clamp(-self.config.clip_sample_range, self.config.clip_sample_range)
-        if use_clipped_model_output:
-            eps = (sample - a.sqrt() * x0) / (1 - a).sqrt()
+            if use_clipped_model_output:
+                eps = (sample - a.sqrt() * x0) / (1 - a).sqrt()
+        else:
+            clip = self.config.clip_sample_range if self.config.clip_sample else None
+            x0, eps = ddim_x0_eps(sample, model_output, a, self.config.prediction_type, clip,
+                                  rederive_eps=use_clipped_model_output)
         sigma = eta * ((1 - a_prev) / (1 - a) * (1 - a / a_prev)).clamp(min=0).sqrt()
         prev_sample = a_prev.sqrt() * x0 + (1 - a_prev - sigma**2).clamp(min=0).sqrt() * eps
         if eta > 0:

@@ -1,4 +1,4 @@
-"""``nnaug train-generator``."""
+"""``nnaug train-generator`` and ``nnaug distill-generator``."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -77,4 +77,36 @@ def train_generator(dataset, model, preset, output, resume, overwrite, cpu, chan
     click.echo(f"generator written to {folder}")
 
 
-COMMANDS = [train_generator]
+@click.command("distill-generator")
+@click.argument("dataset")
+@click.option("--generator", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="The teacher: a diffusion JDM folder trained on DATASET. Default: the latest generator trained on DATASET.")
+@click.option("--student-steps", type=click.IntRange(1, 100), default=None,
+              help="DDIM steps (= network evaluations) the student samples in (default 4).")
+@click.option("--teacher-steps", type=POSITIVE, default=None,
+              help="The teacher's DDIM steps over the whole schedule that the student learns to follow "
+                   "(default 24, split evenly over the student's steps).")
+@click.option("--mask-share", type=click.FloatRange(0, 1), default=None,
+              help="Share of each batch distilled for mask-conditioned sampling (the rest: joint pairs; default 0.5).")
+@click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Student folder. Default: beside the teacher, <teacher>_ddim<student steps>.")
+@click.option("--steps", type=POSITIVE, help="Optimizer steps (default 400).")
+@click.option("--batch-size", type=POSITIVE)
+@click.option("--lr", type=POSITIVE_FLOAT, help="AdamW learning rate after the warm-up (default 5e-4, decaying linearly to 0).")
+@click.option("--checkpoint-every", type=POSITIVE, help="Steps between checkpoints and contact sheets (default 100).")
+@click.option("--seed", type=click.IntRange(min=0))
+@click.option("--cpu", is_flag=True, help="Train on the CPU even if a GPU is present.")
+@click.option("--resume", is_flag=True, help="Continue from the last checkpoint in the output folder.")
+@click.option("--overwrite", is_flag=True, help="Start over, deleting an earlier run in the output folder.")
+def distill_generator(dataset, generator, student_steps, teacher_steps, mask_share, output, resume, overwrite, cpu,
+                      **training):
+    """Distill a trained diffusion JDM into a student that samples in a few DDIM steps (DATASET: its training data)."""
+    from nnaug.distill_generator import distill_generator as run
+
+    folder = run(dataset, teacher=generator, output=output, resume=resume, overwrite=overwrite, cpu=cpu,
+                 distill={"student_steps": student_steps, "teacher_steps": teacher_steps, "mask_share": mask_share},
+                 overrides=training)
+    click.echo(f"distilled generator written to {folder}")
+
+
+COMMANDS = [train_generator, distill_generator]

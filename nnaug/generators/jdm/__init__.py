@@ -26,8 +26,11 @@ def check_settings(settings: dict) -> None:
         raise NnaugError(f"--objective must be one of {', '.join(OBJECTIVES)}")
 
 
-def flow_sampling(settings: dict) -> tuple[str, int] | None:
-    """A flow-matching JDM integrates its velocity with Heun (see FLOW_DEFAULT_SAMPLING)."""
+def folder_sampling(settings: dict) -> tuple[str, int] | None:
+    """A flow-matching JDM integrates its velocity with Heun (see FLOW_DEFAULT_SAMPLING); a distilled one
+    samples in the DDIM steps it was distilled for (nnaug.generators.jdm.distill)."""
+    if settings.get("distill"):
+        return "ddim", int(settings["distill"]["student_steps"])
     return FLOW_DEFAULT_SAMPLING if settings.get("objective") == "flow" else None
 
 
@@ -42,5 +45,5 @@ SPEC = GeneratorSpec(
     presets=PRESETS, build=lazy("nnaug.generators.jdm.model:build_jdm_model"),
     load=lazy("nnaug.generators.jdm.sampling:JDMGenerator.from_pretrained"),
     required_files=("config.json", "diffusion_pytorch_model.safetensors", "scheduler_config.json"),
-    supports_joint=True, default_sampling=("unipc", 10), sampling_for_settings=flow_sampling,
+    supports_joint=True, default_sampling=("unipc", 10), sampling_for_settings=folder_sampling,
     check_settings=check_settings)

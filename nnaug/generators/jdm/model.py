@@ -110,7 +110,12 @@ class JDMModel(torch.nn.Module):
 
 
 def build_jdm_model(settings: dict, raw, image_channels: int, mask_channels: int) -> JDMModel:
-    """The trainable JDM for ``settings`` (a preset updated with the command-line overrides)."""
+    """The trainable JDM for ``settings`` (a preset updated with the command-line overrides); with
+    ``settings["distill"]`` the few-step student of a trained teacher (:mod:`nnaug.generators.jdm.distill`)."""
+    if settings.get("distill"):
+        from nnaug.generators.jdm.distill import build_distillation
+
+        return build_distillation(settings, image_channels, mask_channels)
     objective = {**OBJECTIVE_PAPER, **{k: settings[k] for k in OBJECTIVE_PAPER if k in settings}}
     is_flow = settings.get("objective", "diffusion") == "flow"
     if is_flow:  # rectified flow: velocity only (no variance to learn), no noise schedule
