@@ -4,6 +4,10 @@ Diffusion rows (UniPC, DPM-Solver++, DDIM at 2-25 steps) come from ``--generator
 ``--flow-generator`` (a JDM trained with ``--objective flow`` on the same data) its Euler and Heun
 rows at 1-16 network evaluations are scored against the same reference.
 
+With ``--distilled-generator`` (one or more students of ``--generator``, made by ``nnaug
+distill-generator``), each student adds a row sampled with its own DDIM steps, held against the
+diffusion reference: a student should reproduce its teacher.
+
 For every (sampler, steps) row, ``nnaug synthesize`` writes a synthetic dataset from the same
 generator, seeds and masks, as a user would get it. Each set is scored by
 
@@ -96,8 +100,8 @@ def close_to_reference(row: dict, ref: dict, own_ref: dict | None = None) -> boo
 
 def own_references(rows: list[dict]) -> dict[str, int]:
     """Each objective's reference row: the diffusion model's is the first row (the table's reference), the
-    flow model's its row with the most network evaluations."""
-    refs = {"diffusion": 0}
+    flow model's its row with the most network evaluations; a distilled student's is its teacher's, the first."""
+    refs = {"diffusion": 0, "distilled": 0}
     flow = [i for i, r in enumerate(rows) if r["objective"] == "flow"]
     if flow:
         refs["flow"] = max(flow, key=lambda i: rows[i]["nfe"])
@@ -122,6 +126,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--generator", type=Path, help="a diffusion JDM (the reference DDPM 1000 comes from it)")
     parser.add_argument("--flow-generator", type=Path, help="a flow-matching JDM trained on the same dataset")
+    parser.add_argument("--distilled-generator", type=Path, action="append", default=[],
+                        help="a student of --generator (nnaug distill-generator); repeat for several")
     parser.add_argument("--model-dir", type=Path, help="nnU-Net training output folder of a real-only model")
     parser.add_argument("--folds", default="0")
     parser.add_argument("--mode", choices=["joint", "mask-conditioned"], default="joint")
@@ -147,6 +153,11 @@ def main() -> None:
     settings = SETTINGS if not args.settings else [(s.split(":")[0], int(s.split(":")[1])) for s in args.settings.split(",")]
     if args.flow_generator is not None:
         settings = settings + [x for x in FLOW_SETTINGS if x not in settings]
+    students = {}
+    for folder in args.distilled_generator:  # each student's row: DDIM in its own steps, keyed apart from the teacher's
+        steps = read_info(folder)["settings"]["distill"]["student_steps"]
+        students[(f"distilled-{folder.name}", steps)] = folder
+    settings = settings + list(students)
     folds = [f if f == "all" else int(f) for f in args.folds.split(",")]
     info = read_info(args.generator)
     real = load_raw_dataset(info["source_dataset"])
@@ -164,17 +175,19 @@ def main() -> None:
             folders[(sampler, steps)] = Path(done[key]["folder"])
             continue
         start = time.perf_counter()
-        generator = args.flow_generator if sampler in FLOW_SAMPLERS else args.generator
+        generator = args.flow_generator if sampler in FLOW_SAMPLERS else students.get((sampler, steps), args.generator)
+        objective = "flow" if sampler in FLOW_SAMPLERS else "distilled" if (sampler, steps) in students else "diffusion"
+        run_sampler = "ddim" if objective == "distilled" else sampler
         folder = synthesize(real.name, SynthesisOptions(ratio=args.ratio, generator=generator, mode=args.mode,
-                                                        sampler=sampler, steps=steps, output_id=900 + i, overwrite=True,
+                                                        sampler=run_sampler, steps=steps, output_id=900 + i, overwrite=True,
                                                         batch_size=args.batch_size, device=args.device), progress=False)
         seconds = (time.perf_counter() - start) / len(load_raw_dataset(folder).cases)
         folders[(sampler, steps)] = folder
         mc = mask_consistency(folder, args.model_dir, folds=folds, device=args.device)["mean_dice"]
         # FRD of the whole image is the table's (each FRD costs the square root of a ~460-feature covariance)
         fid = synthetic_fidelity(real, folder, inception_weights=weights, frd_roi=("image",))
-        rows.append({"sampler": sampler, "steps": steps, "nfe": network_evaluations(sampler, steps),
-                     "objective": "flow" if sampler in FLOW_SAMPLERS else "diffusion", "s_per_image": seconds, "mask_consistency": mc,
+        rows.append({"sampler": sampler, "steps": steps, "nfe": network_evaluations(run_sampler, steps),
+                     "objective": objective, "s_per_image": seconds, "mask_consistency": mc,
                      "kid_real": fid["kid_mean"], "kid_ref": None, "frd": fid.get("frd"), "folder": str(folder)})
         print(f"{sampler} {steps}: {rows[-1]}", flush=True)
         if args.rows:
@@ -187,7 +200,7 @@ def main() -> None:
     ref, own = rows[0], own_references(rows)
     within = [close_to_reference(r, ref, rows[own[r["objective"]]]) for r in rows]
     best = {}
-    for objective in ("diffusion", "flow"):  # the cheapest qualifying row of each objective (the reference excluded)
+    for objective in ("diffusion", "flow", "distilled"):  # the cheapest qualifying row of each objective (the reference excluded)
         candidates = [i for i, ok in enumerate(within) if ok and i and rows[i]["objective"] == objective]
         best[objective] = min(candidates, key=lambda i: (rows[i]["nfe"], rows[i]["s_per_image"]), default=None)
     table = [[r["objective"], r["sampler"], r["steps"], r["nfe"], ref["nfe"] / r["nfe"], r["s_per_image"],
