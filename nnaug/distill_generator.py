@@ -18,6 +18,15 @@ def default_output(teacher: Path, student_steps: int) -> Path:
     return teacher.parent / f"{teacher.name}_{SAMPLER}{student_steps}"
 
 
+def latest_teacher(dataset_name: str) -> Path:
+    """The latest generator trained on the dataset; when that is a student, its teacher."""
+    from nnaug.generators import find_latest_generator, read_info
+
+    latest = find_latest_generator(dataset_name)
+    distilled = read_info(latest).get("settings", {}).get("distill")
+    return Path(distilled["teacher"]) if distilled else latest
+
+
 def distill_options(info: dict, teacher: Path, given: dict) -> dict:
     """``settings["distill"]``: the teacher and the user's choices over DEFAULTS, checked."""
     options = {**DEFAULTS, **{k: v for k, v in given.items() if v is not None}}
@@ -40,14 +49,14 @@ def _refuse_other_distillation(output: Path, given: dict) -> None:
 def distill_generator(dataset: str, teacher: Path | None = None, output: Path | None = None, resume: bool = False,
                       overwrite: bool = False, distill: dict | None = None, overrides: dict | None = None,
                       progress: bool = True, cpu: bool = False) -> Path:
-    """Distill ``teacher`` (default: the latest generator trained on ``dataset``) on ``dataset``'s pairs;
+    """Distill ``teacher`` (default: :func:`latest_teacher`) on ``dataset``'s pairs;
     returns the student's generator folder. ``distill``: student_steps, teacher_steps, mask_share (None: default);
     ``overrides``: training settings (steps, lr, batch_size, ...) over ``distill.TRAINING``."""
     from nnaug.dataset import load_raw_dataset
-    from nnaug.generators import find_latest_generator, read_info
+    from nnaug.generators import read_info
 
     raw = load_raw_dataset(dataset)
-    teacher = Path(teacher) if teacher else find_latest_generator(raw.name)
+    teacher = Path(teacher) if teacher else latest_teacher(raw.name)
     info = read_info(teacher)
     check_teacher(info, teacher)
     if info["source_dataset"] != raw.name:

@@ -80,7 +80,8 @@ def train_generator(dataset, model, preset, output, resume, overwrite, cpu, chan
 @click.command("distill-generator")
 @click.argument("dataset")
 @click.option("--generator", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
-              help="The teacher: a diffusion JDM folder trained on DATASET. Default: the latest generator trained on DATASET.")
+              help="The teacher: a diffusion JDM folder trained on DATASET. Default: the latest generator trained on "
+                   "DATASET (if that is a distilled student, its teacher).")
 @click.option("--student-steps", type=click.IntRange(1, 100), default=None,
               help="DDIM steps (= network evaluations) the student samples in (default 4).")
 @click.option("--teacher-steps", type=POSITIVE, default=None,
