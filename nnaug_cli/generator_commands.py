@@ -86,7 +86,7 @@ def train_generator(dataset, model, preset, output, resume, overwrite, cpu, chan
               help="DDIM steps (= network evaluations) the student samples in (default 4).")
 @click.option("--teacher-steps", type=POSITIVE, default=None,
               help="The teacher's DDIM steps over the whole schedule that the student learns to follow "
-                   "(default 24, split evenly over the student's steps).")
+                   "(default 48, split evenly over the student's steps).")
 @click.option("--mask-share", type=click.FloatRange(0, 1), default=None,
               help="Share of each batch distilled for mask-conditioned sampling (the rest: joint pairs; default 0.5).")
 @click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), default=None,

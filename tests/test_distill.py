@@ -114,6 +114,15 @@ def test_only_a_diffusion_jdm_that_is_not_itself_distilled_is_a_teacher(tmp_path
             check_teacher(info, tmp_path)
 
 
+def test_a_distilled_folder_samples_in_its_own_ddim_steps_unless_told_otherwise():
+    from nnaug.generators import get_spec
+
+    spec, info = get_spec("jdm"), {"settings": {"objective": "diffusion", "distill": {"student_steps": 3}}}
+    assert spec.resolve_sampling(None, None, None, info=info) == ("joint", "ddim", 3)
+    assert spec.resolve_sampling("mask-conditioned", "unipc", 8, info=info) == ("mask-conditioned", "unipc", 8)
+    assert spec.resolve_sampling(None, None, None, info={"settings": {}})[1:] == spec.default_sampling
+
+
 TINY = ["--preset", "tiny", "--resolution", "16", "--channels", "32,32", "--attention-resolutions", "8", "--cpu"]
 
 
@@ -132,8 +141,8 @@ def test_a_distilled_student_follows_its_teacher_and_synthesizes_through_the_cli
     teacher = nnunet_env["results"] / "teacher"
     assert run_cli("train-generator", "999", *TINY, "--steps", 150, "--checkpoint-every", 150,
                    "--output", teacher).exit_code == 0
-    result = run_cli("distill-generator", "999", "--generator", teacher, "--student-steps", 2, "--steps", 60,
-                     "--batch-size", 8, "--cpu")
+    result = run_cli("distill-generator", "999", "--generator", teacher, "--student-steps", 2, "--teacher-steps", 24,
+                     "--steps", 60, "--batch-size", 8, "--cpu")
     assert result.exit_code == 0, result.output
     student = teacher.parent / "teacher_ddim2"
     info = json.loads((student / "nnaug.json").read_text())
