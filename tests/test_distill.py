@@ -138,7 +138,7 @@ def _distance_to_teacher(generator_dir, teacher, seeds, steps):
 @pytest.mark.slow
 def test_a_distilled_student_follows_its_teacher_and_synthesizes_through_the_cli(nnunet_env, run_cli, one_torch_thread):
     assert run_cli("example-dataset", "-d", 999, "--num-cases", 8).exit_code == 0
-    teacher = nnunet_env["results"] / "teacher"
+    teacher = nnunet_env["results"] / "nnaug" / "Dataset999_nnaugExample" / "generators" / "teacher"  # where defaults look
     assert run_cli("train-generator", "999", *TINY, "--steps", 150, "--checkpoint-every", 150,
                    "--output", teacher).exit_code == 0
     result = run_cli("distill-generator", "999", "--generator", teacher, "--student-steps", 2, "--teacher-steps", 24,
