@@ -28,7 +28,7 @@ the default 0.00159). KID against the reference set is paired (same seeds, same 
 what FRD misses: on Kvasir it grows steadily as the evaluations fall, with the blur the pictures show.
 
     python benchmarks/jdm_sampling.py --generator DIR --model-dir NNUNET_TRAINING_OUTPUT [--folds 0]
-        [--mode joint|mask-conditioned] [--ratio 2] [--inception-weights FILE]
+        [--mode joint|mask-conditioned] [--ratio 2] [--inception-weights FILE] [--distilled-generator DIR ...]
 
 The generator's source dataset must be in ``$nnUNet_raw``. Without --generator / --model-dir it
 builds both on the built-in example dataset in a temp folder (tiny JDM preset; nnU-Net
