@@ -16,6 +16,13 @@ every stage skips what is already done, so the same command continues after any 
                  of the chosen ratios are the validation stage's runs, predicted on 603: only seeds 3-4 and
                  compute-matched real-only are trained here.
 5. ``summary``   the numbers for docs/results.md (``summary.json`` and a markdown block on stdout).
+6. ``budget``    does the gain survive a baseline trained to its plateau? ``nnaug sweep 601 --test 602`` at
+                 fine-tuning budgets ``--multipliers`` x small's 15 epochs (``--finetune-epochs``), 3 seeds, for
+                 the arm kinds of ``--curve-arms`` (real-only, real-twice: the real->real restart control,
+                 pretrain: joint pairs at ``--curve-ratio``). Several processes with different
+                 ``--curve-arms`` share its runs. Writes ``budget_curve.json`` (also into
+                 ``benchmarks/results/``, small enough to commit) and ``budget_curve.png``: validation Dice
+                 against fine-tuning iterations.
 
     python benchmarks/kvasir_evidence.py [--workdir kvasir-evidence] [--stages split,generator,...]
                                          [--seeds 5] [--budget small] [--arms joint,mask-then-image]
@@ -222,8 +229,83 @@ def stage_summary(run: Runner, args) -> None:
             print(f"- {d['arm']} - {d['reference']}: {fg['mean']:+.4f} [{fg['low']:+.4f}, {fg['high']:+.4f}]")
 
 
+BUDGET_SEEDS = 3
+RESULTS = REPO / "benchmarks" / "results"
+
+
+def _budget_sweep_jsons(run: Runner, test: int) -> list[dict]:
+    """Every sweep.json of the validation set under the budget folders (small and small-pt15-ftN)."""
+    root = run.results / "nnaug" / NAMES[TRAIN] / "sweep"
+    return [json.loads(p.read_text()) for p in sorted(root.glob(f"small*/*/test-{NAMES[test]}/sweep.json"))]
+
+
+def stage_budget(run: Runner, args) -> None:
+    kinds = args.curve_arms.split(",")
+    for multiplier in (int(m) for m in args.multipliers.split(",")):
+        extra = ["--arms", ",".join(["real-only", *(k for k in kinds if k != "real-only")]), "--no-compute-matched",
+                 "--finetune-epochs", 15 * multiplier]
+        if "pretrain" in kinds:
+            _sweep(run, args, VAL, "joint", str(args.curve_ratio), BUDGET_SEEDS, *extra)
+        else:  # the controls need no generator
+            run("nnaug", "sweep", TRAIN, "--test", VAL, "--seeds", BUDGET_SEEDS, "--budget", args.budget,
+                "--device", args.device, *extra)
+    if not run.dry_run:
+        budget_summary(run)
+
+
+def budget_summary(run: Runner) -> dict:
+    """Validation Dice per arm and fine-tuning budget from the sweeps' own sweep.json files."""
+    curve: dict = {}
+    for result in _budget_sweep_jsons(run, VAL):
+        iterations = result["budget"]["finetune"][0] * result["budget"]["finetune"][1]
+        for arm in result["arms"]:
+            name = arm["arm"] if arm["kind"] != "pretrain" else f"pretrain-r{arm['ratio']:g}"
+            curve.setdefault(name, {})[str(iterations)] = {
+                "foreground": arm["foreground"], "per_seed": arm["per_seed_foreground"],
+                "phases": arm["phases"], "budget": result["budget"]["name"]}
+        for diff in result["differences"]:
+            name = f"{diff['arm']} - {diff['reference']}"
+            curve.setdefault("differences", {}).setdefault(name, {})[str(iterations)] = diff["foreground"]
+    out = {"validation_dataset": NAMES[VAL], "seeds": BUDGET_SEEDS, "curve": curve}
+    for folder in (run.work, RESULTS):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "budget_curve.json").write_text(json.dumps(out, indent=1))
+    _plot_budget_curve(curve, run.work / "budget_curve.png")
+    for name, points in curve.items():
+        if name != "differences":
+            print(name, {k: round(v["foreground"]["mean"], 4) for k, v in sorted(points.items(), key=lambda x: int(x[0]))})
+    return out
+
+
+def _plot_budget_curve(curve: dict, path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4))
+    ax = fig.subplots()
+    colours = {"real-only": "tab:gray", "real-twice": "tab:red"}
+    for offset, (name, points) in enumerate((n, p) for n, p in curve.items() if n != "differences"):
+        xs = sorted(points, key=int)
+        colour = colours.get(name, "tab:blue")
+        x = [int(k) * (1 + 0.03 * (offset - 1)) for k in xs]  # nudged apart on the log axis
+        means = [points[k]["foreground"]["mean"] for k in xs]
+        err = [[m - points[k]["foreground"]["low"] for m, k in zip(means, xs)],
+               [points[k]["foreground"]["high"] - m for m, k in zip(means, xs)]]
+        ax.errorbar(x, means, yerr=err, fmt="o-", color=colour, capsize=4, label=f"{name} (mean, 95 % CI)")
+        for xi, k in zip(x, xs):
+            seeds = list(points[k]["per_seed"].values())
+            ax.scatter([xi] * len(seeds), seeds, s=10, color=colour, alpha=0.4)
+    ax.set_xscale("log")
+    ax.set_xlabel("fine-tuning iterations (real-only: all its training); batch 2")
+    ax.set_ylabel(f"foreground Dice on {NAMES[VAL]}")
+    ax.set_title("Validation Dice against the training budget (dots: seeds)", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
 STAGES = {"split": stage_split, "generator": stage_generator, "validate": stage_validate, "test": stage_test,
-          "summary": stage_summary}
+          "summary": stage_summary, "budget": stage_budget}
 
 
 def main() -> None:
@@ -240,6 +322,10 @@ def main() -> None:
     parser.add_argument("--arms", default=",".join(ARMS), help=f"synthetic arms, from {','.join(ARMS)}")
     parser.add_argument("--workers", type=int, default=1,
                         help="nnaug sweep processes sharing each sweep (one per GPU; 1 on a CPU)")
+    parser.add_argument("--multipliers", default="1,4,16", help="budget stage: fine-tuning budgets, x small's 15 epochs")
+    parser.add_argument("--curve-arms", default="real-only,real-twice,pretrain",
+                        help="budget stage: arm kinds (real-only, real-twice, pretrain)")
+    parser.add_argument("--curve-ratio", type=float, default=1.0, help="budget stage: the pretrain arm's ratio")
     parser.add_argument("--dry-run", action="store_true", help="print every stage's commands, run nothing")
     args = parser.parse_args()
     run = Runner(args.workdir.resolve(), args.dry_run)

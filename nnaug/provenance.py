@@ -13,6 +13,7 @@ from nnaug.dataset import parse_dataset_id, raw_root
 from nnaug.io import write_json_atomic
 
 PROVENANCE_FILE = "nnaug_provenance.json"
+REAL_COPY_KIND = "real-copy"  # the sweep's copy of the real cases (nnaug.experiment.real_copy): not synthetic
 
 
 def write_provenance(folder: Path, content: dict) -> None:
@@ -45,12 +46,13 @@ def same_dataset(reference: object, dataset_name: str) -> bool:
 
 
 def synthetic_datasets_for(real_name: str) -> list[Path]:
-    """Every raw dataset whose provenance names ``real_name`` as its source, by dataset ID."""
+    """Every synthetic raw dataset whose provenance names ``real_name`` as its source, by dataset ID."""
     found = []
     for folder in raw_root().glob("Dataset*_*"):
         if not folder.is_dir() or folder.name == real_name:
             continue
         provenance = read_provenance(folder)
-        if provenance is not None and same_dataset(provenance.get("source_dataset"), real_name):
+        if provenance is not None and provenance.get("kind") != REAL_COPY_KIND \
+                and same_dataset(provenance.get("source_dataset"), real_name):
             found.append(folder)
     return sorted(found, key=lambda p: (parse_dataset_id(p.name) or 0, p.name))

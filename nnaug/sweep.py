@@ -27,41 +27,38 @@ from pathlib import Path
 from nnaug.choices import MASK_SOURCES
 from nnaug.errors import NnaugError
 from nnaug.experiment.evaluate import evaluate, synthetic_quality
-from nnaug.experiment.plan import (BASE_CONFIG, BUDGETS, PLAN_FILE, RESULTS_FILE, check_fold_numbers, SweepSetup, make_arms,
-                                   parse_ratios, parse_thresholds, resolve_device, resolve_folds, resolve_synthesis,
-                                   slug, sweep_folders)
+from nnaug.experiment.plan import (BASE_CONFIG, CONTROL_ARM_NAMES, CONTROLS_FOLDER, PLAN_FILE, RESULTS_FILE,
+                                   SweepRequest, SweepSetup, check_fold_numbers, make_arms, parse_arm_kinds,
+                                   parse_ratios, parse_thresholds, resolve_budget, resolve_device, resolve_folds,
+                                   resolve_synthesis, slug, sweep_folders)
 from nnaug.experiment.render import latest_outputs, write_outputs
 from nnaug.experiment.run import ensure_planned, shell_commands, train_runs
 from nnaug.experiment.synthetic_sets import SyntheticSets
 from nnaug.io import file_lock, load_json_or_none, write_json_atomic
 
 
-def run_sweep(dataset: str, ratios=(1.0, 2.5, 5.0), seeds: int = 3, generator: Path | None = None,
-              test=None, folds=None, budget: str = "small", device: str | None = None,
-              compute_matched: bool = True, inception_weights: Path | None = None, mode: str | None = None,
-              masks: str = "train", sampler: str | None = None, steps: int | None = None, overwrite: bool = False,
-              min_consistency=None, print_commands: bool = False, log=print) -> list:
+def run_sweep(request: SweepRequest, log=print) -> list:
     """Train every arm x seed that is not done yet (by no other worker either), evaluate on each held-out
-    dataset in ``test`` (a name/ID or a list; none: cross-validation), and write one sweep.{md,json,png}
-    per evaluation plus the sweep's own sweep.json with all of them; returns their result dicts.
+    dataset in ``request.test`` (none: cross-validation), and write one sweep.{md,json,png} per evaluation
+    plus the sweep's own sweep.json with all of them; returns their result dicts.
 
-    ``print_commands``: make the synthetic sets, then return the ``nnUNetv2_train`` lines of the runs not
-    trained yet instead of training them (for a scheduler; the same sweep afterwards evaluates)."""
+    ``request.print_commands``: make the pretraining sets, then return the ``nnUNetv2_train`` lines of the runs
+    not trained yet instead of training them (for a scheduler; the same sweep afterwards evaluates)."""
     start = time.time()
-    setup = prepare_sweep(dataset, ratios, seeds, generator, test, folds, budget, device, compute_matched, mode,
-                          masks, sampler, steps, overwrite, min_consistency, log)
+    setup = prepare_sweep(request, log)
     synthetic = SyntheticSets(setup.raw, setup.generator, setup.sha, setup.choice, setup.device, setup.gen_folder,
                               setup.model_dir(setup.arms[0], 0), log)
-    for key in [a.synthesis_key for a in setup.arms if a.kind == "pretrain" and a.min_consistency is None]:
-        synthetic[key]  # the unfiltered sets up front: made, resumed or reused
-    if print_commands:
+    for arm in setup.arms:
+        if arm.kind == "real-twice" or (arm.kind == "pretrain" and arm.min_consistency is None):
+            synthetic.for_arm(arm)  # the unfiltered sets and the real copy up front: made, resumed or reused
+    if request.print_commands:
         return shell_commands(setup, synthetic)
     trained = train_runs(setup, synthetic, log)
     for arm, seed in setup.tasks:
         if setup.folds_left(arm, seed):  # a worker that held it died: the next run of the command continues it
             raise NnaugError(f"{arm.name} seed {seed} is not trained (another worker stopped): rerun the same command")
     with file_lock(setup.gen_folder / ".evaluate.lock", "waiting for another worker evaluating this sweep"):
-        return _evaluate_all(setup, synthetic, inception_weights,
+        return _evaluate_all(setup, synthetic, request.inception_weights,
                              {"trained_this_run": trained, "wall_seconds_this_run": time.time() - start}, log)
 
 
@@ -96,16 +93,14 @@ def _evaluate_all(setup: SweepSetup, synthetic: SyntheticSets, inception_weights
     return [evaluations[key] for key in wanted]
 
 
-def _check_options(budget: str, seeds: int, masks: str, steps: int | None, folds) -> None:
-    check_fold_numbers(folds or [])
-    if budget not in BUDGETS:
-        raise NnaugError(f"unknown budget '{budget}': choose one of {', '.join(BUDGETS)}")
-    if int(seeds) < 1:
-        raise NnaugError(f"--seeds must be at least 1, got {seeds}")
-    if masks not in MASK_SOURCES:
-        raise NnaugError(f"--masks must be train or augmented, got {masks}")
-    if steps is not None and int(steps) < 1:
-        raise NnaugError(f"--steps must be at least 1, got {steps}")
+def _check_options(request: SweepRequest) -> None:
+    check_fold_numbers(request.folds or [])
+    if int(request.seeds) < 1:
+        raise NnaugError(f"--seeds must be at least 1, got {request.seeds}")
+    if request.masks not in MASK_SOURCES:
+        raise NnaugError(f"--masks must be train or augmented, got {request.masks}")
+    if request.steps is not None and int(request.steps) < 1:
+        raise NnaugError(f"--steps must be at least 1, got {request.steps}")
 
 
 def _held_out_datasets(raw, test) -> list:
@@ -137,33 +132,39 @@ def _checked_generator(raw, generator: Path | None) -> tuple[Path, dict]:
     return generator, info
 
 
-def prepare_sweep(dataset, ratios, seeds, generator, test, folds, budget, device, compute_matched, mode, masks,
-                  sampler, steps, overwrite, min_consistency, log=print) -> SweepSetup:
+def prepare_sweep(request: SweepRequest, log=print) -> SweepSetup:
     """Checks every input, plans the real dataset, and makes (or, with ``overwrite``, clears) the folders."""
     from nnaug.dataset import check_dataset, load_raw_dataset
     from nnaug.generators import checkpoint_sha256
 
-    _check_options(budget, seeds, masks, steps, folds)
-    ratios, thresholds = parse_ratios(ratios), parse_thresholds(min_consistency)
-    device = resolve_device(device)
-    raw = load_raw_dataset(dataset)
+    _check_options(request)
+    budget = resolve_budget(request.budget, request.pretrain_epochs, request.finetune_epochs)
+    kinds = parse_arm_kinds(request.arms)
+    ratios, thresholds = parse_ratios(request.ratios), parse_thresholds(request.min_consistency)
+    device = resolve_device(request.device)
+    raw = load_raw_dataset(request.dataset)
     check_dataset(raw)
-    tests = _held_out_datasets(raw, test)
-    folds = resolve_folds(list(folds or []), bool(tests), len(raw.cases))
-    generator, info = _checked_generator(raw, generator)
-    sha = checkpoint_sha256(generator)
-    choice = resolve_synthesis(info, mode, masks, sampler, steps)
-    base, gen_folder = sweep_folders(raw.name, budget, f"{slug(generator.name)}-{sha[:8]}_{choice.tag}")
+    tests = _held_out_datasets(raw, request.test)
+    folds = resolve_folds(list(request.folds or []), bool(tests), len(raw.cases))
+    if "pretrain" in kinds:
+        generator, info = _checked_generator(raw, request.generator)
+        sha = checkpoint_sha256(generator)
+        choice = resolve_synthesis(info, request.mode, request.masks, request.sampler, request.steps)
+        base, gen_folder = sweep_folders(raw.name, budget.name, f"{slug(generator.name)}-{sha[:8]}_{choice.tag}")
+    else:  # the controls alone (e.g. to find the budget where real-only stops improving): no generator needed
+        generator, info, sha, choice = None, {}, None, None
+        base, gen_folder = sweep_folders(raw.name, budget.name, CONTROLS_FOLDER)
     plans_sha = ensure_planned(raw, log)
-    _prepare_folders(raw, base, gen_folder, plans_sha, budget, overwrite, log)
-    arms = make_arms(BUDGETS[budget], ratios, compute_matched, thresholds)
-    setup = SweepSetup(raw, tests, folds, generator, info, sha, choice, budget, device, arms, list(range(int(seeds))),
-                       base, gen_folder, plans_sha)
+    _prepare_folders(raw, base, gen_folder, plans_sha, budget.name, request.overwrite, log)
+    arms = make_arms(budget, ratios, request.compute_matched, thresholds, request.real_twice, kinds)
+    setup = SweepSetup(raw, tests, folds, generator, info, sha, choice, budget, device, arms,
+                       list(range(int(request.seeds))), base, gen_folder, plans_sha, request)
     write_json_atomic(gen_folder / PLAN_FILE, setup.plan_record())
     done = sum(not setup.folds_left(a, s) for a, s in setup.tasks)
-    log(f"nnaug sweep: {raw.name}: {len(arms)} arms x {int(seeds)} seeds = {len(setup.tasks)} runs ({done} done), "
-        f"folds {','.join(map(str, folds))}, budget {budget}, device {device}; generator {generator} ({sha[:8]}); "
-        f"runs under {gen_folder}")
+    log(f"nnaug sweep: {raw.name}: {len(arms)} arms ({', '.join(a.name for a in arms)}) x {int(request.seeds)} seeds = "
+        f"{len(setup.tasks)} runs ({done} done), folds {','.join(map(str, folds))}, budget {budget.name}, "
+        f"device {device}; " + (f"generator {generator} ({sha[:8]}); " if generator else "no generator; ")
+        + f"runs under {gen_folder}")
     return setup
 
 
@@ -174,7 +175,7 @@ def _prepare_folders(raw, base: Path, gen_folder: Path, plans_sha: str, budget: 
                          "pass --overwrite to train them again")
     if overwrite:
         targets = [base] if old is not None and old.get("plans_sha256") != plans_sha else \
-            [base / "real-only", base / "real-only-matched", gen_folder]
+            [*(base / name for name in CONTROL_ARM_NAMES.values()), gen_folder]
         for target in targets:
             if target.exists():
                 log(f"nnaug sweep: --overwrite: removing {target}")

@@ -29,10 +29,23 @@ from nnaug_cli.params import FloatList, FoldList
 @click.option("--budget", type=click.Choice(BUDGETS), default="small", show_default=True,
               help="tiny: nnaug's _5epochs trainers (tests, the example); small: 15+15 epochs x 25 iterations (CPU); "
                    "gpu: 100 x 250 pretraining + 150 x 250 fine-tuning.")
+@click.option("--pretrain-epochs", type=click.IntRange(min=1), default=None,
+              help="Pretraining epochs of the pretrain and real-twice arms (iterations per epoch stay the budget's). "
+                   "Default: the budget's.")
+@click.option("--finetune-epochs", type=click.IntRange(min=1), default=None,
+              help="Epochs of real-only and of every arm's fine-tuning, e.g. 60 = 4x small's 15 (compute-matched: "
+                   "pretraining + this). Default: the budget's. A changed budget trains into its own folders.")
 @click.option("--device", type=click.Choice(DEVICES), default=None,
               help="For nnUNetv2_train, synthesis and prediction. Default: cuda if available, else cpu.")
 @click.option("--compute-matched/--no-compute-matched", default=True, show_default=True,
               help="Also train real-only as long as pretraining + fine-tuning together.")
+@click.option("--real-twice/--no-real-twice", default=True, show_default=True,
+              help="Also train the real->real control: the pretrain arms' trainer, schedule and restart, pretraining "
+                   "on a copy of the real cases instead of a synthetic set.")
+@click.option("--arms", default=None, metavar="KIND[,KIND...]",
+              help="Train and evaluate only these kinds of arm: real-only, compute-matched, real-twice, pretrain "
+                   "(default: all). Without pretrain no generator is needed, e.g. --arms real-only to find the budget "
+                   "where real-only stops improving.")
 @click.option("--inception-weights", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="InceptionV3 weights for FID/KID/FRD. Default: torch-fidelity's cache, if present (else n/a).")
 @click.option("--mode", type=click.Choice(MODES), default=None,
@@ -59,15 +72,17 @@ def sweep(dataset, **options):
     sweep.png. Run the same command again to continue after a stop: finished runs are skipped.
     Start it in several processes (one per GPU or node) to share the runs between them.
     """
+    from nnaug.experiment.plan import SweepRequest
     from nnaug.experiment.render import to_markdown
     from nnaug.sweep import run_sweep
 
-    if options["print_commands"]:  # stdout is the commands alone: nnaug sweep ... --print-commands > runs.sh
+    request = SweepRequest(dataset=dataset, **options)
+    if request.print_commands:  # stdout is the commands alone: nnaug sweep ... --print-commands > runs.sh
         with _stdout_to_stderr():  # planning and synthesis talk (nnU-Net's subprocesses too)
-            lines = run_sweep(dataset, **options)
+            lines = run_sweep(request)
         click.echo("\n".join(lines))
         return
-    for result in run_sweep(dataset, **options):
+    for result in run_sweep(request):
         click.echo("")
         click.echo(to_markdown(result))
 

@@ -65,14 +65,46 @@ def test_budgets_and_arms(monkeypatch):
 
     assert tuple(BUDGETS) == choices.BUDGETS  # what the CLI offers is what the library has
     arms = make_arms(small, [1.0, 2.5], compute_matched=True)
-    assert [a.name for a in arms] == ["real-only", "real-only-matched", "pretrain-r1", "pretrain-r2.5"]
-    assert [a.shared for a in arms] == [True, True, False, False]
+    assert [a.name for a in arms] == ["real-only", "real-only-matched", "real-twice", "pretrain-r1", "pretrain-r2.5"]
+    assert [a.shared for a in arms] == [True, True, True, False, False]
+    twice, pretrain = arms[2], arms[3]  # the control has the pretrain arms' trainer, schedule and variables
+    assert (twice.trainer, twice.env, twice.phases) == (pretrain.trainer, pretrain.env, pretrain.phases)
+    assert twice.synthesis_key is None and tiny.trainer("real-twice") == tiny.trainer("pretrain")
+    # no two arms share NNAUG_SEED numbers (same trainer + same seed = same weights and batches); real-only keeps 0..n-1
+    numbers = [a.run_seed(s) for a in arms for s in range(5)]
+    assert len(set(numbers)) == len(numbers) and [arms[0].run_seed(s) for s in range(3)] == [0, 1, 2]
+    assert all(0 <= n < 2 ** 32 for n in numbers)
     from nnaug.experiment.plan import arm_root
 
-    base = Path("/r/sweep/small")  # the real-only runs are shared by every generator's sweep, pretrain runs are not
+    base = Path("/r/sweep/small")  # the control runs are shared by every generator's sweep, pretrain runs are not
     assert arm_root(base, base / "gen-a", arms[0], 1) == arm_root(base, base / "gen-b", arms[0], 1) == base / "real-only" / "seed_1"
-    assert arm_root(base, base / "gen-a", arms[2], 1) != arm_root(base, base / "gen-b", arms[2], 1)
-    assert [a.name for a in make_arms(small, [5.0], compute_matched=False)] == ["real-only", "pretrain-r5"]
+    assert arm_root(base, base / "gen-a", twice, 1) == base / "real-twice" / "seed_1"
+    assert arm_root(base, base / "gen-a", arms[3], 1) != arm_root(base, base / "gen-b", arms[3], 1)
+    assert [a.name for a in make_arms(small, [5.0], compute_matched=False, real_twice=False)] == ["real-only", "pretrain-r5"]
+    assert [a.name for a in make_arms(small, [5.0], True, kinds=("real-only", "real-twice"))] == ["real-only", "real-twice"]
+
+
+def test_budget_options_and_arm_kinds():
+    from nnaug.errors import NnaugError
+    from nnaug.experiment.plan import parse_arm_kinds, resolve_budget
+
+    small = BUDGETS["small"]
+    assert resolve_budget("small") is small and resolve_budget("small", 15, 15) is small  # unchanged: same folders
+    long = resolve_budget("small", finetune_epochs=60)
+    assert long.name == "small-pt15-ft60" and long.finetune == (60, 25) and long.pretrain == small.pretrain
+    assert long.env("real-only")["NNAUG_FINETUNE_EPOCHS"] == "60"
+    assert long.env("compute-matched")["NNAUG_FINETUNE_EPOCHS"] == "75"  # pretraining + fine-tuning iterations
+    assert long.env("real-twice")["NNAUG_PRETRAIN_EPOCHS"] == "15" and long.phases("pretrain")[1] == ("fine-tuning", 60, 25)
+    assert resolve_budget("gpu", pretrain_epochs=10).name == "gpu-pt10-ft150"
+    for bad, words in (((("tiny", None, 60)), "use --budget small or gpu"), (("small", 0, None), "--pretrain-epochs"),
+                       (("huge", None, None), "unknown budget")):
+        with pytest.raises(NnaugError, match=words):
+            resolve_budget(*bad)
+    assert parse_arm_kinds(None) == ("real-only", "compute-matched", "real-twice", "pretrain")
+    assert parse_arm_kinds("pretrain,real-only") == ("real-only", "pretrain")
+    for bad, words in (("real-only,nope", "choose from"), ("pretrain", "must include real-only"), ("", "choose from")):
+        with pytest.raises(NnaugError, match=words):
+            parse_arm_kinds(bad)
 
 
 def test_per_case_dice_from_nnunet_metrics():
@@ -93,7 +125,7 @@ def _fake_result(tmp_path, effect: float, noise: float, seed: int = 0) -> dict:
     arms = make_arms(budget, [1.0, 5.0], compute_matched=True)
     seeds, cases = [0, 1, 2], [f"case_{i:02d}" for i in range(30)]
     difficulty = rng.uniform(0.4, 0.9, len(cases))
-    shift = {"real-only": 0.0, "real-only-matched": 0.0, "pretrain-r1": 0.0, "pretrain-r5": effect}
+    shift = {"real-only": 0.0, "real-only-matched": 0.0, "real-twice": 0.0, "pretrain-r1": 0.0, "pretrain-r5": effect}
     results = {}
     for arm in arms:
         results[arm.name] = {}
@@ -111,7 +143,8 @@ def _fake_result(tmp_path, effect: float, noise: float, seed: int = 0) -> dict:
             "seeds": seeds, "ratios": [1.0, 5.0], "folds": ["all"],
             "evaluation": {"mode": "test", "test_dataset": "Dataset502_Held", "num_cases": len(stats["cases"])},
             "labels": ["polyp"], "ci_method": "two-way bootstrap", "finished": "now",
-            "arms": [{**row, "phases": [list(p) for p in arm.phases], "synthetic_dataset": None if not arm.ratio else "S",
+            "arms": [{**row, "phases": [list(p) for p in arm.phases],
+                      "synthetic_dataset": "S" if arm.ratio else "RealCopy" if arm.kind == "real-twice" else None,
                       "mean_train_seconds": 1.0} for row, arm in zip(stats["arms"], arms)],
             "differences": stats["differences"],
             "synthetic": [{"ratio": 1.0, "dataset": "S1", "num_cases": 40, "mask_consistency": 0.8,
@@ -123,8 +156,8 @@ def _fake_result(tmp_path, effect: float, noise: float, seed: int = 0) -> dict:
 def test_summary_pairs_arms_and_flags_intervals_that_include_zero(tmp_path, nnunet_env):
     result = _fake_result(tmp_path, effect=0.1, noise=0.005)
     by = {(d["arm"], d["reference"]): d for d in result["differences"]}
-    assert set(by) == {("real-only-matched", "real-only"), ("pretrain-r1", "real-only"), ("pretrain-r5", "real-only"),
-                       ("pretrain-r1", "real-only-matched"), ("pretrain-r5", "real-only-matched")}
+    assert set(by) == {("real-only-matched", "real-only"), ("real-twice", "real-only"),
+                       *((f"pretrain-r{r}", ref) for r in (1, 5) for ref in ("real-only", "real-only-matched", "real-twice"))}
     big = by[("pretrain-r5", "real-only")]["foreground"]
     assert big["low"] > 0.05 and not big["includes_zero"] and big["n_seeds"] == 3 and big["n_cases"] == 30
     none = by[("pretrain-r1", "real-only")]["foreground"]
@@ -135,6 +168,7 @@ def test_summary_pairs_arms_and_flags_intervals_that_include_zero(tmp_path, nnun
         assert set(arm["labels"]) == {"polyp"}
     text = to_markdown(result)
     assert "includes 0" in text and "pretrain-r1 vs real-only" in text
+    assert "| real-twice | real copy (RealCopy) → real (15×25 + 15×25) |" in text and "beyond the restart" in text
     assert f"{big['mean']:+.4f} [{big['low']:+.4f}, {big['high']:+.4f}]" in text
     assert "| 1 | none | S1 | 40 | 12.00 | 0.0100 ± 0.0010 | 3.50 | 0.8000 |" in text
     assert "| 5 | none | S5 | 200 | n/a | n/a | n/a | 0.7000 |" in text
@@ -162,7 +196,7 @@ def test_filtered_sets_are_arms_of_their_own_and_never_stand_in_for_unfiltered_o
     assert parse_thresholds([0.0, 0.7, 0.7]) == (None, 0.7) and parse_thresholds(None) == (None,)
     with pytest.raises(NnaugError, match="--min-consistency 1.5"):
         parse_thresholds([1.5])
-    arms = make_arms(BUDGETS["small"], [1.0, 5.0], compute_matched=False, thresholds=(None, 0.7))
+    arms = make_arms(BUDGETS["small"], [1.0, 5.0], compute_matched=False, thresholds=(None, 0.7), real_twice=False)
     assert [a.name for a in arms] == ["real-only", "pretrain-r1", "pretrain-r5", "pretrain-r1-mc0.7", "pretrain-r5-mc0.7"]
     assert arms[3].synthesis_key == (1.0, 0.7) and arms[1].synthesis_key == (1.0, None) and arms[0].synthesis_key is None
 
@@ -289,28 +323,44 @@ def test_a_killed_sweep_continues_where_it_stopped(nnunet_env, tmp_path, random_
     # 2. the same command: finishes, skips the finished arm, continues the killed one with --c
     run2 = subprocess.run(command, env=env, capture_output=True, text=True, timeout=3600)
     assert run2.returncode == 0, run2.stdout[-4000:] + run2.stderr[-4000:]
-    assert "[1/3] real-only seed 0: done, skipped" in run2.stdout
+    assert "[1/4] real-only seed 0: done, skipped" in run2.stdout
     assert "nnUNetv2_train Dataset999_nnaugExample 2d 0 -tr nnUNetTrainer_nnaug_10epochs -device cpu --c" in run2.stdout
     assert first_ckpt.stat().st_mtime_ns == stamp  # not retrained
     gen_folder = next(p for p in base.iterdir() if p.is_dir() and p.name.startswith("a-"))
     result = json.loads((gen_folder / "cv" / "sweep.json").read_text())
-    assert result["trained_this_run"] == ["real-only-matched seed 0 fold 0", "pretrain-r1 seed 0 fold 0"]
+    assert result["trained_this_run"] == ["real-only-matched seed 0 fold 0", "real-twice seed 0 fold 0",
+                                          "pretrain-r1 seed 0 fold 0"]
     assert result["evaluation"] == {"mode": "cross-validation", "num_cases": 2}  # fold 0 of 10 cases
     assert result["labels"] == ["round", "lobed"]
-    _check_statistics(result, ["real-only", "real-only-matched", "pretrain-r1"], ["0"])
+    _check_statistics(result, ["real-only", "real-only-matched", "real-twice", "pretrain-r1"], ["0"])
+    # the real->real control: the pretrain trainer, pretrained on a copy of the 10 real cases (not a synthetic set)
+    from nnaug.provenance import synthetic_datasets_for
+
+    twice = next(a for a in result["arms"] if a["arm"] == "real-twice")
+    copy = nnunet_env["raw"] / twice["synthetic_dataset"]
+    real = nnunet_env["raw"] / "Dataset999_nnaugExample"
+    assert twice["trainer"] == next(a for a in result["arms"] if a["arm"] == "pretrain-r1")["trainer"]
+    assert sorted(f.name for f in (copy / "imagesTr").iterdir()) == sorted(f.name for f in (real / "imagesTr").iterdir())
+    assert all((copy / "labelsTr" / f.name).read_bytes() == f.read_bytes() for f in (real / "labelsTr").iterdir())
+    assert copy not in synthetic_datasets_for(real.name)  # never taken for a synthetic set
+    twice_record = json.loads(next((base / "real-twice" / "seed_0").glob("Dataset999_*/*/fold_0/nnaug_training.json")).read_text())
+    assert twice_record["pretraining"]["synthetic_dataset"] == copy.name
+    assert {d["reference"] for d in result["differences"] if d["arm"] == "pretrain-r1"} == \
+        {"real-only", "real-only-matched", "real-twice"}
     synth = result["synthetic"][0]
     assert synth["num_cases"] == 10 and synth["fidelity"]["fid"] >= 0 and 0.0 <= synth["mask_consistency"] <= 1.0
     record = json.loads(next((gen_folder / "pretrain-r1" / "seed_0").glob("Dataset999_*/*/fold_0/nnaug_training.json")).read_text())
     assert record["seed"] == 0 and record["pretraining"]["synthetic_dataset"] == synth["dataset"]
     text = (gen_folder / "cv" / "sweep.md").read_text()
-    assert all(f"| {arm} |" in text for arm in ("real-only", "real-only-matched", "pretrain-r1"))
+    assert all(f"| {arm} |" in text for arm in ("real-only", "real-only-matched", "real-twice", "pretrain-r1"))
     assert latest_sweep_markdown("Dataset999_nnaugExample") == text
     assert (gen_folder / "cv" / "sweep.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((gen_folder / "sweep.json").read_text())["evaluations"]["cv"] == result
     plan = json.loads((gen_folder / "plan.json").read_text())
-    assert [a["name"] for a in plan["arms"]] == ["real-only", "real-only-matched", "pretrain-r1"]
+    assert [a["name"] for a in plan["arms"]] == ["real-only", "real-only-matched", "real-twice", "pretrain-r1"]
     assert [r["folder"] for r in plan["runs"]] == [str(first), str(base / "real-only-matched" / "seed_0"),
-                                                   str(gen_folder / "pretrain-r1" / "seed_0")]
+                                                   str(base / "real-twice" / "seed_0"), str(gen_folder / "pretrain-r1" / "seed_0")]
+    assert plan["request"]["ratios"] == [1.0] and plan["request"]["budget"] == "tiny"  # the input, as given
 
     # 3. once more: nothing to train, nothing to evaluate, nothing rewritten
     run3 = subprocess.run(command, env=env, capture_output=True, text=True, timeout=3600)
@@ -324,7 +374,7 @@ def test_two_workers_share_one_sweep_and_a_second_test_set_trains_nothing(nnunet
     write_example_dataset(999, num_cases=10)
     write_example_dataset(998, "Held", num_cases=4, seed=5)
     write_example_dataset(997, "Later", num_cases=3, seed=6)
-    command = _sweep("--ratios", "1", "--seeds", "2", "--no-compute-matched", "--generator",
+    command = _sweep("--ratios", "1", "--seeds", "2", "--no-compute-matched", "--no-real-twice", "--generator",
                      _tiny_generator(nnunet_env, "b", 10), "--inception-weights", random_weights, "--test", "998")
 
     # 1. --print-commands: one independent nnUNetv2_train line per run, and nothing else on stdout; a
@@ -333,7 +383,7 @@ def test_two_workers_share_one_sweep_and_a_second_test_set_trains_nothing(nnunet
     assert printed.returncode == 0, printed.stdout[-3000:] + printed.stderr[-3000:]
     lines = printed.stdout.splitlines()
     assert len(lines) == 4 and all(" nnUNetv2_train Dataset999_nnaugExample 2d 0 -tr " in line for line in lines), lines
-    assert "NNAUG_SEED=0" in lines[0] and "NNAUG_SYNTHETIC=" in lines[1] and "NNAUG_SEED=1" in lines[3]
+    assert "NNAUG_SEED=0 " in lines[0] and "NNAUG_SYNTHETIC=" in lines[1] and "NNAUG_SEED=1 " in lines[2]
     scheduled = subprocess.run(["bash", "-c", lines[0]], env={**env, "PATH": f"{Path(sys.executable).parent}:{env['PATH']}"},
                                capture_output=True, text=True, timeout=1800)
     assert scheduled.returncode == 0, scheduled.stdout[-3000:] + scheduled.stderr[-3000:]
@@ -410,7 +460,7 @@ def test_nnunet_foreground_mean_beside_the_per_case_dice_and_no_ignore_column(tm
     from nnaug.experiment.evaluate import label_names
 
     assert label_names({"labels": {"background": 0, "polyp": 1, "ignore": 2}}) == {"1": "polyp"}
-    arms = make_arms(BUDGETS["small"], [1.0], compute_matched=False)
+    arms = make_arms(BUDGETS["small"], [1.0], compute_matched=False, real_twice=False)
     seeds, cases = [0, 1], [f"c{i}" for i in range(4)]
     results = {}
     for k, arm in enumerate(arms):

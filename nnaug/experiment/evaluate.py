@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from nnaug.errors import NnaugError
-from nnaug.experiment.plan import ARM_RECORD, BUDGETS, Arm, SweepSetup
+from nnaug.experiment.plan import ARM_RECORD, Arm, SweepSetup
 from nnaug.experiment.synthetic_sets import SyntheticSets
 from nnaug.io import json_safe, load_json_or_none
 
@@ -259,16 +259,17 @@ def evaluate(setup: SweepSetup, test_raw, synthetic: SyntheticSets, quality: dic
     results, seconds = per_case_dice(setup, test_raw, log)
     names = list(label_names(setup.raw.dataset_json).values())
     stats = summarise(setup.arms, results, setup.seeds, names)
-    plan, info, raw = BUDGETS[setup.budget], setup.info, setup.raw
-    synthetic_name = {a.name: synthetic[a.synthesis_key].name if a.synthesis_key else None for a in setup.arms}
+    plan, info, raw = setup.budget, setup.info, setup.raw
+    pretraining_sets = {a.name: synthetic.for_arm(a) for a in setup.arms}
     result = {
         "dataset": raw.name, "num_real_cases": len(raw.cases), "base_folder": str(setup.base),
         "runs_folder": str(setup.gen_folder),
         "generator": {"folder": str(setup.generator.resolve()), "model": info.get("model"),
                       "checkpoint_sha256": setup.sha, "steps_trained": info.get("steps_trained"),
-                      "resolution": info.get("resolution")},
-        "synthesis": {**setup.choice.__dict__, "seed": 0},
-        "budget": {"name": setup.budget, "about": plan.about, "pretrain": list(plan.pretrain),
+                      "resolution": info.get("resolution")} if setup.generator else None,
+        "synthesis": {**setup.choice.__dict__, "seed": 0} if setup.choice else None,
+        "request": setup.request.record() if setup.request else None,
+        "budget": {"name": plan.name, "about": plan.about, "pretrain": list(plan.pretrain),
                    "finetune": list(plan.finetune), "matched_epochs": plan.matched_epochs},
         "device": setup.device, "seeds": setup.seeds, "ratios": sorted({a.ratio for a in setup.arms if a.ratio}),
         "min_consistency": list(dict.fromkeys(a.min_consistency for a in setup.arms if a.kind == "pretrain")),
@@ -277,7 +278,8 @@ def evaluate(setup: SweepSetup, test_raw, synthetic: SyntheticSets, quality: dic
                        if test_raw is not None else {"mode": "cross-validation", "num_cases": len(stats["cases"])}),
         "labels": names, "confidence": 0.95, "ci_method": CI_METHOD, "bootstrap_resamples": DEFAULT_RESAMPLES,
         "arms": [{**row, "phases": [list(p) for p in arm.phases], "env": arm.env, "min_consistency": arm.min_consistency,
-                  "synthetic_dataset": synthetic_name[arm.name],
+                  "synthetic_dataset": pretraining_sets[arm.name].name if pretraining_sets[arm.name] else None,
+                  "nnaug_seeds": [arm.run_seed(s) for s in setup.seeds],
                   "mean_train_seconds": float(np.mean(seconds[arm.name])) if seconds[arm.name] else None}
                  for row, arm in zip(stats["arms"], setup.arms)],
         "differences": stats["differences"],

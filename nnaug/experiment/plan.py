@@ -6,7 +6,8 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass, field
+import zlib
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from nnaug.errors import NnaugError
@@ -20,6 +21,7 @@ ARM_RECORD = "nnaug_sweep_arm.json"
 RESULTS_FILE = "sweep.json"  # in the generator folder: every evaluation of its runs (cv, test-<Dataset>, ...)
 PLAN_FILE = "plan.json"  # in the generator folder: the latest invocation's plan (SweepSetup.plan_record)
 BASE_CONFIG = "nnaug_sweep_base.json"
+CONTROLS_FOLDER = "controls"  # in the budget folder: the outputs of a sweep of the control arms alone (--arms)
 CV_FOLDS = 5
 
 
@@ -40,11 +42,11 @@ class Budget:
         return math.ceil((pe * pi + fe * fi) / fi)
 
     def trainer(self, kind: str) -> str:
+        two_phases = kind in TWO_PHASE_KINDS  # real-twice: the pretrain arm's trainer, on a copy of the real cases
         if self.fixed:
-            return {"real-only": "nnUNetTrainer_nnaug_5epochs", "compute-matched": "nnUNetTrainer_nnaug_10epochs",
-                    "pretrain": "nnUNetTrainer_nnaugPretrainFinetune_5epochs"}[kind]
-        return {"real-only": "nnUNetTrainer_nnaug", "compute-matched": "nnUNetTrainer_nnaug",
-                "pretrain": "nnUNetTrainer_nnaugPretrainFinetune"}[kind]
+            return "nnUNetTrainer_nnaugPretrainFinetune_5epochs" if two_phases else \
+                {"real-only": "nnUNetTrainer_nnaug_5epochs", "compute-matched": "nnUNetTrainer_nnaug_10epochs"}[kind]
+        return "nnUNetTrainer_nnaugPretrainFinetune" if two_phases else "nnUNetTrainer_nnaug"
 
     def env(self, kind: str) -> dict[str, str]:
         if self.fixed:
@@ -52,18 +54,21 @@ class Budget:
         (pe, pi), (fe, fi) = self.pretrain, self.finetune
         env = {"NNAUG_FINETUNE_EPOCHS": str(self.matched_epochs if kind == "compute-matched" else fe),
                "NNAUG_FINETUNE_ITERATIONS": str(fi), "NNAUG_FINETUNE_LR": "0.01"}
-        if kind == "pretrain":
+        if kind in TWO_PHASE_KINDS:
             env.update({"NNAUG_PRETRAIN_EPOCHS": str(pe), "NNAUG_PRETRAIN_ITERATIONS": str(pi), "NNAUG_PRETRAIN_LR": "0.01"})
         return env
 
     def phases(self, kind: str) -> list[tuple[str, int, int]]:
         """(phase, epochs, iterations per epoch) of one fold of an arm of this kind."""
-        if kind == "pretrain":
+        if kind in TWO_PHASE_KINDS:
             return [("pretraining", *self.pretrain), ("fine-tuning", *self.finetune)]
         if kind == "compute-matched":
             return [("training", self.matched_epochs, self.finetune[1])]
         return [("training", *self.finetune)]
 
+
+ARM_KINDS = ("real-only", "compute-matched", "real-twice", "pretrain")
+TWO_PHASE_KINDS = ("real-twice", "pretrain")  # pretraining, then a fresh optimizer and lr cycle for fine-tuning
 
 BUDGETS = {
     "tiny": Budget("tiny", *BUDGET_SCHEDULES["tiny"], True,
@@ -76,10 +81,46 @@ BUDGETS = {
 }
 
 
+def resolve_budget(name: str, pretrain_epochs: int | None = None, finetune_epochs: int | None = None) -> Budget:
+    """A named budget, with its pretraining and/or fine-tuning epochs changed (iterations per epoch stay the
+    budget's). A changed budget is named ``<name>-pt<epochs>-ft<epochs>``: its runs get their own folders."""
+    if name not in BUDGETS:
+        raise NnaugError(f"unknown budget '{name}': choose one of {', '.join(BUDGETS)}")
+    budget = BUDGETS[name]
+    if pretrain_epochs is None and finetune_epochs is None:
+        return budget
+    if budget.fixed:
+        raise NnaugError(f"--budget {name} trains nnaug's fixed _5epochs trainers: use --budget small or gpu to set "
+                         "--pretrain-epochs / --finetune-epochs")
+    for option, value in (("--pretrain-epochs", pretrain_epochs), ("--finetune-epochs", finetune_epochs)):
+        if value is not None and int(value) < 1:
+            raise NnaugError(f"{option} must be at least 1, got {value}")
+    pretrain = (int(pretrain_epochs or budget.pretrain[0]), budget.pretrain[1])
+    finetune = (int(finetune_epochs or budget.finetune[0]), budget.finetune[1])
+    if (pretrain, finetune) == (budget.pretrain, budget.finetune):
+        return budget
+    return replace(budget, name=f"{name}-pt{pretrain[0]}-ft{finetune[0]}", pretrain=pretrain, finetune=finetune,
+                   about=f"`{name}` with pretraining {pretrain[0]} x {pretrain[1]} and fine-tuning {finetune[0]} x "
+                         f"{finetune[1]} iterations")
+
+
+def parse_arm_kinds(text) -> tuple[str, ...]:
+    """``--arms real-only,pretrain`` -> the kinds of arm to train and evaluate (all by default)."""
+    if text is None:
+        return ARM_KINDS
+    kinds = [k.strip() for k in (text.split(",") if isinstance(text, str) else text) if str(k).strip()]
+    unknown = [k for k in kinds if k not in ARM_KINDS]
+    if unknown or not kinds:
+        raise NnaugError(f"--arms {','.join(kinds)}: choose from {', '.join(ARM_KINDS)} (comma-separated)")
+    if "real-only" not in kinds:
+        raise NnaugError("--arms must include real-only: every other arm is compared with it")
+    return tuple(k for k in ARM_KINDS if k in kinds)
+
+
 @dataclass(frozen=True)
 class Arm:
     name: str
-    kind: str  # real-only | compute-matched | pretrain
+    kind: str  # real-only | compute-matched | real-twice | pretrain
     ratio: float | None
     trainer: str
     env: dict = field(default_factory=dict, hash=False, compare=False)
@@ -100,19 +141,31 @@ class Arm:
     def total_epochs(self) -> int:
         return sum(p[1] for p in self.phases)
 
+    def run_seed(self, seed: int) -> int:
+        """``NNAUG_SEED`` of this arm's seed ``seed``. Arms of one kind share a trainer, so at the same number
+        they would start from the same weights and see the same batches; each arm but real-only gets numbers of
+        its own, and the arms are independent repeats, as :mod:`nnaug.stats` assumes."""
+        return seed if self.kind == "real-only" else seed + 1000 * (1 + zlib.crc32(self.name.encode()) % 100_000)
+
 
 def ratio_label(ratio: float) -> str:
     return f"{ratio:g}"
 
 
+CONTROL_ARM_NAMES = {"real-only": "real-only", "compute-matched": "real-only-matched", "real-twice": "real-twice"}
+
+
 def make_arms(budget: Budget, ratios: list[float], compute_matched: bool,
-              thresholds: tuple = (None,)) -> list[Arm]:
-    """real-only (and compute-matched), then one pretrain arm per (filter threshold, ratio); None = unfiltered."""
-    arms = [Arm("real-only", "real-only", None, budget.trainer("real-only"), budget.env("real-only"),
-                tuple(budget.phases("real-only")))]
-    if compute_matched:
-        arms.append(Arm("real-only-matched", "compute-matched", None, budget.trainer("compute-matched"),
-                        budget.env("compute-matched"), tuple(budget.phases("compute-matched"))))
+              thresholds: tuple = (None,), real_twice: bool = True, kinds: tuple = ARM_KINDS) -> list[Arm]:
+    """real-only (compute-matched, real-twice), then one pretrain arm per (filter threshold, ratio); None = unfiltered.
+
+    ``real-twice`` is the pretrain arms' trainer and schedule with the real cases in place of the synthetic set:
+    the same restart (new optimizer, new lr cycle, new output layer), no synthetic image."""
+    wanted = {"compute-matched": compute_matched, "real-twice": real_twice}
+    arms = [Arm(name, kind, None, budget.trainer(kind), budget.env(kind), tuple(budget.phases(kind)))
+            for kind, name in CONTROL_ARM_NAMES.items() if kind in kinds and wanted.get(kind, True)]
+    if "pretrain" not in kinds:
+        return arms
     for threshold in thresholds:
         for ratio in ratios:
             suffix = f"-mc{threshold:g}" if threshold is not None else ""
@@ -235,6 +288,41 @@ def fold_done(model_dir: Path, fold, cross_validation: bool) -> bool:
 
 
 @dataclass(frozen=True)
+class SweepRequest:
+    """What the user asked ``nnaug sweep`` for, as given (the CLI builds it; :func:`nnaug.sweep.run_sweep`
+    checks and resolves it into a :class:`SweepSetup`, and plan.json records it as the sweep's input)."""
+
+    dataset: str
+    ratios: tuple = (1.0, 2.5, 5.0)
+    seeds: int = 3
+    generator: Path | None = None
+    test: object = None  # held-out datasets: "A,B" or a list; None: nnU-Net's cross-validation
+    folds: tuple | None = None
+    budget: str = "small"
+    pretrain_epochs: int | None = None  # None: the budget's
+    finetune_epochs: int | None = None
+    device: str | None = None
+    compute_matched: bool = True
+    real_twice: bool = True
+    arms: str | None = None  # kinds of arm to train and evaluate (None: all)
+    inception_weights: Path | None = None
+    mode: str | None = None
+    masks: str = "train"
+    sampler: str | None = None
+    steps: int | None = None
+    min_consistency: tuple | None = None
+    overwrite: bool = False
+    print_commands: bool = False
+
+    def record(self) -> dict:
+        from dataclasses import asdict
+
+        from nnaug.io import json_safe
+
+        return json_safe(asdict(self))
+
+
+@dataclass(frozen=True)
 class SynthesisChoice:
     mode: str
     masks: str
@@ -261,17 +349,18 @@ class SweepSetup:
     raw: object
     tests: list  # held-out raw datasets; empty: nnU-Net's cross-validation
     folds: list
-    generator: Path
+    generator: Path | None
     info: dict
-    sha: str
-    choice: SynthesisChoice
-    budget: str
+    sha: str | None
+    choice: SynthesisChoice | None  # None: no pretrain arm (then no generator either)
+    budget: Budget
     device: str
     arms: list
     seeds: list
     base: Path
     gen_folder: Path
     plans_sha: str
+    request: SweepRequest | None = None
 
     @property
     def cv(self) -> bool:
@@ -294,12 +383,15 @@ class SweepSetup:
         """What this sweep is, as JSON: the inputs, the arms, the runs and where they live."""
         from dataclasses import asdict
 
-        return {"dataset": self.raw.name, "plans_sha256": self.plans_sha, "budget": self.budget,
-                "generator": str(self.generator.resolve()), "generator_model": self.info.get("model"),
-                "checkpoint_sha256": self.sha, "synthesis": asdict(self.choice), "device": self.device,
+        return {"request": self.request.record() if self.request else None,
+                "dataset": self.raw.name, "plans_sha256": self.plans_sha, "budget": asdict(self.budget),
+                "generator": str(self.generator.resolve()) if self.generator else None,
+                "generator_model": self.info.get("model"), "checkpoint_sha256": self.sha,
+                "synthesis": asdict(self.choice) if self.choice else None, "device": self.device,
                 "arms": [asdict(a) for a in self.arms], "seeds": self.seeds, "folds": [str(f) for f in self.folds],
                 "tests": [t.name for t in self.tests],
-                "runs": [{"arm": a.name, "seed": s, "folder": str(self.root(a, s))} for a, s in self.tasks]}
+                "runs": [{"arm": a.name, "seed": s, "nnaug_seed": a.run_seed(s), "folder": str(self.root(a, s))}
+                         for a, s in self.tasks]}
 
     def runs_stamp(self) -> str:
         """Which runs, trained when: an evaluation with the same stamp is up to date (another worker's, or

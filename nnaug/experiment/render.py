@@ -70,6 +70,7 @@ def _arm_table(result: dict, names: list[str], nn: bool) -> list[str]:
              "|---|---|---|" + ("---|" if nn else "") + "---|" * len(names) + "---|---|"]
     for arm in result["arms"]:
         on = f"{arm['synthetic_dataset']} → real" if arm["synthetic_dataset"] else "real"
+        on = on if arm["kind"] != "real-twice" else f"real copy ({arm['synthetic_dataset']}) → real"
         epochs = " + ".join(f"{e}×{i}" for _, e, i in arm["phases"])
         seeds = ", ".join(_num(v, 3) for v in arm["per_seed_foreground"].values())
         lines.append(f"| {arm['arm']} | {on} ({epochs}) | {_ci(arm['foreground'])} | "
@@ -101,12 +102,14 @@ def to_markdown(result: dict) -> str:
              f"nnU-Net's {CV_FOLDS}-fold cross-validation on the real cases, fold(s) {', '.join(result['folds'])} "
              f"({n_cases} validation cases, real only)")
     lines += [f"- Evaluated on: {where}.",
-              f"- Generator: `{gen['folder']}` ({gen['model']}, checkpoint sha256 {gen['checkpoint_sha256'][:12]}…); "
-              f"synthesis {result['synthesis']['mode']}, {result['synthesis']['sampler']} {result['synthesis']['steps']} steps.",
+              (f"- Generator: `{gen['folder']}` ({gen['model']}, checkpoint sha256 {gen['checkpoint_sha256'][:12]}…); "
+               f"synthesis {result['synthesis']['mode']}, {result['synthesis']['sampler']} {result['synthesis']['steps']} "
+               "steps." if gen else "- Control arms only (`--arms`): no generator, no synthetic set."),
               f"- Budget `{budget['name']}`: {budget['about']}. Compute-matched real-only: {budget['matched_epochs']} "
               f"epochs.",
               f"- Seeds: {', '.join(map(str, result['seeds']))} (each arm trained {n_seeds}x; `NNAUG_SEED` seeds "
-              f"torch/numpy/random in nnaug's trainers). Device: {result['device']}.",
+              f"torch/numpy/random in nnaug's trainers, a number of its own per arm, so that no two arms share "
+              f"initial weights or batches). Device: {result['device']}.",
               f"- 95 % CIs: {result['ci_method']}; 10,000 bootstrap resamples, over {n_seeds} seeds × {n_cases} cases"
               + (" (1 seed: run-to-run noise is not in the intervals; use `--seeds 3` or more)." if n_seeds < 2 else "."),
               ""]
@@ -130,6 +133,8 @@ def _zero_line(result: dict) -> list[str]:
 
 
 def _synthetic_table(result: dict) -> list[str]:
+    if not result["synthetic"]:
+        return []
     lines = ["", "## Synthetic datasets", "",
               "| ratio | filter | dataset | synthetic cases | FID | KID (mean ± std) | FRD, log(d²) | mask consistency Dice |",
               "|---|---|---|---|---|---|---|---|"]
@@ -171,12 +176,17 @@ def _how_to_read(result: dict, nn: bool) -> list[str]:
               "disagree with it in sign. nnU-Net's `ignore` label is never scored and has no column.",
               "- A difference compares two arms case by case (the same evaluated cases); the seeds of each arm are "
               "resampled on their own, because two arms share no randomness at the same seed number, so the "
-              "verdict cannot depend on how seeds are numbered. Its CI contains the run-to-run noise of nnU-Net "
+              "verdict cannot depend on how seeds are numbered (each arm gets `NNAUG_SEED` numbers of its own). Its CI "
+              "contains the run-to-run noise of nnU-Net "
               "training (seeds) and the choice of cases; with 2-5 seeds it is mostly set by the t-interval "
               "(docs/sweep.md: simulated coverage).",
               *(["- `real-only-matched` trains the real-only model as long as pretraining + fine-tuning together: a "
                  "pretrain arm that beats `real-only` but not `real-only-matched` gained from more steps, not from "
                  "the synthetic data."] if any(a["kind"] == "compute-matched" for a in result["arms"]) else []),
+              *(["- `real-twice` is the pretrain arms' trainer and schedule with the real cases in place of the "
+                 "synthetic set: the same warm restart (new optimizer, new learning-rate cycle, new output layer), no "
+                 "synthetic image. A pretrain arm's difference to `real-twice` is what the synthetic images add "
+                 "beyond the restart."] if any(a["kind"] == "real-twice" for a in result["arms"]) else []),
               f"- Results: `{result['folder']}`; the nnU-Net runs: `{result.get('runs_folder', result['folder'])}` "
               f"(real-only arms: `{result['base_folder']}`).",
               f"- Written {result['finished']}."]
@@ -226,19 +236,21 @@ def _plot_dice(left, result: dict) -> None:
     arms = result["arms"]
     pretrain = [a for a in arms if a["kind"] == "pretrain"]
     ratios = sorted({a["ratio"] for a in pretrain})
-    colours = {"real-only": "tab:gray", "compute-matched": "tab:orange"}
+    colours = {"real-only": "tab:gray", "compute-matched": "tab:orange", "real-twice": "tab:red"}
+    hatches = {"compute-matched": "///", "real-twice": "\\\\\\"}
     span = (-0.06 * max(ratios or [1]), max(ratios or [1]) * 1.08)
     for arm in arms:
         if arm["kind"] == "pretrain":
             continue
         fg, colour = arm["foreground"], colours[arm["kind"]]
-        if arm["kind"] == "compute-matched":  # hatched outline, so that the real-only band stays visible under it
-            left.axhspan(fg["low"], fg["high"], facecolor="none", edgecolor=colour, hatch="///", lw=0.8, alpha=0.6)
+        if arm["kind"] in hatches:  # hatched outline, so that the real-only band stays visible under it
+            left.axhspan(fg["low"], fg["high"], facecolor="none", edgecolor=colour, hatch=hatches[arm["kind"]], lw=0.8,
+                         alpha=0.6)
         else:
             left.axhspan(fg["low"], fg["high"], color=colour, alpha=0.2)
             left.errorbar([0], [fg["mean"]], yerr=[[fg["mean"] - fg["low"]], [fg["high"] - fg["mean"]]], fmt="s",
                           color=colour, capsize=5)
-        left.axhline(fg["mean"], color=colour, ls="--" if arm["kind"] == "compute-matched" else "-", lw=1.5,
+        left.axhline(fg["mean"], color=colour, ls={"compute-matched": "--", "real-twice": ":"}.get(arm["kind"], "-"), lw=1.5,
                      label=f"{arm['arm']} {fg['mean']:.3f} (band: 95 % CI)")
     nudge = 0.025 * max(ratios or [1])  # filtered series beside the unfiltered one at the same ratio
     for g, ((threshold, group), colour) in enumerate(zip(_by_threshold(pretrain).items(), FILTER_COLOURS)):
@@ -263,15 +275,15 @@ def _plot_dice(left, result: dict) -> None:
 
 
 def _plot_differences(right, result: dict) -> None:
-    """Paired differences of each pretrain arm to real-only and to compute-matched real-only, with 95 % CIs."""
+    """Paired differences of each pretrain arm to real-only, compute-matched real-only and real-twice, 95 % CIs."""
     arms = result["arms"]
     pretrain = [a for a in arms if a["kind"] == "pretrain"]
     ratios = sorted({a["ratio"] for a in pretrain})
-    offsets = {"real-only": -0.04, "real-only-matched": 0.04}
+    offsets = {"real-only": -0.05, "real-only-matched": 0.0, "real-twice": 0.05}
     width = max(ratios) if ratios else 1
     threshold_of = {a["arm"]: a.get("min_consistency") for a in arms}
     for (reference, marker), (g, (threshold, colour)) in itertools.product(
-            (("real-only", "o"), ("real-only-matched", "s")), enumerate(zip(_by_threshold(pretrain), FILTER_COLOURS))):
+            (("real-only", "o"), ("real-only-matched", "s"), ("real-twice", "^")), enumerate(zip(_by_threshold(pretrain), FILTER_COLOURS))):
         diffs = [d for d in result["differences"] if d["reference"] == reference and d["ratio"] is not None
                  and threshold_of.get(d["arm"]) == threshold]
         if not diffs:

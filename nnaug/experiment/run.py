@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from nnaug.errors import NnaugError
-from nnaug.experiment.plan import ARM_RECORD, CONFIGURATION, PLANS, Arm, SweepSetup
+from nnaug.experiment.plan import ARM_RECORD, CONFIGURATION, PLANS, TWO_PHASE_KINDS, Arm, SweepSetup
 from nnaug.experiment.synthetic_sets import SyntheticSets
 from nnaug.io import file_lock, load_json_or_none, write_json_atomic
 
@@ -164,7 +164,7 @@ def train_fold(raw, arm: Arm, seed: int, fold, root: Path, device: str, syntheti
     env = {**clean_env(), **fold_env(arm, seed, root, synthetic), **nnunet_training_env(device), "PYTHONUNBUFFERED": "1"}
     args = fold_args(raw, arm, fold, device)
     cmd = [sys.executable, "-c", _WRAPPER, str(os.getpid()), nnunet_command("nnUNetv2_train"), *args]
-    progress.log(f"nnaug sweep: {label}: nnUNetv2_train {' '.join(args)}  (nnUNet_results={root}, {ENV_SEED}={seed}"
+    progress.log(f"nnaug sweep: {label}: nnUNetv2_train {' '.join(args)}  (nnUNet_results={root}, {ENV_SEED}={arm.run_seed(seed)}"
                  + (f", {ENV_SYNTHETIC}={synthetic.name}" if synthetic is not None else "") + ")")
     progress.start(label, root, list(arm.phases) if not pretrained(root, arm, synthetic) else list(arm.phases[1:]),
                    later_iterations)
@@ -186,7 +186,7 @@ def fold_env(arm: Arm, seed: int, root: Path, synthetic: Path | None) -> dict[st
     """What nnUNetv2_train needs to train this run (beside the user's own environment)."""
     from nnaug.nnunet_pretraining import ENV_SYNTHETIC, trainers_path
 
-    env = {**arm.env, "nnUNet_results": str(root), "nnUNet_extTrainer": trainers_path(), ENV_SEED: str(seed)}
+    env = {**arm.env, "nnUNet_results": str(root), "nnUNet_extTrainer": trainers_path(), ENV_SEED: str(arm.run_seed(seed))}
     if synthetic is not None:
         env[ENV_SYNTHETIC] = synthetic.name
     return env
@@ -210,7 +210,7 @@ def shell_commands(setup: SweepSetup, synthetic: SyntheticSets) -> list[str]:
             lines.append(f"# {arm.name} seed {seed}: its synthetic set is filtered by real-only seed 0; "
                          "print the commands again once that run is trained")
             continue
-        synthetic_set = synthetic[arm.synthesis_key] if arm.synthesis_key else None
+        synthetic_set = synthetic.for_arm(arm)
         env = " ".join(f"{k}={shlex.quote(v)}" for k, v in fold_env(arm, seed, setup.root(arm, seed), synthetic_set).items())
         lines.append(" && ".join(f"{env} nnUNetv2_train {shlex.join(fold_args(setup.raw, arm, f, setup.device))}"
                                  for f in folds))
@@ -218,8 +218,8 @@ def shell_commands(setup: SweepSetup, synthetic: SyntheticSets) -> list[str]:
 
 
 def pretrained(root: Path, arm: Arm, synthetic: Path | None) -> bool:
-    """Is this arm's synthetic pretraining already cached in ``root`` (then a fold only fine-tunes)?"""
-    if arm.kind != "pretrain" or synthetic is None:
+    """Is this arm's pretraining already cached in ``root`` (then a fold only fine-tunes)?"""
+    if arm.kind not in TWO_PHASE_KINDS or synthetic is None:
         return False
     from nnaug.nnunet_pretraining import PRETRAIN_DONE_MARKER
 
@@ -227,8 +227,9 @@ def pretrained(root: Path, arm: Arm, synthetic: Path | None) -> bool:
 
 
 def remaining_iterations(arm: Arm, folds_left: int, pretrained: bool) -> int:
-    per_fold = sum(e * i for _, e, i in arm.phases[-1:]) if arm.kind == "pretrain" else sum(e * i for _, e, i in arm.phases)
-    pretraining = 0 if arm.kind != "pretrain" or pretrained or not folds_left else arm.phases[0][1] * arm.phases[0][2]
+    two_phases = arm.kind in TWO_PHASE_KINDS
+    per_fold = sum(e * i for _, e, i in (arm.phases[-1:] if two_phases else arm.phases))
+    pretraining = 0 if not two_phases or pretrained or not folds_left else arm.phases[0][1] * arm.phases[0][2]
     return folds_left * per_fold + pretraining
 
 
@@ -264,20 +265,20 @@ def _train_run(setup: SweepSetup, index: int, arm: Arm, seed: int, synthetic: Sy
     left = setup.folds_left(arm, seed)
     for fold in left:
         later = sum(remaining_iterations(a, len(setup.folds_left(a, s)),
-                                         pretrained(setup.root(a, s), a, synthetic.get(a.synthesis_key)))
+                                         pretrained(setup.root(a, s), a, synthetic.for_arm(a, make=False)))
                     for a, s in setup.tasks[index:])
         later += remaining_iterations(arm, len(left) - left.index(fold) - 1, True)
         fold_start = time.time()
         log(f"nnaug sweep: {label} fold {fold}: training with {arm.trainer} ("
             + ", ".join(f"{p} {e} epochs x {i} iterations" for p, e, i in arm.phases) + ")")
-        synthetic_set = synthetic[arm.synthesis_key] if arm.synthesis_key else None
+        synthetic_set = synthetic.for_arm(arm)
         train_fold(setup.raw, arm, seed, fold, root, setup.device, synthetic_set, progress, f"{label} fold {fold}", later)
         record = load_json_or_none(root / ARM_RECORD) or {}
         seconds = record.get("train_seconds", {})
         seconds[str(fold)] = seconds.get(str(fold), 0.0) + time.time() - fold_start
         write_json_atomic(root / ARM_RECORD, {
             "arm": arm.name, "kind": arm.kind, "ratio": arm.ratio, "seed": seed, "trainer": arm.trainer,
-            "env": arm.env, "min_consistency": arm.min_consistency,
+            "env": arm.env, "nnaug_seed": arm.run_seed(seed), "min_consistency": arm.min_consistency,
             "synthetic_dataset": synthetic_set.name if synthetic_set is not None else None,
             "device": setup.device, "plans_sha256": setup.plans_sha, "train_seconds": seconds,
             "finished": time.strftime("%Y-%m-%d %H:%M:%S")})

@@ -101,6 +101,17 @@ class SyntheticSets:
     def get(self, key) -> Path | None:
         return self.made.get(key)
 
+    def for_arm(self, arm, make: bool = True) -> Path | None:
+        """The raw dataset an arm pretrains on: its synthetic set, the copy of the real cases (real-twice), or
+        None (a one-phase arm). ``make=False``: only what is already there."""
+        if arm.kind == "real-twice":
+            from nnaug.experiment.real_copy import ensure_real_copy, find_real_copy
+
+            return ensure_real_copy(self.raw, self.folder, self.log) if make else find_real_copy(self.raw)
+        if arm.synthesis_key is None:
+            return None
+        return self[arm.synthesis_key] if make else self.get(arm.synthesis_key)
+
     def __getitem__(self, key) -> Path:
         if key not in self.made:
             ratio, threshold = key
