@@ -195,7 +195,7 @@ def _nnunet_row(values: np.ndarray, seeds: list[int]) -> dict:
 
 
 def summarise(arms: list[Arm], results: dict, seeds: list[int], names: list[str], confidence: float = 0.95) -> dict:
-    """Per-arm means with CIs, and differences paired by case (vs real-only; pretrain arms also vs compute-matched);
+    """Per-arm means with CIs, and differences paired by case (vs real-only; pretrain arms also vs each control);
     nnU-Net's foreground_mean beside the per-case foreground Dice."""
     from nnaug.stats import difference_ci as paired_difference
     from nnaug.stats import mean_ci as bootstrap_ci

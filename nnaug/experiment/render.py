@@ -175,8 +175,8 @@ def _how_to_read(result: dict, nn: bool) -> list[str]:
               + " A per-label mean or difference can be over fewer cases than the foreground one, and can even "
               "disagree with it in sign. nnU-Net's `ignore` label is never scored and has no column.",
               "- A difference compares two arms case by case (the same evaluated cases); the seeds of each arm are "
-              "resampled on their own, because two arms share no randomness at the same seed number, so the "
-              "verdict cannot depend on how seeds are numbered (each arm gets `NNAUG_SEED` numbers of its own). Its CI "
+              "resampled on their own: each arm gets `NNAUG_SEED` numbers of its own, so the runs of two arms are "
+              "independent and the verdict cannot depend on how seeds are numbered. Its CI "
               "contains the run-to-run noise of nnU-Net "
               "training (seeds) and the choice of cases; with 2-5 seeds it is mostly set by the t-interval "
               "(docs/sweep.md: simulated coverage).",
