@@ -141,7 +141,8 @@ def _check_new_dataset(dataset_id: int, name: str, overwrite: bool) -> Path:
     if not 1 <= dataset_id <= 999:
         raise NnaugError(f"--dataset-id must be between 1 and 999, got {dataset_id}")
     if not re.fullmatch(r"[A-Za-z0-9-]+", name):
-        raise NnaugError(f"--name '{name}' may only hold letters, digits and '-' (nnU-Net uses '_' as separator)")
+        raise NnaugError(f"--name '{name}' may only hold ASCII letters (A-Z, a-z), digits and '-': nnU-Net uses '_' as "
+                         "its separator, and ASCII names pass every file system and cluster script unchanged")
     target = raw_target(dataset_id, name, "--dataset-id")
     if target.exists() and not overwrite:
         raise NnaugError(f"{target} already exists: pass --overwrite to replace it, or choose another ID/name")

@@ -58,6 +58,9 @@ def distill_generator(dataset: str, teacher: Path | None = None, output: Path | 
     raw = load_raw_dataset(dataset)
     teacher = Path(teacher) if teacher else latest_teacher(raw.name)
     info = read_info(teacher)
+    if not isinstance(info.get("settings"), dict) or not isinstance(info.get("preset"), str):
+        raise NnaugError(f"{teacher / 'nnaug.json'} lacks the teacher's training settings (settings, preset), which a "
+                         "distillation starts from: give a generator folder written by `nnaug train-generator`")
     check_teacher(info, teacher)
     if info["source_dataset"] != raw.name:
         raise NnaugError(f"the teacher {teacher} was trained on {info['source_dataset']}, not {raw.name}: distill it on "

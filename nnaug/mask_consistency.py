@@ -16,6 +16,7 @@ import numpy as np
 
 from nnaug.dataset_images import as_raw, select_cases, synthetic_identifiers
 from nnaug.errors import NnaugError
+from nnaug.nnunet_results import check_model_folder
 
 
 @contextlib.contextmanager
@@ -75,7 +76,7 @@ def segmentation_dice(dataset, model_training_output_dir, folds=(0,), device: st
     Returns ``dict(mean_dice=, per_case={case: dice}, folds=, model=)``.
     """
     folds = tuple(folds)
-    _require_folds(Path(model_training_output_dir), folds, checkpoint_name)
+    check_model_folder(model_training_output_dir, folds=folds, checkpoint_name=checkpoint_name)
     raw = as_raw(dataset)
     cases = select_cases(raw, identifiers, max_cases)
     if not cases:
@@ -91,28 +92,12 @@ def segmentation_dice(dataset, model_training_output_dir, folds=(0,), device: st
             "folds": list(folds), "model": str(model_training_output_dir)}
 
 
-def trained_folds(model_training_output_dir, checkpoint_name: str = "checkpoint_final.pth") -> list:
-    """The folds of an nnU-Net training output folder that have ``checkpoint_name`` (``fold_all`` as "all")."""
-    folds = []
-    for fold_dir in sorted(Path(model_training_output_dir).glob("fold_*")):
-        text = fold_dir.name[len("fold_"):]
-        if (fold_dir / checkpoint_name).is_file():
-            folds.append(int(text) if text.isdigit() else text)
-    return folds
-
-
-def _require_folds(model_dir: Path, folds: tuple, checkpoint_name: str) -> None:
-    missing = [f for f in folds if not (model_dir / f"fold_{f}" / checkpoint_name).is_file()]
-    if not folds or missing:
-        raise NnaugError(f"no {checkpoint_name} for fold(s) {missing or '(none given)'} in {model_dir}: "
-                         "train those folds first or choose others with --folds")
-
-
 def load_predictor(model_training_output_dir, folds=(0,), device: str = "cpu",
                    checkpoint_name: str = "checkpoint_final.pth"):
     """nnU-Net's own ``nnUNetPredictor`` for the ensemble of ``folds`` (no mirroring, tile step 0.5), loaded once.
 
-    Raises a one-line :class:`NnaugError` when a fold has no ``checkpoint_name``.
+    Raises a one-line :class:`NnaugError` for a folder nnU-Net cannot load
+    (:func:`nnaug.nnunet_results.check_model_folder`, then nnU-Net's own loading).
     """
     import io
 
@@ -120,7 +105,7 @@ def load_predictor(model_training_output_dir, folds=(0,), device: str = "cpu",
 
     model_dir = Path(model_training_output_dir)
     folds = tuple(folds)
-    _require_folds(model_dir, folds, checkpoint_name)
+    check_model_folder(model_dir, folds=folds, checkpoint_name=checkpoint_name)
 
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
@@ -131,7 +116,13 @@ def load_predictor(model_training_output_dir, folds=(0,), device: str = "cpu",
         predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False,
                                     perform_everything_on_device=dev.type == "cuda", device=dev,
                                     verbose=False, verbose_preprocessing=False, allow_tqdm=False)
-        predictor.initialize_from_trained_model_folder(str(model_dir), use_folds=folds, checkpoint_name=checkpoint_name)
+        try:
+            predictor.initialize_from_trained_model_folder(str(model_dir), use_folds=folds, checkpoint_name=checkpoint_name)
+        except Exception as exc:  # a truncated checkpoint, a trainer class nnU-Net cannot find, plans that lie
+            from nnaug.io import one_line
+
+            raise NnaugError(f"nnU-Net cannot load the model in {model_dir} (folds {', '.join(map(str, folds))}): "
+                             f"{one_line(exc)} — train it again or give another model") from None
     return predictor
 
 

@@ -31,7 +31,7 @@ def parse_split(text: str) -> list[SplitPart]:
     for item in (i.strip() for i in text.split(",")):
         name, sep, size = item.partition("=")
         if not sep or not _PART.fullmatch(name.strip()):
-            raise NnaugError(f"--split part {item!r} is not NAME=SIZE with a name of letters and digits ({example})")
+            raise NnaugError(f"--split part {item!r} is not NAME=SIZE with a name of ASCII letters and digits, starting with a letter ({example})")
         size = size.strip()
         if size == REST:
             parts.append(SplitPart(name.strip(), None))

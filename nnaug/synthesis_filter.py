@@ -44,9 +44,10 @@ class Outcome:
 
 
 def resolve_filter_model(raw, model) -> tuple[Path, list]:
-    """(training output folder, folds with checkpoint_final.pth): ``model``, or the real-only model
-    ``nnaug report`` uses for mask consistency."""
-    from nnaug.mask_consistency import trained_folds
+    """(training output folder, folds with checkpoint_final.pth): ``model``, checked as nnU-Net will load it
+    (:func:`nnaug.nnunet_results.check_model_folder`), or the real-only model ``nnaug report`` uses for mask
+    consistency."""
+    from nnaug.nnunet_results import check_model_folder
 
     if model is None:
         from nnaug.report import find_real_only_model
@@ -56,21 +57,14 @@ def resolve_filter_model(raw, model) -> tuple[Path, list]:
             raise NnaugError(f"--min-consistency needs a real-only nnU-Net trained on {raw.name} and none is under "
                              f"$nnUNet_results/{raw.name}: train one (nnUNetv2_train {raw.dataset_id} 2d 0 -tr "
                              "nnUNetTrainer_nnaug) or pass --filter-model DIR")
-        return found[0], found[1]
-    model = Path(model)
-    folds = trained_folds(model)
-    if not folds:
-        raise NnaugError(f"--filter-model {model} has no fold_*/checkpoint_final.pth: give the training output folder "
-                         "of a trained nnU-Net ($nnUNet_results/<Dataset>/<Trainer>__<Plans>__<configuration>)")
-    try:
-        labels = json.loads((model / "dataset.json").read_text())["labels"]
-    except (OSError, ValueError, KeyError, TypeError):
-        raise NnaugError(f"--filter-model {model} has no readable dataset.json: give an nnU-Net training output "
-                         "folder") from None
-    if labels != raw.dataset_json.get("labels"):
-        raise NnaugError(f"--filter-model {model} segments labels {labels}, but {raw.name} has "
+        model, folds, what = found[0], found[1], "the real-only model"
+    else:
+        model, folds, what = Path(model), None, "--filter-model"
+    checked = check_model_folder(model, what, folds=folds)
+    if checked.labels != raw.dataset_json.get("labels"):
+        raise NnaugError(f"{what} {model} segments labels {checked.labels}, but {raw.name} has "
                          f"{raw.dataset_json.get('labels')}: use a model trained on {raw.name}")
-    return model, folds
+    return checked.folder, checked.folds
 
 
 def filter_plan(raw, opts, count: int) -> dict:

@@ -180,24 +180,40 @@ def synthesize(dataset: str, opts: SynthesisOptions, progress: bool = True) -> P
     opts = replace(opts, batch_size=opts.batch_size or DEFAULT_BATCH_SIZE.get(torch.device(device).type, 8))
     shard_index, shard_count = _shard(opts, cpu=str(device) == "cpu")
 
+    plan = make_plan(raw, info, generator_dir, opts, mode)  # checks a filter model too: before an ID is claimed
     target = _resolve_target(raw, opts)
     if target.exists() and not opts.overwrite:
         raise NnaugError(f"{target} already exists: pass --overwrite to replace it, or --output-id for another ID")
     work = partial_dir(target)
-    plan = make_plan(raw, info, generator_dir, opts, mode)
-    _open_work_folder(work, plan, resume=opts.resume or opts.merge or shard_count > 1)
+    resuming = opts.resume or opts.merge or shard_count > 1
+    started_here = shard_count == 1 and not (resuming and (work / PLAN).is_file())
+    try:
+        _open_work_folder(work, plan, resume=resuming)
+        return _run(raw, info, generator_dir, plan, work, target, opts, summary, (shard_index, shard_count), device,
+                    progress)
+    except Exception:
+        # a run that fails before its first batch (weights that do not load, a scoring model nnU-Net cannot
+        # read) gives back the ID it claimed; one that got further keeps its work for --resume
+        if started_here and not list((work / PROGRESS).glob("*.done")):
+            shutil.rmtree(work, ignore_errors=True)
+        raise
+
+
+def _run(raw, info, generator_dir: Path, plan: dict, work: Path, target: Path, opts: SynthesisOptions, summary,
+         shard: tuple[int, int], device: str, progress: bool) -> Path | None:
+    """The batches of this shard that are not done, then the assembly (or, filtered, nnaug.synthesis_filter)."""
     if "filter" in plan:
         from nnaug.synthesis_filter import synthesize_filtered
 
-        return synthesize_filtered(raw, info, generator_dir, plan, work, target, opts, summary,
-                                   (shard_index, shard_count), device, progress)
+        return synthesize_filtered(raw, info, generator_dir, plan, work, target, opts, summary, shard, device, progress)
 
+    shard_index, shard_count = shard
     batches = [list(range(s, min(s + opts.batch_size, plan["num_cases"])))
                for s in range(0, plan["num_cases"], opts.batch_size)]
     mine = [(k, b) for k, b in enumerate(batches) if k % shard_count == shard_index and not _done(work, k)]
     if mine and not opts.merge:
         generator = load_generator(generator_dir, device=device)
-        real_labels = PairDataset(raw, info["resolution"], progress=False).labels if mode == "mask-conditioned" else None
+        real_labels = PairDataset(raw, info["resolution"], progress=False).labels if plan["mode"] == "mask-conditioned" else None
         _generate(raw, info, generator, plan, mine, real_labels, opts, summary, work, progress)
     if not all(_done(work, k) for k in range(len(batches))):
         if opts.merge:

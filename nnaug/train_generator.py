@@ -75,14 +75,19 @@ def make_accelerator(config: TrainConfig, output: Path, cpu: bool):
 
 
 def build_model(model: str, settings: dict, raw, image_channels: int, mask_channels: int):
-    return get_spec(model).build(settings, raw, image_channels, mask_channels)
+    """The trainable generator, its initialisation seeded by ``settings["seed"]`` (the caller's RNG is left alone).
+    A new run builds it before it writes anything, so settings the network cannot take leave nothing behind."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(settings.get("seed", TrainConfig.seed)))
+        return get_spec(model).build(settings, raw, image_channels, mask_channels)
 
 
 def train_generator(dataset: str, model: str = "jdm", preset: str = "tiny", output: Path | None = None,
                     resume: bool = False, overwrite: bool = False, overrides: dict | None = None,
                     progress: bool = True, cpu: bool = False) -> Path:
     """Train (or resume) a generator on ``dataset``; returns the generator folder."""
-    import torch
     from accelerate import PartialState
 
     spec = get_spec(model)
@@ -97,6 +102,8 @@ def train_generator(dataset: str, model: str = "jdm", preset: str = "tiny", outp
     # have checked it (so no process sees a half-deleted run), and the others wait for it.
     state = PartialState(cpu=cpu)
     check_output(output, resume=resume, overwrite=overwrite)
+    mask_channels = num_mask_channels(raw.label_values)
+    net = None if resume else build_model(model, settings, raw, raw.num_channels, mask_channels)  # before any write
     state.wait_for_everyone()
     if state.is_main_process:
         prepare_output(output, resume=resume, overwrite=overwrite)
@@ -115,9 +122,7 @@ def train_generator(dataset: str, model: str = "jdm", preset: str = "tiny", outp
     check_report_to(config.report_to)  # a resumed run's own tracker, too
     accelerator = make_accelerator(config, output, cpu)
     pairs = PairDataset(raw, int(settings["resolution"]), progress=progress)
-    mask_channels = num_mask_channels(raw.label_values)
-    with torch.random.fork_rng(devices=[]):  # the weight initialisation is seeded; the caller's RNG is left alone
-        torch.manual_seed(config.seed)
+    if net is None:  # a resumed run: the settings it started with
         net = build_model(model, settings, raw, raw.num_channels, mask_channels)
     info = {
         "model": model, "preset": preset, "image_channels": raw.num_channels, "mask_channels": mask_channels,

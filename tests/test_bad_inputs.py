@@ -20,7 +20,7 @@ def example(nnunet_env, run_cli) -> Path:
 
 GOOD_INFO = {"model": "jdm", "image_channels": 3, "mask_channels": 2, "channel_names": ["R", "G", "B"],
              "labels": {"background": 0, "round": 1, "lobed": 2}, "label_values": [0, 1, 2],
-             "resolution": 16, "intensity_mode": "rgb", "source_dataset": "Dataset999_nnaugExample"}
+             "resolution": 16, "intensity_mode": "uint8", "source_dataset": "Dataset999_nnaugExample"}
 
 
 def _generator_folder(tmp_path: Path, info: dict | str | None = None, weights: bool = True) -> Path:
@@ -56,6 +56,8 @@ def test_a_valid_hand_built_generator_folder_loads(example, tmp_path):
     (lambda info: [info.pop("model"), info.pop("resolution")], ["lacks model, resolution"]),
     (lambda info: info.update(resolution="16"), ["wrong type for resolution (str, expected int)"]),
     (lambda info: info.update(model="gan"), ["unknown generator model 'gan'"]),
+    (lambda info: info.update(intensity_mode="rgb"), ["intensity_mode 'rgb' is not one of uint8, percentile"]),
+    (lambda info: info.update(intensity_mode="percentile"), ["needs intensity_low and intensity_high"]),
 ])
 def test_generator_json_with_missing_or_wrong_fields(example, run_cli, tmp_path, break_it, fragments):
     info = dict(GOOD_INFO)
@@ -203,3 +205,98 @@ def test_channels_narrower_than_an_attention_head_are_one_line(example, run_cli,
 def test_flow_objective_is_refused_for_siamese_in_one_line(example, run_cli):
     assert_one_line_error(run_cli("train-generator", "999", "--model", "siamese", "--preset", "tiny", "--objective", "flow",
                                   "--steps", "1", "--cpu"), "--objective flow is a JDM option")
+
+
+# ----------------------------------------------------------------------------- the newer commands (issue 34)
+def _listing(folder: Path) -> list[str]:
+    """``ls -a``: hidden work folders (``.Dataset…partial``) count."""
+    return sorted(p.name for p in folder.iterdir())
+
+
+@pytest.mark.parametrize("model", ["jdm", "siamese"])
+def test_a_resolution_the_unet_cannot_halve_is_refused_before_anything_is_written(example, run_cli, nnunet_env, model):
+    """tiny has 3 UNet levels: 30 px cannot be halved twice (a ValueError inside the JDM's build, after the
+    output folder was made)."""
+    assert_one_line_error(run_cli("train-generator", "999", "--model", model, "--preset", "tiny", "--resolution", "30",
+                                  "--steps", "1", "--cpu"), "--resolution 30", "multiple of 4", "28 or 32")
+    assert not (nnunet_env["results"] / "nnaug").exists()  # no generator folder left behind
+
+
+def _teacher_info(**changes) -> dict:
+    settings = {"resolution": 16, "channels": [8, 8], "attention_resolutions": [], "objective": "diffusion",
+                "prediction": "epsilon", "learned_variance": False}
+    return {**GOOD_INFO, "preset": "tiny", "settings": settings, **changes}
+
+
+def test_distilling_a_teacher_with_truncated_weights_is_one_line_and_writes_nothing(example, run_cli, tmp_path):
+    teacher = _generator_folder(tmp_path, _teacher_info())
+    weights = teacher / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    assert_one_line_error(run_cli("distill-generator", "999", "--generator", teacher, "--steps", "1", "--cpu"),
+                          "cannot load the generator weights", str(teacher))
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("generator_")]  # no student folder (generator_ddim4)
+    # a teacher whose nnaug.json lacks its training settings (a KeyError before)
+    info = _teacher_info()
+    info.pop("settings")
+    bare = _generator_folder(tmp_path / "bare", info)
+    assert_one_line_error(run_cli("distill-generator", "999", "--generator", bare, "--cpu"), "lacks the teacher's training settings")
+
+
+def _model_folder(tmp_path: Path, example: Path, plans: bool, checkpoint: bytes = b"not a checkpoint") -> Path:
+    """An nnU-Net training output folder with the example's dataset.json and a fold_0 checkpoint file."""
+    model = tmp_path / "nnUNetTrainer__nnUNetPlans__2d"
+    (model / "fold_0").mkdir(parents=True)
+    (model / "fold_0" / "checkpoint_final.pth").write_bytes(checkpoint)
+    (model / "dataset.json").write_text((example / "dataset.json").read_text())
+    if plans:
+        (model / "plans.json").write_text(json.dumps({"dataset_name": example.name, "plans_name": "nnUNetPlans",
+                                                      "configurations": {"2d": {}}}))
+    return model
+
+
+def test_a_filter_model_nnunet_cannot_load_is_one_line_and_leaves_no_partial_folder(example, run_cli, tmp_path, nnunet_env):
+    generator = _generator_folder(tmp_path)
+    before = _listing(nnunet_env["raw"])
+
+    def filtered(model):
+        return run_cli("synthesize", "999", "--ratio", "0.5", "--steps", "1", "--generator", generator,
+                       "--min-consistency", "0.5", "--filter-model", model)
+
+    # no plans.json: refused as the folder is checked, before a dataset ID is claimed (a FileNotFoundError before)
+    model = _model_folder(tmp_path / "a", example, plans=False)
+    assert_one_line_error(filtered(model), "--filter-model", "has no plans.json", "<Trainer>__<Plans>__<Config>")
+    assert _listing(nnunet_env["raw"]) == before
+    # a checkpoint nnU-Net cannot read: it fails as it loads, after the ID was claimed; the claim is given back
+    model = _model_folder(tmp_path / "b", example, plans=True)
+    assert_one_line_error(filtered(model), "nnU-Net cannot load the model", str(model))
+    assert _listing(nnunet_env["raw"]) == before
+    # labels of another dataset
+    other = _model_folder(tmp_path / "c", example, plans=True)
+    content = json.loads((other / "dataset.json").read_text())
+    (other / "dataset.json").write_text(json.dumps({**content, "labels": {"background": 0, "polyp": 1}}))
+    assert_one_line_error(filtered(other), "--filter-model", "segments labels")
+    assert _listing(nnunet_env["raw"]) == before
+
+
+def test_a_generator_that_fails_to_load_gives_back_the_dataset_id_it_claimed(example, run_cli, tmp_path, nnunet_env):
+    before = _listing(nnunet_env["raw"])
+    folder = _generator_folder(tmp_path)
+    weights = folder / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    assert_one_line_error(_synthesize(run_cli, folder), "cannot load the generator weights")
+    assert _listing(nnunet_env["raw"]) == before  # no .Dataset500_nnaugExampleSynth.partial
+    # so the next run takes the same ID
+    weights.unlink()
+    good = _generator_folder(tmp_path / "good")
+    result = _synthesize(run_cli, good)
+    assert result.exit_code == 0, result.output
+    assert _listing(nnunet_env["raw"]) == sorted(before + ["Dataset500_nnaugExampleSynth"])
+
+
+def test_a_dataset_name_outside_ascii_says_so(nnunet_env, run_cli, tmp_path):
+    (tmp_path / "src" / "images").mkdir(parents=True)
+    (tmp_path / "src" / "masks").mkdir()
+    assert_one_line_error(run_cli("convert", tmp_path / "src", "-d", "5", "--name", "Kväsir"), "--name 'Kväsir'",
+                          "ASCII letters")
+    assert_one_line_error(run_cli("convert", tmp_path / "src", "-d", "5", "--name", "K", "--split", "tränung=2,test=rest"),
+                          "ASCII letters")

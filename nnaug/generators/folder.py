@@ -16,6 +16,7 @@ from nnaug.generators.registry import generator_names, get_spec
 # What every generator folder's nnaug.json must hold, and of which type.
 REQUIRED_INFO = {"model": str, "image_channels": int, "mask_channels": int, "channel_names": list, "labels": dict,
                  "label_values": list, "resolution": int, "intensity_mode": str, "source_dataset": str}
+INTENSITY_MODES = ("uint8", "percentile")  # nnaug.dataset.to_model_range / from_model_range
 
 
 def read_info(folder: Path) -> dict:
@@ -41,6 +42,13 @@ def read_info(folder: Path) -> dict:
              if not isinstance(info[key], kind) or isinstance(info[key], bool)]
     if wrong:
         raise NnaugError(f"{path}: wrong type for {', '.join(wrong)}: restore it or train the generator again")
+    if info["intensity_mode"] not in INTENSITY_MODES:
+        raise NnaugError(f"{path}: intensity_mode '{info['intensity_mode']}' is not one of {', '.join(INTENSITY_MODES)}: "
+                         "restore it or train the generator again")
+    if info["intensity_mode"] == "percentile" and not all(
+            isinstance(info.get(key), list) and len(info[key]) == info["image_channels"] for key in ("intensity_low", "intensity_high")):
+        raise NnaugError(f"{path}: a percentile-scaled generator needs intensity_low and intensity_high (one number per "
+                         "channel) to write its images: restore it or train the generator again")
     if info["model"] not in generator_names():
         raise NnaugError(f"{path}: unknown generator model '{info['model']}' (nnaug knows {', '.join(generator_names())})")
     absent = [name for name in get_spec(info["model"]).required_files if not (folder / name).is_file()]

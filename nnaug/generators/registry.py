@@ -65,6 +65,19 @@ def _no_check(settings: dict) -> None:
     return None
 
 
+def check_unet_resolution(settings: dict) -> None:
+    """For a generator's ``check_settings``: a UNet with ``len(settings["channels"])`` levels halves the image
+    at every level but the last, so the resolution must divide by 2^(levels - 1); say which sizes would do."""
+    resolution, levels = int(settings["resolution"]), len(tuple(settings["channels"]))
+    factor = 2 ** (levels - 1)
+    if resolution % factor:
+        below, above = resolution // factor * factor, (resolution // factor + 1) * factor
+        choices = f"{below} or {above}" if below > 0 else str(above)
+        raise NnaugError(f"--resolution {resolution} cannot pass the {levels} UNet levels of --channels "
+                         f"{','.join(map(str, settings['channels']))} (it is halved {levels - 1} times): use a multiple "
+                         f"of {factor}, e.g. {choices}, or fewer levels")
+
+
 @dataclass(frozen=True)
 class GeneratorSpec:
     name: str

@@ -14,7 +14,9 @@ from nnaug.generators.registry import GeneratorSpec, lazy
 def check_settings(settings: dict) -> None:
     """Refuse, in one line, settings the UNet cannot be built with."""
     from nnaug.errors import NnaugError
+    from nnaug.generators.registry import check_unet_resolution
 
+    check_unet_resolution(settings)
     resolution, channels = int(settings["resolution"]), tuple(settings["channels"])
     levels = [resolution // 2**i for i in range(len(channels))]
     narrow = [w for w, r in zip(channels, levels) if r in tuple(settings["attention_resolutions"])

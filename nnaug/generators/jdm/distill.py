@@ -119,16 +119,16 @@ def check_teacher(info: dict, folder: Path) -> None:
 
 def build_distillation(settings: dict, image_channels: int, mask_channels: int):
     """The trainable student for ``settings["distill"]`` (teacher folder, student steps, teacher steps)."""
-    from diffusers import DDPMScheduler, UNet2DModel
+    from nnaug.generators.folder import load_generator
 
     distill = settings["distill"]
     teacher_dir = Path(distill["teacher"])
-    if not (teacher_dir / "diffusion_pytorch_model.safetensors").is_file():
+    if not (teacher_dir / "nnaug.json").is_file():
         raise NnaugError(f"the teacher {teacher_dir} is gone or incomplete: distillation reads its weights; restore it")
-    teacher = UNet2DModel.from_pretrained(str(teacher_dir)).eval().requires_grad_(False)
-    config = dict(DDPMScheduler.load_config(str(teacher_dir)))
+    loaded = load_generator(teacher_dir)  # the one loading of a generator folder: bad weights are one error line
+    teacher = loaded.unet.eval().requires_grad_(False)
     return DistilledJDM(copy.deepcopy(teacher).train().requires_grad_(True), teacher, image_channels, mask_channels,
-                        config, **{k: distill[k] for k in DEFAULTS})
+                        dict(loaded.scheduler_config), **{k: distill[k] for k in DEFAULTS})
 
 
 class DistilledJDM(torch.nn.Module):

@@ -61,3 +61,7 @@ def check_settings(settings: dict) -> None:
     if settings.get("backbone") == "sd15" and not settings.get("base_model"):
         raise NnaugError("--backbone sd15 needs --base-model DIR: a local diffusers Stable Diffusion 1.5 folder "
                          "(unet/, vae/, text_encoder/, tokenizer/, scheduler/)")
+    if settings.get("backbone", "pixel") == "pixel":  # sd15's factor comes from its VAE and UNet, checked as they load
+        from nnaug.generators.registry import check_unet_resolution
+
+        check_unet_resolution(settings)

@@ -1,0 +1,91 @@
+"""The nnU-Net results tree as nnaug reads it: trained model folders and their folds.
+
+A model folder (nnU-Net's "training output folder") is ``$nnUNet_results/<Dataset>/<Trainer>__<Plans>__<Config>``
+and holds what nnU-Net's predictor reads: ``dataset.json``, ``plans.json`` and one ``fold_<f>/checkpoint_final.pth``
+per trained fold (``fold_all`` for a model trained on every case). :func:`check_model_folder` is the one check of
+such a folder for every command that takes one (``synthesize --filter-model``, the report's and the sweep's mask
+consistency through :func:`nnaug.mask_consistency.load_predictor`): a folder nnU-Net cannot load is one error line
+before any work, not a traceback from inside nnU-Net.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from nnaug.errors import NnaugError
+
+CHECKPOINT = "checkpoint_final.pth"
+FOLD_PREFIX = "fold_"
+LAYOUT = "$nnUNet_results/<Dataset>/<Trainer>__<Plans>__<Config>"
+
+
+def parse_fold(text: str) -> int | str:
+    """A fold as nnU-Net names it: ``"3"`` -> 3, ``"all"`` -> ``"all"``."""
+    return int(text) if text.isdigit() else text
+
+
+def fold_folder(model_dir: Path | str, fold: int | str) -> Path:
+    return Path(model_dir) / f"{FOLD_PREFIX}{fold}"
+
+
+def trained_folds(model_dir: Path | str, checkpoint_name: str = CHECKPOINT) -> list:
+    """The folds of a model folder that have ``checkpoint_name`` (``fold_all`` as ``"all"``), in name order."""
+    folds = []
+    for folder in sorted(Path(model_dir).glob(f"{FOLD_PREFIX}*")):
+        if (folder / checkpoint_name).is_file():
+            folds.append(parse_fold(folder.name[len(FOLD_PREFIX):]))
+    return folds
+
+
+@dataclass(frozen=True)
+class ModelFolder:
+    """A checked model folder: where it is, its trained folds (or the ones asked for) and its dataset.json."""
+
+    folder: Path
+    folds: list
+    dataset_json: dict
+
+    @property
+    def labels(self) -> dict:
+        return self.dataset_json["labels"]
+
+
+def _read_json(path: Path, what: str, fix: str) -> dict:
+    try:
+        content = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise NnaugError(f"{what} {path.parent} has no {path.name}: {fix}") from None
+    except (OSError, ValueError) as exc:
+        raise NnaugError(f"{what} {path.parent}: {path.name} is not readable JSON ({type(exc).__name__}): {fix}") from None
+    if not isinstance(content, dict):
+        raise NnaugError(f"{what} {path.parent}: {path.name} does not hold a JSON object: {fix}")
+    return content
+
+
+def check_model_folder(model_dir: Path | str, what: str = "the nnU-Net model", folds=None,
+                       checkpoint_name: str = CHECKPOINT) -> ModelFolder:
+    """The model folder ``model_dir`` as nnU-Net's predictor will read it, or one error line naming ``what``
+    (an option such as ``--filter-model``) and what to fix. ``folds``: these must be trained (default: every
+    trained fold, at least one)."""
+    model_dir = Path(model_dir)
+    fix = f"give the training output folder of a trained nnU-Net ({LAYOUT})"
+    if not model_dir.is_dir():
+        raise NnaugError(f"{what} {model_dir} is not a folder: {fix}")
+    trained = trained_folds(model_dir, checkpoint_name)
+    if folds is None and not trained:
+        raise NnaugError(f"{what} {model_dir} has no {FOLD_PREFIX}*/{checkpoint_name}: train a fold first "
+                         f"(nnUNetv2_train), or {fix}")
+    folds = trained if folds is None else list(folds)
+    missing = [f for f in folds if f not in trained and parse_fold(str(f)) not in trained]
+    if not folds or missing:
+        raise NnaugError(f"{what} {model_dir}: no {checkpoint_name} for fold(s) "
+                         f"{', '.join(map(str, missing)) or '(none given)'}: train those folds first or choose others "
+                         f"with --folds (trained: {', '.join(map(str, trained)) or 'none'})")
+    dataset_json = _read_json(model_dir / "dataset.json", what, fix)
+    if not isinstance(dataset_json.get("labels"), dict):
+        raise NnaugError(f"{what} {model_dir}: dataset.json has no labels: {fix}")
+    plans = _read_json(model_dir / "plans.json", what, fix)
+    if not isinstance(plans.get("configurations"), dict):
+        raise NnaugError(f"{what} {model_dir}: plans.json has no configurations, it is not nnU-Net's plans: {fix}")
+    return ModelFolder(model_dir, folds, dataset_json)
