@@ -14,6 +14,8 @@ from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
 from diffusers.schedulers.scheduling_ddpm import DDPMSchedulerOutput
 from diffusers.utils.torch_utils import randn_tensor
 
+from nnaug.parameterisation import eps_from_x0, split_output
+
 
 def ddim_x0_eps(sample, model_output, a, prediction_type: str, clip: float | None, rederive_eps: bool = True):
     """DDIM's (x0, epsilon) from a network output at ``abar_t = a`` (a number, or a tensor that broadcasts per
@@ -21,19 +23,11 @@ def ddim_x0_eps(sample, model_output, a, prediction_type: str, clip: float | Non
     (improved-diffusion's ``ddim_sample``). The deterministic DDIM step to ``abar_s`` is then
     ``sqrt(abar_s) x0 + sqrt(1 - abar_s) eps``; few-step distillation (nnaug.generators.jdm.distill) takes the
     same step with a different ``a`` per sample."""
-    if prediction_type == "epsilon":
-        x0, eps = (sample - (1 - a).sqrt() * model_output) / a.sqrt(), model_output
-    elif prediction_type == "v_prediction":
-        x0 = a.sqrt() * sample - (1 - a).sqrt() * model_output
-        eps = a.sqrt() * model_output + (1 - a).sqrt() * sample
-    elif prediction_type == "sample":
-        x0, eps = model_output, (sample - a.sqrt() * model_output) / (1 - a).sqrt()
-    else:
-        raise ValueError(f"unknown prediction_type {prediction_type}")
+    x0, eps = split_output(prediction_type, model_output, sample, a)
     if clip is not None:
         x0 = x0.clamp(-clip, clip)
         if rederive_eps:
-            eps = (sample - a.sqrt() * x0) / (1 - a).sqrt()
+            eps = eps_from_x0(sample, x0, a)
     return x0, eps
 
 
@@ -61,11 +55,12 @@ class ScheduledDDIMScheduler(DDIMScheduler):
             x0, eps = ddim_x0_eps(sample, model_output, a, self.config.prediction_type, clip=None)
             x0 = self._threshold_sample(x0)
             if use_clipped_model_output:
-                eps = (sample - a.sqrt() * x0) / (1 - a).sqrt()
+                eps = eps_from_x0(sample, x0, a)
         else:
             clip = self.config.clip_sample_range if self.config.clip_sample else None
             x0, eps = ddim_x0_eps(sample, model_output, a, self.config.prediction_type, clip,
                                   rederive_eps=use_clipped_model_output)
+        # Copied from diffusers' DDIMScheduler.step (Song et al. 2021, eq. 12 and 16): the eta-scaled DDIM step
         sigma = eta * ((1 - a_prev) / (1 - a) * (1 - a / a_prev)).clamp(min=0).sqrt()
         prev_sample = a_prev.sqrt() * x0 + (1 - a_prev - sigma**2).clamp(min=0).sqrt() * eps
         if eta > 0:

@@ -30,6 +30,7 @@ import torch
 from nnaug.errors import NnaugError
 from nnaug.generators.jdm.sampling import oracle_mask_output
 from nnaug.masks import encode_labels
+from nnaug.parameterisation import eps_from_x0, q_sample, target
 from nnaug.scheduler_variants import ddim_x0_eps
 
 SAMPLER = "ddim"  # the sampler a distilled JDM is made for (its steps: settings["distill"]["student_steps"])
@@ -61,7 +62,7 @@ def ddim_step(x: torch.Tensor, output: torch.Tensor, a_t: torch.Tensor, a_s: tor
               clip: float | None = 1.0) -> torch.Tensor:
     """Deterministic DDIM from ``abar_t`` to ``abar_s`` (per sample), as ``nnaug``'s DDIM sampler steps."""
     x0, eps = ddim_x0_eps(x, output, a_t, prediction_type, clip)
-    return a_s.sqrt() * x0 + (1 - a_s).sqrt() * eps
+    return q_sample(x0, eps, a_s)
 
 
 def x0_for_step(x_t: torch.Tensor, x_s: torch.Tensor, a_t: torch.Tensor, a_s: torch.Tensor) -> torch.Tensor:
@@ -74,12 +75,9 @@ def x0_for_step(x_t: torch.Tensor, x_s: torch.Tensor, a_t: torch.Tensor, a_s: to
 
 def target_for(x_t: torch.Tensor, x0: torch.Tensor, a_t: torch.Tensor, prediction_type: str) -> torch.Tensor:
     """What the network predicts at ``x_t`` for the clean estimate ``x0`` (epsilon or v)."""
-    eps = (x_t - a_t.sqrt() * x0) / (1 - a_t).sqrt()
-    if prediction_type == "epsilon":
-        return eps
-    if prediction_type == "v_prediction":
-        return a_t.sqrt() * eps - (1 - a_t).sqrt() * x0
-    raise ValueError(f"distillation needs an epsilon or v prediction, not {prediction_type}")
+    if prediction_type not in ("epsilon", "v_prediction"):
+        raise ValueError(f"distillation needs an epsilon or v prediction, not {prediction_type}")
+    return target(prediction_type, x0, eps_from_x0(x_t, x0, a_t), a_t)
 
 
 class TeacherWalk:
@@ -159,7 +157,7 @@ class DistilledJDM(torch.nn.Module):
         steps = self.timesteps.to(device)
         t, s = steps[interval], steps[interval + 1]
         a_t, a_s = alpha_bar(self.alphas_cumprod, t), alpha_bar(self.alphas_cumprod, s)
-        x_t = a_t.sqrt() * x0 + (1 - a_t).sqrt() * noise
+        x_t = q_sample(x0, noise, a_t)
         walk = TeacherWalk(self.teacher, self.alphas_cumprod, self.prediction_type, self.channels, self.image_channels)
         mask, mask_noise = x0[:, self.image_channels:], noise[:, self.image_channels:]
         x_s = walk(x_t, t, s, self.substeps, mask, mask_noise, conditioned)

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from nnaug.choices import FLOW_T as T_DISTRIBUTIONS
+from nnaug.parameterisation import flow_interpolate, flow_velocity
 TIME_SCALE = 1000.0  # the network's timestep input is t * 1000, as diffusers' FlowMatch timesteps
 SCHEDULER_CONFIG = {"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": 1000, "shift": 1.0}
 
@@ -34,23 +35,8 @@ def sample_t(batch: int, distribution: str, generator: torch.Generator | None, d
     raise ValueError(f"unknown t distribution {distribution!r}: choose one of {', '.join(T_DISTRIBUTIONS)}")
 
 
-def _per_sample(t: Tensor, like: Tensor) -> Tensor:
-    return t.to(like.dtype).reshape(-1, *([1] * (like.dim() - 1)))
-
-
-def interpolate(x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
-    """``x_t = (1 - t) x_0 + t noise`` (``t`` per sample, or one value broadcast)."""
-    t = _per_sample(t, x0) if t.dim() else t.to(x0.dtype)
-    return (1 - t) * x0 + t * noise
-
-
-def velocity(x0: Tensor, noise: Tensor) -> Tensor:
-    """The target ``u = noise - x_0`` (constant along the straight path)."""
-    return noise - x0
-
-
 def training_loss(model_output: Tensor, x0: Tensor, noise: Tensor) -> Tensor:
     """Per-sample mean squared error between the predicted and the true velocity; shape ``[B]``."""
     if model_output.shape != x0.shape:
         raise ValueError(f"model_output must have shape {tuple(x0.shape)}, got {tuple(model_output.shape)}")
-    return ((velocity(x0, noise) - model_output) ** 2).mean(dim=tuple(range(1, x0.dim())))
+    return ((flow_velocity(x0, noise) - model_output) ** 2).mean(dim=tuple(range(1, x0.dim())))

@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from nnaug.generators.jdm import flow
+from nnaug.parameterisation import flow_interpolate
 from nnaug.generators.jdm.objective import GaussianDiffusion
 from nnaug.generators.jdm.presets import OBJECTIVE_PAPER, PREDICTION_TYPES, SCHEDULER_CONFIG, scheduler_config
 from nnaug.masks import decode_channels, encode_labels
@@ -82,7 +83,7 @@ class JDMModel(torch.nn.Module):
     def _flow_forward(self, x0: torch.Tensor, generator: torch.Generator):
         t = flow.sample_t(x0.shape[0], self.flow_t, generator, x0.device)
         noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
-        out = self.unet(flow.interpolate(x0, noise, t), t * flow.TIME_SCALE).sample
+        out = self.unet(flow_interpolate(x0, noise, t), t * flow.TIME_SCALE).sample
         loss = flow.training_loss(out.float(), x0, noise).mean()
         return loss, {"loss": loss.item()}
 

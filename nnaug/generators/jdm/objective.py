@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from nnaug import parameterisation
 from nnaug.choices import PREDICTIONS
 
 __all__ = [
@@ -144,7 +145,8 @@ class GaussianDiffusion:
         self.alphas_cumprod = torch.cumprod(alphas, dim=0)
         self.alphas_cumprod_prev = torch.cat([torch.ones(1, dtype=torch.float64), self.alphas_cumprod[:-1]])
 
-        # q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I)  (eq. 4) and its inverse (eq. 15).
+        # improved-diffusion's tables of q(x_t | x_0) (eq. 4) and its inverse (eq. 15), kept so that the two can be
+        # compared table by table; the methods below take abar_t and nnaug.parameterisation's formulas.
         self.sqrt_alphas_cumprod = torch.sqrt(self.alphas_cumprod)
         self.sqrt_one_minus_alphas_cumprod = torch.sqrt(1.0 - self.alphas_cumprod)
         self.sqrt_recip_alphas_cumprod = torch.sqrt(1.0 / self.alphas_cumprod)
@@ -207,6 +209,11 @@ class GaussianDiffusion:
     def _ex(self, table: Tensor, t: Tensor, like: Tensor) -> Tensor:
         return self.extract(table, t, like.shape, dtype=like.dtype).to(like.device)
 
+    def _abar(self, t: Tensor, like: Tensor) -> Tensor:
+        # float64 on the CPU: parameterisation takes its square roots there, then casts to like's dtype and device
+        abar = self.alphas_cumprod[self._check_t(t, like.shape)]
+        return abar.reshape(-1, *([1] * (like.dim() - 1)))
+
     def _split(self, model_output: Tensor, xt: Tensor) -> tuple[Tensor, Tensor]:
         c = xt.shape[1]
         if model_output.dim() != xt.dim() or model_output.shape[0] != xt.shape[0] \
@@ -220,8 +227,7 @@ class GaussianDiffusion:
         """Sample ``x_t ~ q(x_t | x_0)``: ``sqrt(abar_t) x_0 + sqrt(1 - abar_t) noise`` (Ho et al. eq. 4)."""
         if noise.shape != x0.shape:
             raise ValueError(f"noise shape {tuple(noise.shape)} != x0 shape {tuple(x0.shape)}")
-        return (self._ex(self.sqrt_alphas_cumprod, t, x0) * x0
-                + self._ex(self.sqrt_one_minus_alphas_cumprod, t, x0) * noise)
+        return parameterisation.q_sample(x0, noise, self._abar(t, x0))
 
     def q_posterior_mean_variance(self, x0: Tensor, xt: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Mean, variance and clipped log variance of ``q(x_{t-1} | x_t, x_0)`` (Ho et al. eq. 6-7).
@@ -242,8 +248,7 @@ class GaussianDiffusion:
         (the ``x0_hat`` of Ho et al. 2020, eq. 15)."""
         if eps.shape != xt.shape:
             raise ValueError(f"eps shape {tuple(eps.shape)} != xt shape {tuple(xt.shape)}")
-        return (self._ex(self.sqrt_recip_alphas_cumprod, t, xt) * xt
-                - self._ex(self.sqrt_recipm1_alphas_cumprod, t, xt) * eps)
+        return parameterisation.x0_from_eps(xt, eps, self._abar(t, xt))
 
     # ------------------------------------------------------------------ reverse process
     def learned_range_log_variance(self, v: Tensor, t: Tensor) -> Tensor:
@@ -327,16 +332,15 @@ class GaussianDiffusion:
             if model_output.shape != xt.shape:
                 raise ValueError(f"model_output must have shape {tuple(xt.shape)}, got {tuple(model_output.shape)}")
             pred, v = model_output, None
-        sqrt_ab, sqrt_1m_ab = self._ex(self.sqrt_alphas_cumprod, t, xt), self._ex(self.sqrt_one_minus_alphas_cumprod, t, xt)
-        target = noise if prediction == "epsilon" else sqrt_ab * noise - sqrt_1m_ab * x0
-        mse = mean_flat((target - pred) ** 2)
+        kind = "epsilon" if prediction == "epsilon" else "v_prediction"  # diffusers' names
+        abar = self._abar(t, xt)
+        mse = mean_flat((parameterisation.target(kind, x0, noise, abar) - pred) ** 2)
         if snr_gamma is not None:
-            snr = self.extract(self.alphas_cumprod / (1.0 - self.alphas_cumprod), t, (t.shape[0],), dtype=mse.dtype)
-            snr = snr.to(mse.device)
-            mse = mse * torch.minimum(snr, torch.full_like(snr, snr_gamma)) / (snr if prediction == "epsilon" else snr + 1)
+            abar_b = self.extract(self.alphas_cumprod, t, (t.shape[0],), dtype=torch.float64)
+            mse = mse * parameterisation.min_snr_weight(kind, abar_b, snr_gamma).to(mse.device, mse.dtype)
         if v is None:
             return {"loss": mse, "mse": mse, "vb": torch.zeros_like(mse)}
-        eps = pred if prediction == "epsilon" else sqrt_ab * pred + sqrt_1m_ab * xt
+        eps = parameterisation.split_output(kind, pred, xt, abar)[1]
         frozen = torch.cat([eps.detach(), v], dim=1)
         vb = self.vb_terms_bpd(frozen, x0, xt, t, clip_denoised=False) * (self.num_timesteps / 1000.0)
         return {"loss": mse + vb, "mse": mse, "vb": vb}

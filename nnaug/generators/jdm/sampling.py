@@ -28,32 +28,25 @@ import torch
 from nnaug.errors import NnaugError
 from nnaug.generators.reverse_process import per_sample_noise, reverse_process
 from nnaug.masks import decode_channels, encode_labels
+from nnaug.parameterisation import flow_interpolate, q_sample, target
 from nnaug.samplers import is_flow_config, make_scheduler
 
 
 def on_mask_path(mask: torch.Tensor, noise: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
     """``q(m_t | m_0)`` for a given noise draw: ``sqrt(abar_t) m + sqrt(1 - abar_t) z``."""
-    return alpha_bar.sqrt() * mask + (1 - alpha_bar).sqrt() * noise
+    return q_sample(mask, noise, alpha_bar)
 
 
 def on_flow_path(mask: torch.Tensor, noise: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     """The straight path of rectified flow at noise level ``s``: ``(1 - s) m + s z``."""
-    return (1 - s) * mask + s * noise
+    return flow_interpolate(mask, noise, s)
 
 
 def oracle_mask_output(mask: torch.Tensor, noise: torch.Tensor, alpha_bar: torch.Tensor,
                        prediction_type: str) -> torch.Tensor:
     """What a perfect model predicts for the mask channels on the path of ``noise``
     (``flow``: the velocity ``z - m``, the same at every level)."""
-    if prediction_type == "flow":
-        return noise - mask
-    if prediction_type == "epsilon":
-        return noise
-    if prediction_type == "v_prediction":
-        return alpha_bar.sqrt() * noise - (1 - alpha_bar).sqrt() * mask
-    if prediction_type == "sample":
-        return mask
-    raise ValueError(f"unknown prediction_type {prediction_type}")
+    return target(prediction_type, mask, noise, alpha_bar)
 
 
 class _MaskPath:

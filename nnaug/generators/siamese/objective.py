@@ -1,16 +1,12 @@
 """The Siamese-Diffusion training objective (Qiu et al., CVPR 2025), all terms in one place.
 
 Notation: x0 the clean sample (image in pixel space, VAE latent for sd15), eps ~ N(0, I),
-t ~ U{0..T-1}, x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps. One ControlNet (with the DHI) serves
-both branches; ``stopgrad`` is ``.detach()``. The UNet's output f is its prediction of eps
-(``epsilon``, as published) or of v = sqrt(abar_t) eps - sqrt(1 - abar_t) x0 (``v_prediction``,
-the fast objective, Salimans & Ho 2022); either way a prediction f at x_t determines both
-estimates (:func:`split_prediction`)::
-
-    epsilon:  eps^ = f,                               x0^ = (x_t - sqrt(1 - abar) f) / sqrt(abar)
-    v:        eps^ = sqrt(abar) f + sqrt(1 - abar) x_t,  x0^ = sqrt(abar) x_t - sqrt(1 - abar) f
-
-and the target for a pair (x0, eps) on x_t is :func:`prediction_target` (eps, or v).
+t ~ U{0..T-1}, x_t = q_sample(x0, eps, abar_t). One ControlNet (with the DHI) serves both
+branches; ``stopgrad`` is ``.detach()``. The UNet's output f is its prediction of eps
+(``epsilon``, as published) or of v (``v_prediction``, the fast objective, Salimans & Ho 2022);
+either way a prediction f at x_t determines both estimates x0^ and eps^ (:func:`split_prediction`),
+and the target for a pair (x0, eps) on x_t is :func:`prediction_target` (eps, or v). The formulas
+are :mod:`nnaug.parameterisation`'s.
 
 - **Mask-Diffusion**  f_m = UNet(x_t, t, text, control = ControlNet(x_t, hint = mask))
 - **Image-Diffusion** f_i = UNet(x_t, t, text, control = stopgrad(ControlNet(mask))
@@ -20,7 +16,7 @@ and the target for a pair (x0, eps) on x_t is :func:`prediction_target` (eps, or
 - **L0** = w |f_m - target(x0, eps)|^2, **L1** = w |f_i - target(x0, eps)|^2
 - **L2** (noise consistency) = w |f_m - stopgrad(f_i)|^2, every step and every t
 - **L3** (once step > max_steps / 3, only samples with t <= 200): x0^_i from f_i (unclipped),
-  re-noised to t with the same eps, detached: x_t^ = sqrt(abar) x0^_i + sqrt(1 - abar) eps.
+  re-noised to t with the same eps, detached: x_t^ = q_sample(x0^_i, eps, abar_t).
   Mask-Diffusion must predict the pair it came from: w |f_m(x_t^) - target(x0^_i, eps)|^2
   (epsilon: the target is eps, as published; v: it is v of (x0^_i, eps), the same condition --
   the mask branch's x0 estimate on x_t^ is x0^_i).
@@ -41,6 +37,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from nnaug import parameterisation
 
 L3_MAX_T = 200  # L3 applies to samples with t <= 200 (of T = 1000)
 PREDICTIONS = ("epsilon", "v_prediction")
@@ -78,40 +76,24 @@ def _check_prediction(prediction: str) -> None:
         raise ValueError(f"prediction type must be one of {PREDICTIONS}, got {prediction!r}")
 
 
-def _broadcast(abar: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    # [B] (or a scalar) -> [B, 1, ..., 1], in the data's dtype and device
-    abar = torch.as_tensor(abar).to(device=like.device, dtype=like.dtype)
-    return abar.view(-1, *([1] * (like.dim() - 1))) if abar.dim() else abar
-
-
 def prediction_target(prediction: str, x0: torch.Tensor, noise: torch.Tensor, abar: torch.Tensor) -> torch.Tensor:
     """What a perfect network predicts for the pair (x0, noise): noise, or v = sqrt(abar) noise - sqrt(1 - abar) x0."""
     _check_prediction(prediction)
-    if prediction == "epsilon":
-        return noise
-    a = _broadcast(abar, x0)
-    return a.sqrt() * noise - (1 - a).sqrt() * x0
+    return parameterisation.target(prediction, x0, noise, abar)
 
 
 def split_prediction(prediction: str, output: torch.Tensor, x_t: torch.Tensor,
                      abar: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """A prediction at x_t -> (x0 estimate, eps estimate), unclipped."""
     _check_prediction(prediction)
-    a = _broadcast(abar, x_t)
-    if prediction == "epsilon":
-        return (x_t - (1 - a).sqrt() * output) / a.sqrt(), output
-    return a.sqrt() * x_t - (1 - a).sqrt() * output, a.sqrt() * output + (1 - a).sqrt() * x_t
+    return parameterisation.split_output(prediction, output, x_t, abar)
 
 
 def min_snr_weight(prediction: str, abar: torch.Tensor, snr_gamma: float | None) -> torch.Tensor | None:
     """Per-sample loss weight [B]: None (1, as published) without ``snr_gamma``, else min-SNR-gamma
     for that parameterisation (see the module docstring)."""
     _check_prediction(prediction)
-    if snr_gamma is None:
-        return None
-    snr = abar.float() / (1 - abar.float())
-    clipped = torch.clamp(snr, max=float(snr_gamma))
-    return clipped / snr if prediction == "epsilon" else clipped / (snr + 1)
+    return None if snr_gamma is None else parameterisation.min_snr_weight(prediction, abar.float(), snr_gamma)
 
 
 def _per_sample_mse(prediction: torch.Tensor, target: torch.Tensor,
@@ -184,9 +166,8 @@ def _renoised_term(components, x_t, t, abar, text, mask_hint, noise, f_i, weight
         return L3, applied
     kind = components.prediction_type
     idx = applied.nonzero().squeeze(1)
-    a = _broadcast(abar[idx], x_t)
     x0_hat = split_prediction(kind, f_i[idx], x_t[idx], abar[idx])[0].detach()  # unclipped
-    x_t_hat = a.sqrt() * x0_hat + (1 - a).sqrt() * noise[idx]
+    x_t_hat = parameterisation.q_sample(x0_hat, noise[idx], abar[idx])
     control_hat = components.control(x_t_hat, t[idx], text[idx], mask_hint[idx])
     f_m_hat = components.predict(x_t_hat, t[idx], text[idx], control_hat)
     target_hat = prediction_target(kind, x0_hat, noise[idx], abar[idx])
