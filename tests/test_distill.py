@@ -4,6 +4,11 @@ few steps do."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -168,3 +173,50 @@ def test_a_distilled_student_follows_its_teacher_and_synthesizes_through_the_cli
                           "--overwrite", str(student))
     assert_one_line_error(run_cli("distill-generator", "999", "--generator", teacher, "--output", student,
                                   "--teacher-steps", 12, "--resume"), "--teacher-steps 12", "--overwrite")
+
+
+def _distill_cmd(teacher, output, extra=()) -> list[str]:
+    return [sys.executable, "-m", "nnaug_cli.main", "distill-generator", "999", "--generator", str(teacher),
+            "--student-steps", "2", "--teacher-steps", "4", "--steps", "12", "--checkpoint-every", "3",
+            "--batch-size", "4", "--cpu", "--output", str(output), *extra]
+
+
+def _kill_once(cmd: list[str], checkpoint, env) -> None:
+    """Start ``cmd`` and SIGKILL it as soon as ``checkpoint`` appears (mid-step, or mid-checkpoint)."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while not checkpoint.is_dir():
+        assert proc.poll() is None and time.time() < deadline, "distillation ended before it could be killed"
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+@pytest.mark.slow
+def test_sigkill_twice_and_resume_gives_the_weights_of_an_uninterrupted_distillation(nnunet_env, run_cli, tmp_path):
+    from safetensors.torch import load_file
+
+    assert run_cli("example-dataset", "-d", 999, "--num-cases", 8).exit_code == 0
+    teacher = tmp_path / "teacher"
+    assert run_cli("train-generator", "999", *TINY, "--steps", 4, "--checkpoint-every", 4, "--output", teacher).exit_code == 0
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    subprocess.run(_distill_cmd(teacher, straight), env=env, check=True, capture_output=True, timeout=600)
+
+    _kill_once(_distill_cmd(teacher, killed), killed / "checkpoints" / "step_0000003", env)
+    _kill_once(_distill_cmd(teacher, killed, ["--resume"]), killed / "checkpoints" / "step_0000009", env)
+    assert not (killed / "nnaug.json").exists() or json.loads((killed / "nnaug.json").read_text())["steps_trained"] < 12
+    resumed = subprocess.run(_distill_cmd(teacher, killed, ["--resume"]), env=env, capture_output=True, text=True,
+                             timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+
+    a = load_file(straight / "diffusion_pytorch_model.safetensors")
+    b = load_file(killed / "diffusion_pytorch_model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=1e-5)
+    teacher_weights = load_file(teacher / "diffusion_pytorch_model.safetensors")
+    assert any(not torch.equal(a[k], teacher_weights[k]) for k in a)  # the student did move away from its teacher
+    info = json.loads((killed / "nnaug.json").read_text())
+    assert info["steps_trained"] == 12 and info["settings"]["distill"]["student_steps"] == 2
+    assert not list((killed / "checkpoints").glob(".*tmp"))  # no half-written checkpoint left behind
