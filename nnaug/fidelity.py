@@ -15,7 +15,7 @@ import numpy as np
 
 from nnaug.dataset_images import as_raw, load_cases, select_cases, synthetic_identifiers, to_uint8_batch, uint8_images
 from nnaug.errors import NnaugError
-from nnaug.io import write_atomic
+from nnaug.io import one_line, write_atomic
 
 INCEPTION_URL = "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"
 """What torch-fidelity (0.4) downloads on first use; kept in sync with feature_extractor_inceptionv3.URL_INCEPTION_V3."""
@@ -209,8 +209,7 @@ def fid_kid(images_a, images_b, inception_weights: str | Path | None = None, kid
     except NnaugError:
         raise
     except Exception as exc:
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise NnaugError(f"FID/KID failed with weights {weights}: {message}") from None
+        raise NnaugError(f"FID/KID failed with weights {weights}: {one_line(exc)}") from None
     return {
         "fid": float(out["frechet_inception_distance"]),
         "kid_mean": float(out["kernel_inception_distance_mean"]),

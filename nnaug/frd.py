@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from nnaug.errors import NnaugError
+from nnaug.io import one_line
 
 FRD_VERSION = "v1"
 ROI_CHOICES = ("image", "mask")
@@ -57,7 +58,7 @@ def frd_available() -> str | None:
         import radiomics  # noqa: F401
         from radiomics import featureextractor  # noqa: F401
     except Exception as exc:  # ImportError, or a broken build of the C extension
-        return f"frd-score/pyradiomics not importable ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+        return f"frd-score/pyradiomics not importable ({type(exc).__name__}: {one_line(exc)})"
     return None
 
 
@@ -203,8 +204,7 @@ def frd(images_a, images_b, masks_a=None, masks_b=None, image_types=None, featur
         except NnaugError:
             raise
         except Exception as exc:
-            text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise NnaugError(f"FRD (frd-score) failed: {text}") from None
+            raise NnaugError(f"FRD (frd-score) failed: {one_line(exc)}") from None
     value = float(value)
     if np.isnan(value):
         raise NnaugError("FRD came out NaN: the radiomic features of one set are constant or undefined "

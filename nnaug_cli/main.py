@@ -28,12 +28,14 @@ def cli():
 
 
 def _register() -> None:
-    from nnaug_cli import data_commands, generator_commands, pipeline_commands, report_command, synthesize_command
+    """Every command module lists its commands in ``COMMANDS``; the group is their union, in this order."""
+    from nnaug_cli import (data_commands, generator_commands, pipeline_commands, report_command, sweep_command,
+                           synthesize_command)
 
-    for module in (data_commands, generator_commands, synthesize_command, pipeline_commands, report_command):
+    for module in (data_commands, generator_commands, synthesize_command, pipeline_commands, report_command,
+                   sweep_command):
         for command in module.COMMANDS:
             cli.add_command(command)
-    cli.add_command(__import__("nnaug_cli.sweep_command", fromlist=["sweep"]).sweep)
 
 
 _register()
