@@ -276,20 +276,57 @@ def convert_split(
     overwrite: bool = False,
     progress: bool = True,
     size: int | None = None,
+    allow_overlap: bool = False,
 ) -> list[Path]:
     """Convert ``source`` into one raw dataset per part of ``split`` (``train=40,val=200,test=rest``):
     IDs ``first_id``, ``first_id + 1``, ... named ``<name><Part>``. The parts are disjoint, drawn with
     ``seed`` (nnaug.split); all datasets share one label mapping and appear together, or not at all.
-    Each gets ``nnaug_split.json`` (source, seed, the split, its cases) so the split can be traced."""
+    Two parts that share an image's exact pixels are refused unless ``allow_overlap``; near-duplicates across
+    parts are listed as a warning (:mod:`nnaug.overlap`). Each gets ``nnaug_split.json`` (source, seed, the
+    split, its cases, the overlap found) so the split can be traced."""
     parts = parse_split(split)
     names = split_dataset_names(name, parts)
     targets = [_check_new_dataset(first_id + k, n, overwrite) for k, n in enumerate(names)]
     src = _read_source(source, images, masks, threshold, label_names, progress)
     assignment = assign_split(src.ids, parts, seed)
     index = {identifier: i for i, identifier in enumerate(src.ids)}
+    overlap = _check_parts_overlap(src, assignment, index, allow_overlap, progress)
     record = {"source": str(src.folder.resolve()), "seed": seed, "split": split, "size": size,
-              "datasets": {p.name: t.name for p, t in zip(parts, targets)}, "cases": assignment}
+              "datasets": {p.name: t.name for p, t in zip(parts, targets)}, "cases": assignment, "overlap": overlap}
     _write_datasets(src, [(target, [index[c] for c in assignment[part.name]], {**record, "part": part.name})
                           for part, target in zip(parts, targets)], overwrite, size, progress)
     _note_threshold(src, threshold)
     return targets
+
+
+def _check_parts_overlap(src: _Source, assignment: dict[str, list[str]], index: dict[str, int], allow_overlap: bool,
+                         progress: bool) -> dict:
+    """Every two parts compared (:mod:`nnaug.overlap`, on the source pixels): identical images in two parts are
+    refused unless ``allow_overlap``, near-duplicates printed as a warning; returns the record for nnaug_split.json."""
+    from tqdm.auto import tqdm
+
+    from nnaug.overlap import NEAR_THRESHOLD, THUMBNAIL, exact_message, find_overlap, fingerprints, overlap_warnings
+
+    bar = tqdm(total=sum(map(len, assignment.values())), desc="comparing the parts", disable=None if progress else True,
+               leave=False)
+
+    def images(names: list[str]):
+        for name in names:
+            bar.update(1)
+            yield name, read_image(src.pairs[index[name]][1])
+
+    prints = {part: fingerprints(images(names)) for part, names in assignment.items()}
+    bar.close()
+    record = {"near_threshold": NEAR_THRESHOLD, "thumbnail": THUMBNAIL, "exact": [], "near": []}
+    parts = list(assignment)
+    for k, a in enumerate(parts):
+        for b in parts[k + 1:]:
+            found = find_overlap(prints[a], prints[b])
+            record["exact"] += [[a, x, b, y] for x, y in found.exact]
+            record["near"] += [[a, x, b, y, round(r, 4)] for x, y, r in found.near]
+            if found.exact and not allow_overlap:
+                raise NnaugError(f"--split: {exact_message(found, f'part {a}', f'part {b}')} — remove one image of each "
+                                 "pair from the source (or keep them in one part), or pass --allow-overlap if you know")
+            for message in overlap_warnings(found, f"part {a}", f"part {b}"):
+                print(f"nnaug: warning: {message}", flush=True)
+    return record

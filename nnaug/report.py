@@ -157,6 +157,11 @@ def build_report(dataset: str, inception_weights: str | Path | None = None, fold
         files["real_contact_sheet"] = str(sheet) if sheet else None
     model = find_real_only_model(real.name, folds) if mask_check else None
     heldout = _sweep_test_dataset(real.name) if memorisation and synthetic_folders else None
+    if heldout is not None:  # the sweep refused identical pixels unless --allow-overlap: say what it let through
+        from nnaug.overlap import check_held_out
+
+        check_held_out(real, heldout, allow_overlap=True, what="the held-out set", warn=lambda m: warnings_.append(
+            f"memorisation's held-out set {heldout.name}: {m}"))
     validation = real_only_validation_dice(*model) if model is not None else None
     synthetic_rows = []
     for folder in synthetic_folders:

@@ -103,9 +103,11 @@ def _check_options(request: SweepRequest) -> None:
         raise NnaugError(f"--steps must be at least 1, got {request.steps}")
 
 
-def _held_out_datasets(raw, test) -> list:
-    """``--test A,B`` (or a list): each a raw dataset other than the training one, of the same kind."""
+def _held_out_datasets(raw, test, allow_overlap: bool = False, log=print) -> list:
+    """``--test A,B`` (or a list): each a raw dataset other than the training one, of the same kind, holding none
+    of its cases (:func:`nnaug.overlap.check_held_out`: identical pixels refused, near-duplicates a warning)."""
     from nnaug.dataset import check_dataset, check_same_kind, load_raw_dataset
+    from nnaug.overlap import check_held_out
 
     names = [t for t in (test.split(",") if isinstance(test, str) else (test or [])) if str(t).strip()]
     tests = []
@@ -116,6 +118,7 @@ def _held_out_datasets(raw, test) -> list:
         check_same_kind(raw.dataset_json, test_raw.dataset_json, f"--test dataset {test_raw.name}",
                         f"a held-out set must be made like {raw.name} (nnaug convert --split)")
         check_dataset(test_raw)
+        check_held_out(raw, test_raw, allow_overlap, "--test", warn=lambda m: log(f"nnaug sweep: warning: {m}"))
         if test_raw.name not in [t.name for t in tests]:
             tests.append(test_raw)
     return tests
@@ -144,7 +147,7 @@ def prepare_sweep(request: SweepRequest, log=print) -> SweepSetup:
     device = resolve_device(request.device)
     raw = load_raw_dataset(request.dataset)
     check_dataset(raw)
-    tests = _held_out_datasets(raw, request.test)
+    tests = _held_out_datasets(raw, request.test, request.allow_overlap, log)
     folds = resolve_folds(list(request.folds or []), bool(tests), len(raw.cases))
     if "pretrain" in kinds:
         generator, info = _checked_generator(raw, request.generator)

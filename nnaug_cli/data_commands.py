@@ -25,8 +25,12 @@ from nnaug_cli.params import DATASET_ID, POSITIVE
                    "DATASET_ID+1, ... named NAME+Part (Kvasir64Train, Kvasir64Val, ...).")
 @click.option("--split-seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Seed of the split: the same files and seed give the same split anywhere.")
+@click.option("--allow-overlap", is_flag=True,
+              help="--split: write the parts even when two of them share an image's exact pixels (refused by default; "
+                   "near-duplicates are only listed).")
 @click.option("--overwrite", is_flag=True, help="Replace the dataset(s) if they exist.")
-def convert(source, dataset_id, name, images, masks, threshold, label_names, size, split, split_seed, overwrite):
+def convert(source, dataset_id, name, images, masks, threshold, label_names, size, split, split_seed, allow_overlap,
+            overwrite):
     """Convert a folder SOURCE with images/ and masks/ into an nnU-Net raw dataset (or, with --split,
     into a training dataset and held-out datasets)."""
     from nnaug.convert import convert_folder, convert_split
@@ -34,9 +38,13 @@ def convert(source, dataset_id, name, images, masks, threshold, label_names, siz
     names = [n.strip() for n in label_names.split(",")] if label_names else None
     common = dict(images=images, masks=masks, threshold=threshold, label_names=names, overwrite=overwrite, size=size)
     if split is None:
+        if allow_overlap:
+            from nnaug.errors import NnaugError
+
+            raise NnaugError("--allow-overlap only applies with --split (it compares the parts)")
         targets = [convert_folder(source, dataset_id, name, **common)]
     else:
-        targets = convert_split(source, dataset_id, name, split, seed=split_seed, **common)
+        targets = convert_split(source, dataset_id, name, split, seed=split_seed, allow_overlap=allow_overlap, **common)
     for target in targets:
         _print_summary(target.name)
         click.echo(f"wrote {target}")

@@ -24,6 +24,9 @@ from nnaug_cli.params import FloatList, FoldList
 @click.option("--test", "test", default=None, metavar="DATASET[,DATASET...]",
               help="Held-out raw datasets (IDs or names, comma-separated) to score every arm on, one sweep.md each; "
                    "adding one later trains nothing. Default: nnU-Net's 5-fold CV on the real cases.")
+@click.option("--allow-overlap", is_flag=True,
+              help="Score on a --test set even if some of its images have the very pixels of training cases (refused "
+                   "by default; near-duplicates are only listed).")
 @click.option("--folds", type=FoldList(), default=None,
               help="Folds to train: CV default 0,1,2,3,4; with --test default all (several: their ensemble predicts).")
 @click.option("--budget", type=click.Choice(BUDGETS), default="small", show_default=True,

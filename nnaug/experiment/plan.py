@@ -297,6 +297,7 @@ class SweepRequest:
     seeds: int = 3
     generator: Path | None = None
     test: object = None  # held-out datasets: "A,B" or a list; None: nnU-Net's cross-validation
+    allow_overlap: bool = False  # a held-out set may share cases' pixels with the training set (nnaug.overlap)
     folds: tuple | None = None
     budget: str = "small"
     pretrain_epochs: int | None = None  # None: the budget's
