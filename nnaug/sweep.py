@@ -101,6 +101,8 @@ def _check_options(request: SweepRequest) -> None:
         raise NnaugError(f"--masks must be train or augmented, got {request.masks}")
     if request.steps is not None and int(request.steps) < 1:
         raise NnaugError(f"--steps must be at least 1, got {request.steps}")
+    if request.allow_overlap and not request.test:
+        raise NnaugError("--allow-overlap only applies with --test (it lets a held-out set share training cases)")
 
 
 def _held_out_datasets(raw, test, allow_overlap: bool = False, log=print) -> list:

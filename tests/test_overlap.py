@@ -113,6 +113,7 @@ def test_sweep_refuses_a_test_set_that_holds_the_training_cases(example, nnunet_
     line = assert_one_line_error(run_cli(*sweep), "--test Dataset997_Copy is not held out", "6 case(s)", "--allow-overlap")
     assert "example_000 = example_000" in line
     assert not list(nnunet_env["preprocessed"].iterdir())  # refused before planning anything
+    assert_one_line_error(run_cli("sweep", "999", "--allow-overlap"), "--allow-overlap only applies with --test")
 
 
 @pytest.mark.slow

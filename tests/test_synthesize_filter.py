@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from conftest import assert_one_line_error, nnunet_folders_in, sigkill_after
 
-from nnaug.synthesis_filter import decide
+from nnaug.synthesis_filter import CANDIDATE, decide
 from nnaug.synthesize import PLAN, PROGRESS
 
 TINY_GEN = ["--preset", "tiny", "--resolution", "16", "--channels", "32,32", "--attention-resolutions", "8",
@@ -150,6 +150,19 @@ def test_filtered_set_keeps_the_first_candidates_at_the_threshold(filtering):
     assert not list(filtering.env["raw"].glob(".*"))  # no partial folder, no candidate left behind
 
 
+def _sigkill_when(proc, condition, timeout: float = 600) -> None:
+    import os
+    import signal
+    import time
+
+    deadline = time.time() + timeout
+    while not condition():
+        assert proc.poll() is None and time.time() < deadline, "synthesis ended before it could be killed"
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
 @pytest.mark.slow
 def test_sigkill_resume_and_shards_give_identical_bytes(filtering):
     threshold = float(np.median(filtering.scores))
@@ -160,10 +173,17 @@ def test_sigkill_resume_and_shards_give_identical_bytes(filtering):
     reference = _digest(folder)
     shutil.rmtree(folder)
 
+    work = filtering.env["raw"] / ".Dataset611_nnaugExampleSynth.partial"
+    markers = work / PROGRESS
+    # killed inside a block (its first kept candidate on disk, the block's scores and done marker maybe not yet),
+    # then the resumed run killed again between blocks: the second resume must still make the same bytes
     proc = subprocess.Popen([sys.executable, "-m", "nnaug_cli.main", *args], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    markers = filtering.env["raw"] / ".Dataset611_nnaugExampleSynth.partial" / PROGRESS
-    sigkill_after(proc, markers, 2)
+    _sigkill_when(proc, lambda: any((work / "imagesTr").glob(f"{CANDIDATE}*")))
+    assert not folder.exists() and (work / PLAN).is_file()
+    proc = subprocess.Popen([sys.executable, "-m", "nnaug_cli.main", *args, "--resume"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    sigkill_after(proc, markers, 3)
     assert not folder.exists()
     other = _cli(*[a if a != repr(threshold) else repr(threshold / 2) for a in args], "--resume")
     assert other.returncode == 2 and "other settings" in other.stderr  # another threshold is another plan
