@@ -22,7 +22,9 @@ every stage skips what is already done, so the same command continues after any 
                  pretrain: joint pairs at ``--curve-ratio``). Several processes with different
                  ``--curve-arms`` share its runs. Writes ``budget_curve.json`` (also into
                  ``benchmarks/results/``, small enough to commit) and ``budget_curve.png``: validation Dice
-                 against fine-tuning iterations.
+                 against fine-tuning iterations, with the paired differences of real-twice and pretrain
+                 to real-only and of pretrain to real-twice at each budget (``--curve-seeds``, default 3).
+   ``budget-summary`` only rewrites those two files from the sweeps that finished.
 
     python benchmarks/kvasir_evidence.py [--workdir kvasir-evidence] [--stages split,generator,...]
                                          [--seeds 5] [--budget small] [--arms joint,mask-then-image]
@@ -245,28 +247,47 @@ def stage_budget(run: Runner, args) -> None:
         extra = ["--arms", ",".join(["real-only", *(k for k in kinds if k != "real-only")]), "--no-compute-matched",
                  "--finetune-epochs", 15 * multiplier]
         if "pretrain" in kinds:
-            _sweep(run, args, VAL, "joint", str(args.curve_ratio), BUDGET_SEEDS, *extra)
+            _sweep(run, args, VAL, "joint", str(args.curve_ratio), args.curve_seeds, *extra)
         else:  # the controls need no generator
-            run("nnaug", "sweep", TRAIN, "--test", VAL, "--seeds", BUDGET_SEEDS, "--budget", args.budget,
+            run("nnaug", "sweep", TRAIN, "--test", VAL, "--seeds", args.curve_seeds, "--budget", args.budget,
                 "--device", args.device, *extra)
     if not run.dry_run:
         budget_summary(run)
 
 
+CURVE_PAIRS = [("real-twice", "real-only"), ("pretrain-r1", "real-only"), ("pretrain-r1", "real-twice")]
+
+
 def budget_summary(run: Runner) -> dict:
-    """Validation Dice per arm and fine-tuning budget from the sweeps' own sweep.json files."""
+    """Validation Dice per arm and fine-tuning budget from the sweeps' own sweep.json files, and the differences
+    of CURVE_PAIRS at each budget, paired by case over the per-case Dice the sweeps recorded (the controls and
+    the pretrain arms are scored in sweeps of their own, so their difference is computed here)."""
+    import numpy as np
+
+    from nnaug.stats import difference_ci
+
     curve: dict = {}
+    per_case: dict = {}  # {iterations: {arm: {seed: {case: dice}}}}
     for result in _budget_sweep_jsons(run, VAL):
-        iterations = result["budget"]["finetune"][0] * result["budget"]["finetune"][1]
+        iterations = str(result["budget"]["finetune"][0] * result["budget"]["finetune"][1])
         for arm in result["arms"]:
             name = arm["arm"] if arm["kind"] != "pretrain" else f"pretrain-r{arm['ratio']:g}"
-            curve.setdefault(name, {})[str(iterations)] = {
+            curve.setdefault(name, {})[iterations] = {
                 "foreground": arm["foreground"], "per_seed": arm["per_seed_foreground"],
                 "phases": arm["phases"], "budget": result["budget"]["name"]}
-        for diff in result["differences"]:
-            name = f"{diff['arm']} - {diff['reference']}"
-            curve.setdefault("differences", {}).setdefault(name, {})[str(iterations)] = diff["foreground"]
-    out = {"validation_dataset": NAMES[VAL], "seeds": BUDGET_SEEDS, "curve": curve}
+            per_case.setdefault(iterations, {})[name] = {
+                seed: {case: v["foreground"] for case, v in cases.items()}
+                for seed, cases in result["per_case"][arm["arm"]].items()}
+    differences: dict = {}
+    for iterations, arms in per_case.items():
+        for a, b in CURVE_PAIRS:
+            if a not in arms or b not in arms:
+                continue
+            cases = sorted(set.intersection(*(set(c) for arm in (a, b) for c in arms[arm].values())))
+            grid = {arm: np.array([[arms[arm][s][c] for c in cases] for s in sorted(arms[arm])]) for arm in (a, b)}
+            differences.setdefault(f"{a} - {b}", {})[iterations] = difference_ci(grid[a], grid[b]).as_dict()
+    curve["differences"] = differences
+    out = {"validation_dataset": NAMES[VAL], "curve": curve}  # seeds per point: each point's per_seed
     for folder in (run.work, RESULTS):
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "budget_curve.json").write_text(json.dumps(out, indent=1))
@@ -274,6 +295,9 @@ def budget_summary(run: Runner) -> dict:
     for name, points in curve.items():
         if name != "differences":
             print(name, {k: round(v["foreground"]["mean"], 4) for k, v in sorted(points.items(), key=lambda x: int(x[0]))})
+    for name, points in differences.items():
+        print(name, {k: f"{v['mean']:+.4f} [{v['low']:+.4f}, {v['high']:+.4f}]"
+                     for k, v in sorted(points.items(), key=lambda x: int(x[0]))})
     return out
 
 
@@ -308,7 +332,7 @@ def _plot_budget_curve(curve: dict, path: Path) -> None:
 
 
 STAGES = {"split": stage_split, "generator": stage_generator, "validate": stage_validate, "test": stage_test,
-          "summary": stage_summary, "budget": stage_budget}
+          "summary": stage_summary, "budget": stage_budget, "budget-summary": lambda run, args: budget_summary(run)}
 
 
 def main() -> None:
@@ -329,6 +353,7 @@ def main() -> None:
     parser.add_argument("--curve-arms", default="real-only,real-twice,pretrain",
                         help="budget stage: arm kinds (real-only, real-twice, pretrain)")
     parser.add_argument("--curve-ratio", type=float, default=1.0, help="budget stage: the pretrain arm's ratio")
+    parser.add_argument("--curve-seeds", type=int, default=BUDGET_SEEDS, help="budget stage: seeds per arm and budget")
     parser.add_argument("--dry-run", action="store_true", help="print every stage's commands, run nothing")
     args = parser.parse_args()
     run = Runner(args.workdir.resolve(), args.dry_run)
