@@ -29,6 +29,30 @@ def fold_folder(model_dir: Path | str, fold: int | str) -> Path:
     return Path(model_dir) / f"{FOLD_PREFIX}{fold}"
 
 
+def model_folder(root: Path | str, dataset_name: str, trainer: str, plans: str, configuration: str) -> Path:
+    """``<root>/<Dataset>/<Trainer>__<Plans>__<Config>``: where ``nnUNetv2_train`` writes (``root`` is an
+    ``nnUNet_results``)."""
+    from nnunetv2.utilities.file_path_utilities import convert_trainer_plans_config_to_identifier
+
+    return Path(root) / dataset_name / convert_trainer_plans_config_to_identifier(trainer, plans, configuration)
+
+
+def checkpoint_path(model_dir: Path | str, fold: int | str, checkpoint_name: str = CHECKPOINT) -> Path:
+    return fold_folder(model_dir, fold) / checkpoint_name
+
+
+def cv_summary_path(model_dir: Path | str, fold: int | str) -> Path:
+    """nnU-Net's validation of a fold (written when its training ends): ``fold_<f>/validation/summary.json``."""
+    return fold_folder(model_dir, fold) / "validation" / "summary.json"
+
+
+def fold_done(model_dir: Path | str, fold: int | str, cross_validation: bool) -> bool:
+    """The fold has its final checkpoint (and, for cross-validation, nnU-Net's validation summary)."""
+    if not checkpoint_path(model_dir, fold).is_file():
+        return False
+    return not cross_validation or cv_summary_path(model_dir, fold).is_file()
+
+
 def trained_folds(model_dir: Path | str, checkpoint_name: str = CHECKPOINT) -> list:
     """The folds of a model folder that have ``checkpoint_name`` (``fold_all`` as ``"all"``), in name order."""
     folds = []

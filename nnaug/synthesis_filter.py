@@ -70,13 +70,14 @@ def resolve_filter_model(raw, model) -> tuple[Path, list]:
 def filter_plan(raw, opts, count: int) -> dict:
     """The filter's part of the synthesis plan: threshold, model (folder, folds, weights hashes), cap."""
     from nnaug.io import file_sha256
+    from nnaug.nnunet_results import checkpoint_path
 
     model, folds = resolve_filter_model(raw, opts.filter_model)
     cap = opts.max_candidates if opts.max_candidates is not None else CANDIDATES_PER_CASE * count
     if cap < count:
         raise NnaugError(f"--max-candidates {cap} is below the {count} cases to keep: allow at least {count}")
     return {"min_consistency": float(opts.min_consistency), "model": str(Path(model).resolve()), "folds": folds,
-            "checkpoint_sha256": {str(f): file_sha256(Path(model) / f"fold_{f}" / "checkpoint_final.pth") for f in folds},
+            "checkpoint_sha256": {str(f): file_sha256(checkpoint_path(model, f)) for f in folds},
             "max_candidates": int(cap)}
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from nnaug import nnunet_results
 from nnaug.errors import NnaugError
 from nnaug.experiment.plan import ARM_RECORD, Arm, SweepSetup
 from nnaug.experiment.synthetic_sets import SyntheticSets
@@ -51,7 +52,7 @@ def per_case_from_metrics(metric_per_case: list[dict], names: dict[str, str], fi
 def cv_results(model_dir: Path, folds: list, names: dict[str, str], file_ending: str) -> dict:
     per_case = {}
     for fold in folds:
-        summary = json.loads((model_dir / f"fold_{fold}" / "validation" / "summary.json").read_text())
+        summary = json.loads(nnunet_results.cv_summary_path(model_dir, fold).read_text())
         per_case.update(per_case_from_metrics(summary["metric_per_case"], names, file_ending))
     return per_case
 
@@ -59,7 +60,7 @@ def cv_results(model_dir: Path, folds: list, names: dict[str, str], file_ending:
 def checkpoint_stamp(model_dir: Path, folds: list) -> dict:
     stamp = {}
     for fold in folds:
-        stat = (model_dir / f"fold_{fold}" / "checkpoint_final.pth").stat()
+        stat = nnunet_results.checkpoint_path(model_dir, fold).stat()
         stamp[str(fold)] = [stat.st_size, stat.st_mtime_ns]
     return stamp
 
@@ -109,7 +110,7 @@ def _predict_and_score(test_raw, model_dir: Path, folds: list, out: Path, device
                                     perform_everything_on_device=dev.type == "cuda", device=dev, verbose=False,
                                     verbose_preprocessing=False, allow_tqdm=False)
         predictor.initialize_from_trained_model_folder(str(model_dir), use_folds=tuple(folds),
-                                                       checkpoint_name="checkpoint_final.pth")
+                                                       checkpoint_name=nnunet_results.CHECKPOINT)
         predictor.predict_from_files_sequential([c.image_files for c in test_raw.cases],
                                                 [str(out / c.identifier) for c in test_raw.cases],
                                                 save_probabilities=False, overwrite=True)

@@ -10,6 +10,7 @@ import zlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from nnaug import nnunet_results
 from nnaug.errors import NnaugError
 from nnaug.choices import DEVICES
 from nnaug.nnunet_pretraining import BUDGET_SCHEDULES
@@ -275,16 +276,7 @@ def arm_root(base: Path, generator_folder: Path, arm: Arm, seed: int) -> Path:
 
 
 def model_folder(root: Path, dataset_name: str, trainer: str) -> Path:
-    from nnunetv2.utilities.file_path_utilities import convert_trainer_plans_config_to_identifier
-
-    return root / dataset_name / convert_trainer_plans_config_to_identifier(trainer, PLANS, CONFIGURATION)
-
-
-def fold_done(model_dir: Path, fold, cross_validation: bool) -> bool:
-    fold_dir = model_dir / f"fold_{fold}"
-    if not (fold_dir / "checkpoint_final.pth").is_file():
-        return False
-    return not cross_validation or (fold_dir / "validation" / "summary.json").is_file()
+    return nnunet_results.model_folder(root, dataset_name, trainer, PLANS, CONFIGURATION)
 
 
 @dataclass(frozen=True)
@@ -378,7 +370,7 @@ class SweepSetup:
         return model_folder(self.root(arm, seed), self.raw.name, arm.trainer)
 
     def folds_left(self, arm: Arm, seed: int) -> list:
-        return [f for f in self.folds if not fold_done(self.model_dir(arm, seed), f, self.cv)]
+        return [f for f in self.folds if not nnunet_results.fold_done(self.model_dir(arm, seed), f, self.cv)]
 
     def plan_record(self) -> dict:
         """What this sweep is, as JSON: the inputs, the arms, the runs and where they live."""
@@ -402,7 +394,7 @@ class SweepSetup:
         runs = []
         for arm, seed in self.tasks:
             for fold in self.folds:
-                checkpoint = self.model_dir(arm, seed) / f"fold_{fold}" / "checkpoint_final.pth"
+                checkpoint = nnunet_results.checkpoint_path(self.model_dir(arm, seed), fold)
                 runs.append([arm.name, seed, str(fold), checkpoint.stat().st_mtime_ns if checkpoint.is_file() else None])
         return hashlib.sha256(json.dumps(runs).encode()).hexdigest()
 
