@@ -113,3 +113,41 @@ def check_model_folder(model_dir: Path | str, what: str = "the nnU-Net model", f
     if not isinstance(plans.get("configurations"), dict):
         raise NnaugError(f"{what} {model_dir}: plans.json has no configurations, it is not nnU-Net's plans: {fix}")
     return ModelFolder(model_dir, folds, dataset_json)
+
+
+def model_folders(dataset_results: Path | str) -> list[Path]:
+    """The ``<Trainer>__<Plans>__<Config>`` folders of one dataset's results (``$nnUNet_results/<Dataset>``)."""
+    root = Path(dataset_results)
+    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.count("__") == 2) if root.is_dir() else []
+
+
+def trainer_kind(trainer: str) -> str:
+    """``pretrain→fine-tune`` for nnaug's (Pretrain)Finetune trainers, ``pretrain`` for the pretraining phase, else ``real-only``."""
+    if "Finetune" in trainer:
+        return "pretrain→fine-tune"
+    if "nnaugPretrain" in trainer:
+        return "pretrain"
+    return "real-only"
+
+
+def find_real_only_model(dataset_name: str, folds: list | None = None) -> tuple[Path, list] | None:
+    """(model folder, trained folds) of a real-only model of ``$nnUNet_results/<dataset_name>``:
+    ``nnUNetTrainer_nnaug*`` first, then ``nnUNetTrainer``, then any other; None when there is none."""
+    from nnunetv2.utilities.file_path_utilities import convert_identifier_to_trainer_plans_config
+
+    from nnaug.dataset import results_root
+
+    candidates = []
+    for model_dir in model_folders(results_root() / dataset_name):
+        trainer = convert_identifier_to_trainer_plans_config(model_dir.name)[0]
+        if trainer_kind(trainer) != "real-only":
+            continue
+        available = [f for f in trained_folds(model_dir) if folds is None or f in folds]
+        if not available:
+            continue
+        rank = 0 if trainer.startswith("nnUNetTrainer_nnaug") else 1 if trainer == "nnUNetTrainer" else 2
+        candidates.append((rank, model_dir.name, model_dir, available))
+    if not candidates:
+        return None
+    _, _, model_dir, available = min(candidates, key=lambda c: (c[0], c[1]))
+    return model_dir, available

@@ -13,20 +13,12 @@ from pathlib import Path
 import numpy as np
 
 from nnaug.errors import NnaugError
+from nnaug.nnunet_results import cv_summary_path, find_real_only_model, model_folders, parse_fold, trainer_kind
 
 NO_WEIGHTS_NOTE = "n/a (no Inception weights: --inception-weights FILE)"
 
 
 # ----------------------------------------------------------------------------- discovering
-def trainer_kind(trainer: str) -> str:
-    """``pretrain→fine-tune`` for nnaug's (Pretrain)Finetune trainers, ``pretrain`` for the pretraining phase, else ``real-only``."""
-    if "Finetune" in trainer:
-        return "pretrain→fine-tune"
-    if "nnaugPretrain" in trainer:
-        return "pretrain"
-    return "real-only"
-
-
 def collect_dice(dataset_name: str, folds: list[int] | None = None, dataset_json: dict | None = None) -> list[dict]:
     """One row per ``<Trainer>__<Plans>__<config>/fold_<f>/validation/summary.json`` under ``$nnUNet_results/<dataset>``."""
     from nnaug.dataset import results_root
@@ -42,14 +34,13 @@ def collect_dice(dataset_name: str, folds: list[int] | None = None, dataset_json
     rows = []
     if not root.is_dir():
         return rows
-    for model_dir in sorted(p for p in root.iterdir() if p.is_dir() and p.name.count("__") == 2):
+    for model_dir in model_folders(root):
         trainer, plans, configuration = convert_identifier_to_trainer_plans_config(model_dir.name)
         for fold_dir in sorted(model_dir.glob("fold_*")):
-            fold_text = fold_dir.name[len("fold_"):]
-            fold = int(fold_text) if fold_text.isdigit() else fold_text
+            fold = parse_fold(fold_dir.name[len("fold_"):])
             if folds is not None and fold not in folds:
                 continue
-            summary_path = fold_dir / "validation" / "summary.json"
+            summary_path = cv_summary_path(model_dir, fold)
             summary = load_json_or_none(summary_path)
             if summary is None:
                 continue
@@ -69,43 +60,6 @@ def collect_dice(dataset_name: str, folds: list[int] | None = None, dataset_json
     return rows
 
 
-def find_real_only_model(dataset_name: str, folds: list[int] | None = None) -> tuple[Path, list] | None:
-    """(model folder, folds with checkpoint_final.pth) of a real-only model: nnUNetTrainer_nnaug* first, then nnUNetTrainer."""
-    from nnunetv2.utilities.file_path_utilities import convert_identifier_to_trainer_plans_config
-
-    from nnaug.dataset import results_root
-
-    root = results_root() / dataset_name
-    if not root.is_dir():
-        return None
-    candidates = []
-    for model_dir in root.iterdir():
-        if not model_dir.is_dir() or model_dir.name.count("__") != 2:
-            continue
-        trainer = convert_identifier_to_trainer_plans_config(model_dir.name)[0]
-        if trainer_kind(trainer) != "real-only":
-            continue
-        available = []
-        for fold_dir in sorted(model_dir.glob("fold_*")):
-            text = fold_dir.name[len("fold_"):]
-            fold = int(text) if text.isdigit() else text
-            if (fold_dir / "checkpoint_final.pth").is_file() and (folds is None or fold in folds):
-                available.append(fold)
-        if not available:
-            continue
-        if trainer.startswith("nnUNetTrainer_nnaug"):
-            rank = 0
-        elif trainer == "nnUNetTrainer":
-            rank = 1
-        else:
-            rank = 2
-        candidates.append((rank, model_dir.name, model_dir, available))
-    if not candidates:
-        return None
-    _, _, model_dir, available = min(candidates, key=lambda c: (c[0], c[1]))
-    return model_dir, available
-
-
 # ----------------------------------------------------------------------------- the report
 def real_only_validation_dice(model_dir: Path, folds: list) -> dict:
     """Mean validation foreground Dice (nnU-Net's summary.json) of a model over ``folds``: ``dict(dice=, folds=)``,
@@ -114,7 +68,7 @@ def real_only_validation_dice(model_dir: Path, folds: list) -> dict:
 
     values, used = [], []
     for fold in folds:
-        summary = load_json_or_none(Path(model_dir) / f"fold_{fold}" / "validation" / "summary.json")
+        summary = load_json_or_none(cv_summary_path(model_dir, fold))
         try:
             values.append(float(summary["foreground_mean"]["Dice"]))
             used.append(fold)

@@ -50,7 +50,7 @@ def resolve_filter_model(raw, model) -> tuple[Path, list]:
     from nnaug.nnunet_results import check_model_folder
 
     if model is None:
-        from nnaug.report import find_real_only_model
+        from nnaug.nnunet_results import find_real_only_model
 
         found = find_real_only_model(raw.name)
         if found is None:
