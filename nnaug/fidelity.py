@@ -239,7 +239,7 @@ def inception_features(images, inception_weights: str | Path, batch_size: int = 
 def synthetic_fidelity(real, synthetic, inception_weights: str | Path | None = None,
                        max_images: int | None = None, *, fid: bool | None = None, frd: bool | None = None,
                        frd_roi=("image", "mask"), frd_image_types=None, frd_features=None,
-                       download: bool = True, progress: bool = False) -> dict:
+                       download: bool = True, progress: bool = False, keep_features: bool = False) -> dict:
     """FRD and FID/KID of a synthetic raw dataset's synthetic cases against the real dataset's training images.
 
     Both sets are compared at the synthetic images' size (the real images and masks are resized to
@@ -255,6 +255,8 @@ def synthetic_fidelity(real, synthetic, inception_weights: str | Path | None = N
     one-line ``fid_note`` / ``frd_note``; True makes that a one-line :class:`NnaugError`; False skips it.
     Returns ``dict(frd=, frd_roi=, frd_details={roi: frd()'s dict}, fid=, kid_mean=, kid_std=, extractor=,
     weights=, kid_subset_size=, n_real=, n_synthetic=, resolution=)`` (+ ``*_note`` for what is missing).
+    ``keep_features``: also ``radiomics_features`` = ``dict(real=, synthetic=, names=)``, the whole-image FRD's
+    normalised radiomic features (:func:`nnaug.frd.frd`'s ``keep_features``; arrays, not for JSON).
     """
     from nnaug.frd import ROI_CHOICES
 
@@ -279,7 +281,7 @@ def synthetic_fidelity(real, synthetic, inception_weights: str | Path | None = N
                               f"images at {size[0]}x{size[1]} ...", file=sys.stderr, flush=True)) if progress else None
     if frd is not False:
         _add_frd(result, real_u8, syn_u8, (np.stack(real_labels), np.stack(syn_labels)), rois, frd,
-                 frd_image_types, frd_features, say)
+                 frd_image_types, frd_features, say, keep_features)
     else:
         result["frd_note"] = "skipped (--no-frd)"
     if fid is not False:
@@ -298,7 +300,7 @@ def synthetic_fidelity(real, synthetic, inception_weights: str | Path | None = N
 
 
 def _add_frd(result: dict, real_u8, syn_u8, masks, rois: list, required: bool | None, image_types, features,
-             say) -> None:
+             say, keep_features: bool = False) -> None:
     """FRD per ROI into ``result`` (``frd`` whole image, ``frd_roi`` the masks' foreground); a note when not."""
     from nnaug.frd import INSTALL_HINT, frd_available
     from nnaug.frd import frd as frd_distance
@@ -314,11 +316,15 @@ def _add_frd(result: dict, real_u8, syn_u8, masks, rois: list, required: bool | 
             say(f"FRD ({roi} ROI)")
         real_masks, syn_masks = masks if roi == "mask" else (None, None)
         try:
-            details = frd_distance(real_u8, syn_u8, real_masks, syn_masks, image_types=image_types, features=features)
+            details = frd_distance(real_u8, syn_u8, real_masks, syn_masks, image_types=image_types, features=features,
+                                   keep_features=keep_features and roi == "image")
         except NnaugError as exc:
             if required:
                 raise
             result[f"frd_{roi}_note" if roi == "mask" else "frd_note"] = f"n/a ({exc})"
             continue
+        if "features_a" in details:  # arrays for the coverage measures, not for report.json
+            result["radiomics_features"] = {"real": details.pop("features_a"), "synthetic": details.pop("features_b"),
+                                            "names": details.pop("feature_names")}
         result["frd_details"][roi] = details
         result["frd" if roi == "image" else "frd_roi"] = details["frd"]

@@ -161,7 +161,7 @@ def _quiet():
 
 
 def frd(images_a, images_b, masks_a=None, masks_b=None, image_types=None, features=None,
-        num_workers: int | None = None) -> dict:
+        num_workers: int | None = None, keep_features: bool = False) -> dict:
     """FRD between image set A (the reference, e.g. the real images) and set B (e.g. synthetic).
 
     Images: as :func:`nnaug.fidelity.fid_kid` takes them (uint8 RGB or grayscale, [N, C, H, W] or
@@ -176,6 +176,10 @@ def frd(images_a, images_b, masks_a=None, masks_b=None, image_types=None, featur
     Returns ``dict(frd=, roi=, n_a=, n_b=, skipped_a=, skipped_b=, image_types=, features=, version=,
     package=, log=, colour=, seconds=)``; ``frd`` (:data:`LOG_CONVENTION`) is -inf when the two feature
     distributions are identical; ``colour``: "rgb" or "gray", what frd-score read.
+    ``keep_features``: also return the features the distance was computed from, as frd-score normalised them
+    (z-scored with set A's statistics, NaN/Inf columns dropped): ``features_a`` [n_a, F], ``features_b``
+    [n_b, F] and ``feature_names``. They come from the same ``compute_frd`` call (its ``save_features``
+    CSVs, read back), so keeping them costs no second extraction and leaves the number as it is.
     """
     reason = frd_available()
     if reason is not None:
@@ -200,7 +204,9 @@ def frd(images_a, images_b, masks_a=None, masks_b=None, image_types=None, featur
                 value = compute_frd([files_a, files_b], frd_version=FRD_VERSION,
                                     paths_masks=[mask_files_a, mask_files_b] if roi == "mask" else None,
                                     image_types=list(image_types) if image_types else None,
-                                    features=list(features) if features else None, num_workers=num_workers)
+                                    features=list(features) if features else None, num_workers=num_workers,
+                                    save_features=keep_features)
+            kept = _saved_features(Path(tmp)) if keep_features else {}
         except NnaugError:
             raise
         except Exception as exc:
@@ -214,4 +220,27 @@ def frd(images_a, images_b, masks_a=None, masks_b=None, image_types=None, featur
             "features": list(features) if features else ["firstorder", "glcm", "glrlm", "glszm", "ngtdm"],
             "version": FRD_VERSION, "package": frd_package_version(), "log": LOG_CONVENTION,
             "colour": "rgb" if pixels_a.ndim == 4 or pixels_b.ndim == 4 else "gray",
-            "seconds": round(time.time() - start, 2)}
+            "seconds": round(time.time() - start, 2), **kept}
+
+
+def _saved_features(tmp: Path) -> dict:
+    """The normalised features frd-score's ``save_features`` wrote beside each set's image folder
+    (``<set>/radiomics_set<i>_results_normalized_*.csv``: a header, one row per image, then a blank row and
+    its min/max rows) as ``features_a``, ``features_b`` and ``feature_names``."""
+    import csv
+
+    out = {}
+    for index, (name, key) in enumerate((("a", "features_a"), ("b", "features_b"))):
+        found = sorted((tmp / name).glob(f"radiomics_set{index}_results_normalized_*.csv"))
+        if not found:
+            raise NnaugError(f"FRD: frd-score wrote no normalised features for set {name} (save_features)")
+        with open(found[-1], newline="") as handle:
+            rows = list(csv.reader(handle))
+        header, body = rows[0], []
+        for row in rows[1:]:
+            if not any(cell.strip() for cell in row):
+                break
+            body.append([float(v) for v in row[2:]])
+        out[key] = np.asarray(body, dtype=np.float64).reshape(len(body), len(header) - 2)
+        out["feature_names"] = header[2:]
+    return out

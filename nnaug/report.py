@@ -94,11 +94,13 @@ def build_report(dataset: str, inception_weights: str | Path | None = None, fold
     ``frd``: the same for FRD (needs the frd-score package, no weights); ``frd_roi``,
     ``frd_image_types``, ``frd_features`` as for :func:`nnaug.fidelity.synthetic_fidelity`.
     ``memorisation``: nearest-real distances of every synthetic case (:func:`nnaug.memorisation.memorisation_summary`).
+    Mask realism and coverage (:mod:`nnaug.realism_report`) are computed for every synthetic set.
     The pictures (contact sheets, closest pairs) are written into :func:`report_folder` as they are made.
     """
     from nnaug.dataset import load_raw_dataset
     from nnaug.fidelity import synthetic_fidelity
     from nnaug.provenance import synthetic_datasets_for
+    from nnaug.realism_report import add_realism
 
     real = load_raw_dataset(dataset)
     warnings_: list[str] = []
@@ -123,7 +125,9 @@ def build_report(dataset: str, inception_weights: str | Path | None = None, fold
         row = _synthetic_row(folder, syn, out)
         fidelity_result = synthetic_fidelity(
             real, syn, weights, max_images, fid=weights is not None, frd=frd, frd_roi=frd_roi,
-            frd_image_types=frd_image_types, frd_features=frd_features, download=False, progress=progress)
+            frd_image_types=frd_image_types, frd_features=frd_features, download=False, progress=progress,
+            keep_features=True)
+        add_realism(row, real, syn, fidelity_result, weights, out, max_images, progress, warnings_, _warn)
         _add_fidelity(row, fidelity_result, weights, fid_note, fidelity)
         if memorisation:
             _add_memorisation(row, syn, real, heldout, out, max_images, progress, warnings_)
@@ -437,6 +441,8 @@ def _md_synthetic_notes(report: dict) -> list[str]:
 
 
 def to_markdown(report: dict) -> str:
+    from nnaug.realism_report import markdown_lines as realism_markdown
+
     lines = [f"# nnaug report: {report['dataset']}", ""]
     lines += [f"Real dataset: {report['dataset']} ({report['num_real_cases']} cases). "
               f"Inception weights: {report['inception_weights'] or 'none'}.", ""]
@@ -456,6 +462,7 @@ def to_markdown(report: dict) -> str:
                          f"| {fid} | {kid} | {mc} | {ratio} | {mem} |")
         lines += [""] + _method_notes(report)
         lines += _md_synthetic_notes(report)
+        lines += realism_markdown(report)
     else:
         lines.append(f"No synthetic dataset in $nnUNet_raw names {report['dataset']} as its source "
                      "(make one with `nnaug synthesize`).")
@@ -915,5 +922,8 @@ def _html_synthetic_section(r: dict, report: dict) -> list[str]:
         out.append(f'<h3>Mask consistency</h3><p class="note">{e(line)}.</p>')
         if files.get("consistency"):
             out.append('<div class="chart">' + _img_tag(files["consistency"], "per-case mask consistency") + "</div>")
+    from nnaug.realism_report import html_lines as realism_html
+
+    out += realism_html(r, _img_tag)
     out.append("</div>")
     return out

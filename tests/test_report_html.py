@@ -52,8 +52,9 @@ def test_report_html_is_self_contained_and_complete(html_report):
     links = re.findall(r'(?:src|href)\s*=\s*"([^"]*)"', page)
     assert links and all(link.startswith("data:image/png;base64,") for link in links), links[:3]
     assert "<script" not in page and "@import" not in page
-    # the bar chart, the real and the synthetic contact sheet, the closest pairs, the similarity histogram
-    assert len(links) == 5
+    # the bar chart, the real and the synthetic contact sheet, the closest pairs, the similarity histogram,
+    # mask realism and coverage
+    assert len(links) == 7
     for link in links:
         assert base64.b64decode(link.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
     (row,) = report["synthetic"]
@@ -66,7 +67,13 @@ def test_report_html_is_self_contained_and_complete(html_report):
     assert row["memorisation"]["rows"][0]["case"] == "example_000" and row["memorisation"]["n_flagged"] >= 1
     assert re.search(r'<tr class="bad"><td>example_000</td><td>example_005</td>', page)
     assert any("possible copies" in w for w in report["warnings"])
-    assert page.count("<table") == 4  # synthetic datasets, mean Dice, Dice per fold, closest pairs
+    # synthetic datasets, mean Dice, Dice per fold, closest pairs, mask realism, coverage
+    assert page.count("<table") == 6
+    assert 'alt="mask realism"' in page and 'alt="coverage"' in page and "Diversity and coverage" in page
+    spaces = {c["space"]: c for c in row["coverage"]}
+    assert set(spaces) == {"radiomics", "inception"}  # FRD's features, and Inception's with the (random) weights
+    for c in spaces.values():
+        assert f"coverage in {c['space']} space" in page and f"{c['synthetic']['coverage']:.2f}" in page
 
 
 def test_report_html_renders_in_headless_chromium(html_report, tmp_path):
