@@ -266,10 +266,10 @@ def realism_figure(result: dict, names: dict[int, str], title: str, path: Path) 
         real_share = result["support"][label] / max(1, result["n_real"])
         syn_share = result["synthetic_support"][label] / max(1, result["n_synthetic"])
         top = max(1e-9, float(max(real_share.max(), syn_share.max())))
-        outside = np.where(result["support"][label] == 0, syn_share, np.nan)
+        outside = np.where((result["support"][label] == 0) & (syn_share > 0), syn_share, np.nan)  # NaN: not drawn
         pictures = ((real_share, f"{name}: real masks ({result['n_real']})", "viridis", top),
                     (syn_share, f"{name}: synthetic masks ({result['n_synthetic']})", "viridis", top),
-                    (outside, f"synthetic {name} where no real mask is\n(grey: where real masks are)", "magma", None))
+                    (outside, f"synthetic {name} where no real mask is\n(grey: where real masks are)", "magma", top))
         for (r, c), (image, text, cmap, vmax) in zip(slots, pictures):
             ax = fig.add_subplot(grid[2 * block + r, c])
             if cmap == "magma":
@@ -359,8 +359,9 @@ def coverage_figure(rows: list[dict], radiomics: dict | None, title: str, path: 
         _, _, vt = np.linalg.svd(real - centre, full_matrices=False)
         pa, pb = (real - centre) @ vt[:2].T, (syn - centre) @ vt[:2].T
         ax2 = fig.add_subplot(1, 2, 2)
-        ax2.scatter(pb[:, 0], pb[:, 1], s=12, color=SYNTHETIC, alpha=0.6, label=f"synthetic ({len(pb)})")
         ax2.scatter(pa[:, 0], pa[:, 1], s=16, color=REAL, alpha=0.8, label=f"real ({len(pa)})")
+        ax2.scatter(pb[:, 0], pb[:, 1], s=28, color=SYNTHETIC, marker="x", alpha=0.8, zorder=3,
+                    label=f"synthetic ({len(pb)})")
         ax2.set_title("radiomic features on the real images' first two principal components", fontsize=9)
         ax2.set_xlabel("PC 1", fontsize=8)
         ax2.set_ylabel("PC 2", fontsize=8)
