@@ -269,7 +269,8 @@ def realism_figure(result: dict, names: dict[int, str], title: str, path: Path) 
         outside = np.where((result["support"][label] == 0) & (syn_share > 0), syn_share, np.nan)  # NaN: not drawn
         pictures = ((real_share, f"{name}: real masks ({result['n_real']})", "viridis", top),
                     (syn_share, f"{name}: synthetic masks ({result['n_synthetic']})", "viridis", top),
-                    (outside, f"synthetic {name} where no real mask is\n(grey: where real masks are)", "magma", top))
+                    (outside, f"synthetic {name} where no real mask is\n(grey: where real masks are)", "magma",
+                     max(1e-9, float(np.nanmax(outside))) if np.isfinite(outside).any() else top))
         for (r, c), (image, text, cmap, vmax) in zip(slots, pictures):
             ax = fig.add_subplot(grid[2 * block + r, c])
             if cmap == "magma":
