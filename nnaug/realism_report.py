@@ -101,6 +101,30 @@ def add_realism(row: dict, real, syn, fidelity_result: dict, weights, out: Path,
             warnings_.append(message)
 
 
+def sweep_realism(real, syn, fidelity_result: dict) -> dict:
+    """The few numbers of mask realism and coverage the sweep's set table shows (no pictures, no Inception pass):
+    ``dict(components=[real, synthetic], touches_border=[...], outside_real=[...], coverage=, coverage_real=,
+    low=)`` for the first foreground label, coverage in FRD's radiomics space (None without its features)."""
+    from nnaug.coverage import coverage_against_real
+    from nnaug.mask_realism import compare
+
+    radiomics = fidelity_result.pop("radiomics_features", None)
+    arrays = load_arrays(real, syn)
+    labels = sorted(label_names(real.dataset_json)) or None
+    rows = compare(arrays["real_labels"], arrays["syn_labels"], labels)["rows"]
+    first = rows[0]["label"] if rows else None
+    out = {k: [x["real_mean"], x["synthetic_mean"]] for x in rows if x["label"] == first
+           for k in [x["statistic"]] if k in ("components", "touches_border", "outside_real")}
+    out.update({"coverage": None, "coverage_real": None, "low": None})
+    if radiomics is not None:
+        try:
+            c = coverage_against_real(radiomics["real"], radiomics["synthetic"])
+            out.update({"coverage": c["synthetic"]["coverage"], "coverage_real": c["real"]["coverage"], "low": c["low"]})
+        except NnaugError:
+            pass
+    return out
+
+
 # ----------------------------------------------------------------------------- words
 def _fmt(value, digits: int = 3) -> str:
     return "—" if value is None else f"{value:.{digits}f}"

@@ -93,3 +93,26 @@ def test_report_says_low_coverage_in_words(nnunet_env, run_cli):
     area = {r["statistic"]: r for r in one["mask_realism"]["rows"] if r["label"] == 1}["area_fraction"]
     assert area["wasserstein"] > area["real_split_wasserstein"]
     assert (folder / f"{one['dataset']}_mask_realism.png").is_file() and (folder / f"{one['dataset']}_coverage.png").is_file()
+
+
+def test_the_sweeps_set_numbers(nnunet_env):
+    """What the sweep's set table shows (nnaug.realism_report.sweep_realism): components per mask real →
+    synthetic and radiomics coverage against the real set's own, from synthetic_fidelity's own features."""
+    from nnaug.dataset import load_raw_dataset
+    from nnaug.example import write_example_dataset
+    from nnaug.fidelity import synthetic_fidelity
+    from nnaug.realism_report import sweep_realism
+
+    real = write_example_dataset(dataset_id=997, name="nnaugExample", num_cases=40, size=32, seed=0)
+    synth = write_example_dataset(dataset_id=996, name="nnaugExampleOne", num_cases=20, size=32, seed=6)
+    for i in range(20):  # one real case with two lobed blobs, repeated
+        shutil.copy(real / "imagesTr" / "example_003_0000.png", synth / "imagesTr" / f"example_{i:03d}_0000.png")
+        shutil.copy(real / "labelsTr" / "example_003.png", synth / "labelsTr" / f"example_{i:03d}.png")
+    real, synth = load_raw_dataset(real), load_raw_dataset(synth)
+    fidelity = synthetic_fidelity(real, synth, fid=False, frd_roi="image", frd_image_types=["Original"],
+                                  keep_features=True)
+    numbers = sweep_realism(real, synth, fidelity)
+    assert "radiomics_features" not in fidelity  # taken out: the sweep writes the rest as JSON
+    assert numbers["components"][1] == 0.0 and numbers["components"][0] > 0.5  # case 3 has no round blob
+    assert numbers["low"] and numbers["coverage"] < 0.5 * numbers["coverage_real"]
+    json.dumps(numbers)

@@ -148,7 +148,8 @@ def _fake_result(tmp_path, effect: float, noise: float, seed: int = 0) -> dict:
                       "mean_train_seconds": 1.0} for row, arm in zip(stats["arms"], arms)],
             "differences": stats["differences"],
             "synthetic": [{"ratio": 1.0, "dataset": "S1", "num_cases": 40, "mask_consistency": 0.8,
-                           "fidelity": {"fid": 12.0, "kid_mean": 0.01, "kid_std": 0.001, "frd": 3.5}},
+                           "fidelity": {"fid": 12.0, "kid_mean": 0.01, "kid_std": 0.001, "frd": 3.5},
+                           "realism": {"components": [1.08, 2.02], "coverage": 0.48, "coverage_real": 0.965, "low": True}},
                           {"ratio": 5.0, "dataset": "S5", "num_cases": 200, "mask_consistency": 0.7,
                            "fidelity_note": "n/a (no weights)"}]}
 
@@ -170,8 +171,8 @@ def test_summary_pairs_arms_and_flags_intervals_that_include_zero(tmp_path, nnun
     assert "includes 0" in text and "pretrain-r1 vs real-only" in text
     assert "| real-twice | real copy (RealCopy) → real (15×25 + 15×25) |" in text and "beyond the restart" in text
     assert f"{big['mean']:+.4f} [{big['low']:+.4f}, {big['high']:+.4f}]" in text
-    assert "| 1 | none | S1 | 40 | 12.00 | 0.0100 ± 0.0010 | 3.50 | 0.8000 |" in text
-    assert "| 5 | none | S5 | 200 | n/a | n/a | n/a | 0.7000 |" in text
+    assert "| 1 | none | S1 | 40 | 12.00 | 0.0100 ± 0.0010 | 3.50 | 0.8000 | 1.08 → 2.02 | 0.48 (0.96) low |" in text
+    assert "| 5 | none | S5 | 200 | n/a | n/a | n/a | 0.7000 | — | — |" in text
 
     # run-to-run noise as large as the effect: the same mean difference no longer excludes 0
     noisy = _fake_result(tmp_path, effect=0.1, noise=0.2, seed=1)

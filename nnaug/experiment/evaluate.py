@@ -147,10 +147,17 @@ def synthetic_quality(raw, synthetic: Path, weights: Path | None, model_dir: Pat
     quality: dict = {"dataset": synthetic.name, "num_cases": provenance.get("num_cases")}
     log(f"nnaug sweep: fidelity (FID/KID/FRD) of {synthetic.name} against {raw.name} ...")
     try:  # whatever keys nnaug.fidelity gives (fid, kid_mean, kid_std, frd, ... and *_note for what is missing)
-        quality["fidelity"] = synthetic_fidelity(raw, synthetic, weights)
+        quality["fidelity"] = synthetic_fidelity(raw, synthetic, weights, keep_features=True)
     except NnaugError as exc:
         quality["fidelity_note"] = f"n/a ({exc})"
         log(f"nnaug sweep: warning: fidelity of {synthetic.name}: {exc}")
+    # issue 35: mask realism and radiomics coverage, on the same arrays and FRD's features (nnaug.realism_report)
+    from nnaug.realism_report import sweep_realism
+
+    try:
+        quality["realism"] = sweep_realism(raw, synthetic, quality.get("fidelity") or {})
+    except NnaugError as exc:
+        log(f"nnaug sweep: warning: mask realism of {synthetic.name}: {exc}")
     log(f"nnaug sweep: mask consistency of {synthetic.name} with {model_dir.name} (real-only, seed 0) ...")
     consistency = mask_consistency(synthetic, model_dir, folds=tuple(folds), device=device)
     quality["mask_consistency"] = consistency["mean_dice"]

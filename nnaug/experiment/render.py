@@ -132,12 +132,24 @@ def _zero_line(result: dict) -> list[str]:
     return lines
 
 
+def _realism_cells(realism: dict | None) -> str:
+    """issue 35: the set table's mask realism and coverage cells (nnaug.realism_report.sweep_realism's numbers)."""
+    if not realism:
+        return "— | —"
+    comp = realism.get("components") or [None, None]
+    cells = "—" if None in comp else f"{comp[0]:.2f} → {comp[1]:.2f}"
+    if realism.get("coverage") is None:
+        return cells + " | —"
+    return cells + f" | {realism['coverage']:.2f} ({realism['coverage_real']:.2f})" + (" low" if realism.get("low") else "")
+
+
 def _synthetic_table(result: dict) -> list[str]:
     if not result["synthetic"]:
         return []
     lines = ["", "## Synthetic datasets", "",
-              "| ratio | filter | dataset | synthetic cases | FID | KID (mean ± std) | FRD, log(d²) | mask consistency Dice |",
-              "|---|---|---|---|---|---|---|---|"]
+              "| ratio | filter | dataset | synthetic cases | FID | KID (mean ± std) | FRD, log(d²) | mask consistency Dice |"
+              " components per mask (real → synthetic) | coverage (real's own) |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     extractor, notes = None, []
     for row in result["synthetic"]:
         fidelity = row.get("fidelity") or {}
@@ -147,7 +159,7 @@ def _synthetic_table(result: dict) -> list[str]:
         kept = f"mask consistency ≥ {row['min_consistency']:g}" if row.get("min_consistency") else "none"
         lines.append(f"| {ratio_label(row['ratio'])} | {kept} | {row['dataset']} | {row['num_cases']} | "
                      f"{_num(fidelity.get('fid'), 2)} | {kid} | {_num(fidelity.get('frd'), 2)} | "
-                     f"{_num(row.get('mask_consistency'))} |")
+                     f"{_num(row.get('mask_consistency'))} | {_realism_cells(row.get('realism'))} |")
         for note in [row.get("fidelity_note")] + [fidelity.get(k) for k in ("fid_note", "frd_note")]:
             if note and note not in notes:
                 notes.append(note)
