@@ -272,6 +272,9 @@ def budget_summary(run: Runner) -> dict:
         iterations = str(result["budget"]["finetune"][0] * result["budget"]["finetune"][1])
         for arm in result["arms"]:
             name = arm["arm"] if arm["kind"] != "pretrain" else f"pretrain-r{arm['ratio']:g}"
+            earlier = curve.get(name, {}).get(iterations)
+            if earlier is not None and len(earlier["per_seed"]) >= len(arm["per_seed_foreground"]):
+                continue  # the same runs, shared by sweeps that ask for fewer seeds: keep the sweep with the most
             curve.setdefault(name, {})[iterations] = {
                 "foreground": arm["foreground"], "per_seed": arm["per_seed_foreground"],
                 "phases": arm["phases"], "budget": result["budget"]["name"]}
