@@ -23,8 +23,9 @@ REAL, SYNTHETIC = "#4c72b0", "#dd8452"
 def load_arrays(real, syn, max_images: int | None = None) -> dict:
     """The cases the fidelity metrics compare (:func:`nnaug.fidelity.synthetic_fidelity`'s selection), at the
     synthetic size: ``dict(real_images, real_labels, syn_images, syn_labels)`` ([N, C, H, W] in [-1, 1], [N, H, W])."""
-    from nnaug.dataset_images import load_cases, select_cases, synthetic_identifiers
+    from nnaug.dataset_images import as_raw, load_cases, select_cases, synthetic_identifiers
 
+    real, syn = as_raw(real), as_raw(syn)  # the sweep hands folders, the report opened datasets
     syn_cases = select_cases(syn, synthetic_identifiers(syn), max_images)
     real_cases = select_cases(real, None, max_images)
     if not syn_cases or not real_cases:
@@ -108,7 +109,10 @@ def sweep_realism(real, syn, fidelity_result: dict) -> dict:
     from nnaug.coverage import coverage_against_real
     from nnaug.mask_realism import compare
 
+    from nnaug.dataset_images import as_raw
+
     radiomics = fidelity_result.pop("radiomics_features", None)
+    real = as_raw(real)
     arrays = load_arrays(real, syn)
     labels = sorted(label_names(real.dataset_json)) or None
     rows = compare(arrays["real_labels"], arrays["syn_labels"], labels)["rows"]

@@ -111,7 +111,7 @@ def test_the_sweeps_set_numbers(nnunet_env):
     real, synth = load_raw_dataset(real), load_raw_dataset(synth)
     fidelity = synthetic_fidelity(real, synth, fid=False, frd_roi="image", frd_image_types=["Original"],
                                   keep_features=True)
-    numbers = sweep_realism(real, synth, fidelity)
+    numbers = sweep_realism(real.folder, synth.folder, fidelity)  # as the sweep calls it: folders
     assert "radiomics_features" not in fidelity  # taken out: the sweep writes the rest as JSON
     assert numbers["components"][1] == 0.0 and numbers["components"][0] > 0.5  # case 3 has no round blob
     assert numbers["low"] and numbers["coverage"] < 0.5 * numbers["coverage_real"]
