@@ -85,7 +85,7 @@ def kvasir_split(source, work, size: int, train_id: int, heldout_id: int, num_tr
     from PIL import Image
 
     from nnaug.convert import convert_folder, pair_files
-    from nnaug.dataset import raw_root
+    from nnaug.nnunet_paths import raw_root
 
     names = (f"Kvasir{size}Train", f"Kvasir{size}Heldout")
     targets = [raw_root() / f"Dataset{i:03d}_{n}" for i, n in zip((train_id, heldout_id), names)]

@@ -145,7 +145,7 @@ def main() -> None:
     from nnaug.fidelity import make_random_inception_weights, synthetic_fidelity
     from nnaug.mask_consistency import mask_consistency
     from nnaug.samplers import FLOW_SAMPLERS, network_evaluations
-    from nnaug.synthesize import SynthesisOptions, synthesize
+    from nnaug.synthesis import SynthesisOptions, synthesize
 
     work = Path(tempfile.mkdtemp(prefix="nnaug-bench-"))
     if args.generator is None or args.model_dir is None:

@@ -83,7 +83,7 @@ def run_arm(index: int, args) -> dict:
     from nnaug.fidelity import synthetic_fidelity
     from nnaug.generators import get_spec
     from nnaug.mask_consistency import mask_consistency
-    from nnaug.synthesize import SynthesisOptions, synthesize
+    from nnaug.synthesis import SynthesisOptions, synthesize
     from nnaug.train_generator import train_generator
 
     arm, (model, extra) = list(ARMS.items())[index]

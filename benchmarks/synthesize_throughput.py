@@ -57,7 +57,7 @@ def main() -> None:
 
     from nnaug.dataset import load_raw_dataset
     from nnaug.generators import load_generator, read_info
-    from nnaug.synthesize import SynthesisOptions, synthesize
+    from nnaug.synthesis import SynthesisOptions, synthesize
 
     work = Path(tempfile.mkdtemp(prefix="nnaug-bench-"))
     folder = args.generator or untrained_generator(work, args.preset)

@@ -55,7 +55,7 @@ def _train_chunk(dataset: str, output: Path, recipe: dict, steps: int, resolutio
 def _score(real, generator: Path, objective: str, model_dir: Path, folds: list, ratio: float, output_id: int) -> dict:
     from nnaug.fidelity import synthetic_fidelity
     from nnaug.mask_consistency import mask_consistency
-    from nnaug.synthesize import SynthesisOptions, synthesize
+    from nnaug.synthesis import SynthesisOptions, synthesize
 
     sampler, steps = SAMPLING[objective]
     folder = synthesize(real.name, SynthesisOptions(ratio=ratio, generator=generator, sampler=sampler, steps=steps,

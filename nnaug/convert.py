@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from nnaug.dataset import raw_target, write_case
+from nnaug.dataset import write_case
+from nnaug.nnunet_paths import raw_target
 from nnaug.errors import NnaugError
 from nnaug.io import atomic_output_dir, write_json_atomic
 from nnaug.split import SplitPart, assign_split, parse_split

@@ -67,6 +67,7 @@ def run_demo(workdir: Path, generator_steps: int | None = None, ratio: float = 2
     """Run the demo with the ``model`` generator's tiny preset. Every step is the command a user would type,
     started with the demo's nnU-Net folders and ``nnUNet_extTrainer`` in its environment (this process's
     own environment is left alone)."""
+    from nnaug.generators.folder import generators_root
     from nnaug.generators.registry import get_spec
     from nnaug.nnunet_pretraining import trainers_path
 
@@ -75,7 +76,7 @@ def run_demo(workdir: Path, generator_steps: int | None = None, ratio: float = 2
     folders = _demo_folders(workdir, overwrite)
     env = {**os.environ, **{var: str(folder) for var, folder in folders.items()}, "nnUNet_extTrainer": trainers_path(),
            "NNAUG_SYNTHETIC": str(SYNTHETIC_ID)}
-    generator = folders["nnUNet_results"] / "nnaug" / DATASET_NAME / "generators" / f"{model}_tiny"
+    generator = generators_root(DATASET_NAME, results=folders["nnUNet_results"]) / f"{model}_tiny"
     timer = _run_steps(env, model, generator, generator_steps, ratio, device)
     synthetic = next(folders["nnUNet_raw"].glob(f"Dataset{SYNTHETIC_ID:03d}_*"))
     _print_summary(workdir, folders, generator, synthetic, timer, trainers_path())

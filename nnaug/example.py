@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from nnaug.dataset import raw_target, write_case
+from nnaug.dataset import write_case
+from nnaug.nnunet_paths import raw_target
 from nnaug.io import atomic_output_dir
 from nnaug.errors import NnaugError
 

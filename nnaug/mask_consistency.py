@@ -16,7 +16,7 @@ import numpy as np
 
 from nnaug.dataset_images import as_raw, select_cases, synthetic_identifiers
 from nnaug.errors import NnaugError
-from nnaug.nnunet_results import check_model_folder
+from nnaug.nnunet_results import CHECKPOINT, check_model_folder
 
 
 @contextlib.contextmanager
@@ -52,7 +52,7 @@ def dice_per_label(reference: np.ndarray, prediction: np.ndarray, labels: list[i
 
 
 def mask_consistency(synthetic_folder, model_training_output_dir, folds=(0,), device: str = "cpu",
-                     max_cases: int | None = None, checkpoint_name: str = "checkpoint_final.pth",
+                     max_cases: int | None = None, checkpoint_name: str = CHECKPOINT,
                      progress: bool = False) -> dict:
     """Dice between each synthetic mask and a real-trained nnU-Net's prediction on the synthetic image.
 
@@ -67,7 +67,7 @@ def mask_consistency(synthetic_folder, model_training_output_dir, folds=(0,), de
 
 def segmentation_dice(dataset, model_training_output_dir, folds=(0,), device: str = "cpu",
                       identifiers: list[str] | None = None, max_cases: int | None = None,
-                      checkpoint_name: str = "checkpoint_final.pth", progress: bool = False, desc: str = "Dice") -> dict:
+                      checkpoint_name: str = CHECKPOINT, progress: bool = False, desc: str = "Dice") -> dict:
     """Dice between the labels of a raw dataset's cases and a trained nnU-Net's predictions on their images.
 
     Prediction is nnU-Net's own ``nnUNetPredictor`` (no mirroring, tile step 0.5, the ensemble of
@@ -93,7 +93,7 @@ def segmentation_dice(dataset, model_training_output_dir, folds=(0,), device: st
 
 
 def load_predictor(model_training_output_dir, folds=(0,), device: str = "cpu",
-                   checkpoint_name: str = "checkpoint_final.pth"):
+                   checkpoint_name: str = CHECKPOINT):
     """nnU-Net's own ``nnUNetPredictor`` for the ensemble of ``folds`` (no mirroring, tile step 0.5), loaded once.
 
     Raises a one-line :class:`NnaugError` for a folder nnU-Net cannot load

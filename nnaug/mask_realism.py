@@ -7,7 +7,7 @@ statistic with the 1-D Wasserstein distance (:func:`scipy.stats.wasserstein_dist
 own unit). Region properties come from scikit-image (:func:`skimage.measure.label`, ``regionprops``).
 
 Everything here takes label maps already loaded (``[N, H, W]`` integer arrays of one size); nothing is
-read from disk and nothing is drawn (:mod:`nnaug.realism_report` makes the pictures and the text).
+read from disk and nothing is drawn (:mod:`nnaug.report.realism` makes the pictures and the text).
 """
 from __future__ import annotations
 

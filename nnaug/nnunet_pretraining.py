@@ -34,9 +34,10 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from nnaug.dataset import find_raw_dataset, parse_dataset_id, preprocessed_root, raw_root, results_root
+from nnaug.nnunet_paths import find_raw_dataset, parse_dataset_id, preprocessed_root, raw_root, results_root
 from nnaug.errors import NnaugError
 from nnaug.io import file_lock, load_json_or_none, write_json_atomic
+from nnaug.nnunet_results import CHECKPOINT
 from nnaug.provenance import PROVENANCE_FILE, read_provenance, same_dataset, synthetic_datasets_for
 
 PREPARED_MARKER = "nnaug_prepared_{plans}_{configuration}.json"
@@ -289,7 +290,7 @@ def ensure_pretrained(finetune_trainer, pretrain_class) -> tuple[Path, dict]:
     target_plans = pretrain_plans_identifier(plans_identifier, source)
     schedule = pretrain_class.nnaug_schedule()
     out = pretrain_output_folder(synthetic, pretrain_class.__name__, target_plans, configuration)
-    final = out / "checkpoint_final.pth"
+    final = out / CHECKPOINT
     lock = preprocessed_root() / synthetic / f".nnaug_{target_plans}_{configuration}.lock"
     log(f"nnaug: phase 1/2: pretraining on {synthetic} with {pretrain_class.__name__} ({schedule.describe()}), "
         f"plans {target_plans}, output {out}")
@@ -328,7 +329,7 @@ def _run_pretraining(finetune_trainer, pretrain_class, synthetic: str, plans_ide
     from batchgenerators.utilities.file_and_folder_operations import load_json
     from nnunetv2.utilities.helpers import empty_cache
 
-    final = out / "checkpoint_final.pth"
+    final = out / CHECKPOINT
     if final.is_file():  # finished, but killed before the marker was written (or run by hand with nnUNetv2_train)
         epochs = torch.load(final, map_location="cpu", weights_only=False).get("current_epoch")
         wanted = pretrain_class.nnaug_schedule().num_epochs

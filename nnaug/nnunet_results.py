@@ -20,6 +20,46 @@ FOLD_PREFIX = "fold_"
 LAYOUT = "$nnUNet_results/<Dataset>/<Trainer>__<Plans>__<Config>"
 
 
+def nnaug_folder(dataset_name: str, results: Path | None = None) -> Path:
+    """``$nnUNet_results/nnaug/<Dataset>``: what nnaug writes next to nnU-Net's own results (generators/, sweep/,
+    the report and the latest sweep's copies); ``results``: another nnUNet_results than the environment's."""
+    from nnaug.nnunet_paths import results_root
+
+    return Path(results or results_root()) / "nnaug" / dataset_name
+
+
+SWEEP_OUTPUTS = ("sweep.md", "sweep.json", "sweep.png")
+
+
+def latest_outputs(dataset_name: str) -> dict[str, Path]:
+    """``$nnUNet_results/nnaug/<Dataset>/sweep.{md,json,png}``: copies of the latest finished sweep."""
+    folder = nnaug_folder(dataset_name)
+    return {name.split(".")[1]: folder / name for name in SWEEP_OUTPUTS}
+
+
+def latest_sweep_markdown(dataset_name: str) -> str | None:
+    """The markdown of the latest finished sweep of ``dataset_name`` (for ``nnaug report``), or None."""
+    try:
+        path = latest_outputs(dataset_name)["md"]
+    except NnaugError:
+        return None
+    try:
+        return path.read_text()
+    except OSError:
+        return None
+
+
+def metric_label_names(dataset_json: dict) -> dict[str, str]:
+    """nnU-Net's metric key in summary.json ('1', or '(1, 2)' for a region) -> the label's name in dataset.json;
+    background and nnU-Net's ``ignore`` label (never scored) are left out."""
+    names = {}
+    for name, value in (dataset_json or {}).get("labels", {}).items():
+        key = str(tuple(value)) if isinstance(value, (list, tuple)) else str(int(value))
+        if key != "0" and name != "ignore":
+            names[key] = name
+    return names
+
+
 def parse_fold(text: str) -> int | str:
     """A fold as nnU-Net names it: ``"3"`` -> 3, ``"all"`` -> ``"all"``."""
     return int(text) if text.isdigit() else text
@@ -135,7 +175,7 @@ def find_real_only_model(dataset_name: str, folds: list | None = None) -> tuple[
     ``nnUNetTrainer_nnaug*`` first, then ``nnUNetTrainer``, then any other; None when there is none."""
     from nnunetv2.utilities.file_path_utilities import convert_identifier_to_trainer_plans_config
 
-    from nnaug.dataset import results_root
+    from nnaug.nnunet_paths import results_root
 
     candidates = []
     for model_dir in model_folders(results_root() / dataset_name):

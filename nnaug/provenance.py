@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from nnaug.dataset import parse_dataset_id, raw_root
+from nnaug.nnunet_paths import parse_dataset_id, raw_root
 from nnaug.io import write_json_atomic
 
 PROVENANCE_FILE = "nnaug_provenance.json"

@@ -31,7 +31,8 @@ from nnaug.experiment.plan import (BASE_CONFIG, CONTROL_ARM_NAMES, CONTROLS_FOLD
                                    SweepRequest, SweepSetup, check_fold_numbers, make_arms, parse_arm_kinds,
                                    parse_ratios, parse_thresholds, resolve_budget, resolve_device, resolve_folds,
                                    resolve_synthesis, slug, sweep_folders)
-from nnaug.experiment.render import latest_outputs, write_outputs
+from nnaug.experiment.render import write_outputs
+from nnaug.nnunet_results import latest_outputs
 from nnaug.experiment.run import ensure_planned, shell_commands, train_runs
 from nnaug.experiment.synthetic_sets import SyntheticSets
 from nnaug.io import file_lock, load_json_or_none, write_json_atomic
@@ -130,7 +131,7 @@ def _checked_generator(raw, generator: Path | None) -> tuple[Path, dict]:
     from nnaug.generators import find_latest_generator, read_info
 
     generator = Path(generator) if generator is not None else find_latest_generator(raw.name)
-    from nnaug.synthesize import check_generator_fits
+    from nnaug.synthesis.plan import check_generator_fits
 
     info = read_info(generator)
     check_generator_fits(raw, info, generator)

@@ -50,8 +50,8 @@ from nnaug_cli.params import CONSISTENCY, DATASET_ID, POSITIVE, POSITIVE_FLOAT, 
 def synthesize(dataset, shard, aug_scale, aug_rotation, aug_shift, aug_flip, **options):
     """Write synthetic image-mask pairs for DATASET as a new nnU-Net raw dataset."""
     from nnaug.mask_augment import MaskAugmentation
-    from nnaug.synthesize import SynthesisOptions
-    from nnaug.synthesize import synthesize as run
+    from nnaug.synthesis import SynthesisOptions
+    from nnaug.synthesis import synthesize as run
 
     opts = SynthesisOptions(**options, shard=shard,
                             augmentation=MaskAugmentation(tuple(aug_scale), aug_rotation, aug_shift, aug_flip))

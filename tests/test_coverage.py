@@ -96,12 +96,12 @@ def test_report_says_low_coverage_in_words(nnunet_env, run_cli):
 
 
 def test_the_sweeps_set_numbers(nnunet_env):
-    """What the sweep's set table shows (nnaug.realism_report.sweep_realism): components per mask real →
+    """What the sweep's set table shows (nnaug.report.realism.sweep_realism): components per mask real →
     synthetic and radiomics coverage against the real set's own, from synthetic_fidelity's own features."""
     from nnaug.dataset import load_raw_dataset
     from nnaug.example import write_example_dataset
     from nnaug.fidelity import synthetic_fidelity
-    from nnaug.realism_report import sweep_realism
+    from nnaug.report.realism import sweep_realism
 
     real = write_example_dataset(dataset_id=997, name="nnaugExample", num_cases=40, size=32, seed=0)
     synth = write_example_dataset(dataset_id=996, name="nnaugExampleOne", num_cases=20, size=32, seed=6)

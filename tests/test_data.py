@@ -259,7 +259,7 @@ def test_error_convert_mismatched_shapes_leaves_nothing(tmp_path, nnunet_env, ru
 
 
 def test_next_free_id_skips_the_ids_unfinished_outputs_hold(nnunet_env):
-    from nnaug.dataset import next_free_dataset_id, raw_target
+    from nnaug.nnunet_paths import next_free_dataset_id, raw_target
     from nnaug.errors import NnaugError
 
     raw = nnunet_env["raw"]

@@ -73,7 +73,7 @@ class RunsOutOfMemory:
 def test_a_batch_that_does_not_fit_is_sampled_in_halves_with_the_same_result():
     from nnaug.errors import NnaugError
     from nnaug.generators.jdm.sampling import JDMGenerator
-    from nnaug.synthesize import sample_fitting
+    from nnaug.synthesis.sampling import sample_fitting
 
     torch.manual_seed(0)
     arch = JDMArchitecture(resolution=16, image_channels=3, mask_channels=1, channels=(16, 32), layers_per_block=1,

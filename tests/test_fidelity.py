@@ -38,7 +38,8 @@ def _synthetic_like(real, dataset_id: int, name: str, images, labels, ids) -> Pa
     """A raw dataset of the given pairs with an nnaug provenance naming ``real`` as its source."""
     from nnunetv2.imageio.natural_image_reader_writer import NaturalImage2DIO
 
-    from nnaug.dataset import raw_root, write_case, write_dataset_json
+    from nnaug.dataset import write_case, write_dataset_json
+    from nnaug.nnunet_paths import raw_root
 
     folder = raw_root() / f"Dataset{dataset_id:03d}_{name}"
     for identifier, image, label in zip(ids, images, labels):

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from nnaug.generators.siamese.backbone import build_pixel, pixel_scheduler_config
+from nnaug.generators.siamese.building import build_pixel, pixel_scheduler_config
 from nnaug.generators.siamese.objective import (L3_MAX_T, min_snr_weight, prediction_target, siamese_terms,
                                                 split_prediction)
 from nnaug.generators.siamese.sampling import sample_images

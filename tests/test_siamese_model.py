@@ -8,7 +8,8 @@ import torch
 from diffusers import ControlNetModel, UNet2DConditionModel
 
 from nnaug.errors import NnaugError
-from nnaug.generators.siamese.backbone import SiameseComponents, build_pixel
+from nnaug.generators.siamese.backbone import SiameseComponents
+from nnaug.generators.siamese.building import build_pixel
 from nnaug.generators.siamese.dhi import DenseHintInput, PatchMerge, default_dhi_channels
 from nnaug.generators.siamese.sampling import sample_images
 

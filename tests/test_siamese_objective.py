@@ -6,7 +6,7 @@ import pytest
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 import torch
 
-from nnaug.generators.siamese.backbone import build_pixel
+from nnaug.generators.siamese.building import build_pixel
 from nnaug.generators.siamese.objective import siamese_loss, siamese_terms, trainable_parameters
 
 S, B = 16, 4

@@ -21,7 +21,7 @@ from scipy.stats import binom
 from test_siamese_sd15 import sd_folder  # noqa: F401  (module-scoped fixture: a tiny SD 1.5 folder)
 
 from nnaug.generator_training import GeneratorTrainer, TrainConfig, step_generator
-from nnaug.generators.siamese.backbone import load_sd15
+from nnaug.generators.siamese.building import load_sd15
 from nnaug.generators.siamese.model import SiameseModel, build_siamese_model
 from nnaug.generators.siamese.objective import L3_MAX_T, siamese_loss
 from nnaug.generators.siamese.presets import PRESETS, PROMPT_DROPOUT

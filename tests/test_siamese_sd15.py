@@ -14,7 +14,8 @@ from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from nnaug.errors import NnaugError
-from nnaug.generators.siamese.backbone import SiameseComponents, load_sd15
+from nnaug.generators.siamese.backbone import SiameseComponents
+from nnaug.generators.siamese.building import load_sd15
 from nnaug.generators.siamese.dhi import DenseHintInput
 from nnaug.generators.siamese.objective import siamese_loss, trainable_parameters
 from nnaug.generators.siamese.sampling import sample_images

@@ -16,7 +16,8 @@ from conftest import assert_one_line_error
 from nnaug.example import write_example_dataset
 from nnaug.experiment.evaluate import per_case_from_metrics, summarise
 from nnaug.experiment.plan import BUDGETS, make_arms
-from nnaug.experiment.render import latest_sweep_markdown, to_markdown, write_outputs
+from nnaug.experiment.render import to_markdown, write_outputs
+from nnaug.nnunet_results import latest_sweep_markdown
 
 
 # ----------------------------------------------------------------------------- fast
@@ -204,7 +205,7 @@ def test_filtered_sets_are_arms_of_their_own_and_never_stand_in_for_unfiltered_o
     from types import SimpleNamespace
 
     from nnaug.experiment.plan import SynthesisChoice
-    from nnaug.synthesize import plan_identity
+    from nnaug.synthesis.plan import plan_identity
 
     model, sha = tmp_path / "model", "ab" * 32
     raw = SimpleNamespace(name="Dataset501_X", cases=list(range(40)))
@@ -223,7 +224,7 @@ def test_filtered_sets_are_arms_of_their_own_and_never_stand_in_for_unfiltered_o
     # a mask-then-image set is found again from its provenance file (its mask augmentation: tuples in the plan,
     # lists once written as JSON; before, the sweep never reused such a set and made it anew on every start)
     from nnaug.experiment.synthetic_sets import _options
-    from nnaug.synthesize import plan_header
+    from nnaug.synthesis.plan import plan_header
 
     augmented = SynthesisChoice("mask-conditioned", "augmented", "ddim", 25)
     header = plan_header(raw, sha, _options(1.0, Path("."), augmented, "cpu"), "mask-conditioned")
@@ -460,7 +461,7 @@ def test_progress_reads_the_trainers_progress_files(tmp_path):
 def test_nnunet_foreground_mean_beside_the_per_case_dice_and_no_ignore_column(tmp_path):
     """Two labels, the second absent (no Dice) in half the cases: per-case foreground Dice (labels, then cases)
     and nnU-Net's foreground_mean (cases, then labels) differ, and sweep.md shows both; `ignore` has no column."""
-    from nnaug.experiment.evaluate import label_names
+    from nnaug.nnunet_results import metric_label_names as label_names
 
     assert label_names({"labels": {"background": 0, "polyp": 1, "ignore": 2}}) == {"1": "polyp"}
     arms = make_arms(BUDGETS["small"], [1.0], compute_matched=False, real_twice=False)

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 from conftest import assert_one_line_error, nnunet_folders_in, sigkill_after
 
-from nnaug.synthesis_filter import CANDIDATE, decide
-from nnaug.synthesize import PLAN, PROGRESS
+from nnaug.synthesis.filtered import CANDIDATE, decide
+from nnaug.synthesis.work_folder import PLAN, PROGRESS
 
 TINY_GEN = ["--preset", "tiny", "--resolution", "16", "--channels", "32,32", "--attention-resolutions", "8",
             "--steps", "4", "--cpu"]

@@ -18,17 +18,6 @@ from nnaug.experiment.synthetic_sets import SyntheticSets
 from nnaug.io import json_safe, load_json_or_none
 
 
-def label_names(dataset_json: dict) -> dict[str, str]:
-    """nnU-Net's metric key ('1', or '(1, 2)' for a region) -> the label's name in dataset.json; background and
-    nnU-Net's ``ignore`` label (never scored) are left out."""
-    names = {}
-    for name, value in dataset_json.get("labels", {}).items():
-        key = str(tuple(value)) if isinstance(value, (list, tuple)) else str(int(value))
-        if key != "0" and name != "ignore":
-            names[key] = name
-    return names
-
-
 def per_case_from_metrics(metric_per_case: list[dict], names: dict[str, str], file_ending: str) -> dict:
     """nnU-Net's ``metric_per_case`` -> ``{case: {"labels": {name: Dice or None}, "foreground": Dice}}``.
 
@@ -151,8 +140,8 @@ def synthetic_quality(raw, synthetic: Path, weights: Path | None, model_dir: Pat
     except NnaugError as exc:
         quality["fidelity_note"] = f"n/a ({exc})"
         log(f"nnaug sweep: warning: fidelity of {synthetic.name}: {exc}")
-    # issue 35: mask realism and radiomics coverage, on the same arrays and FRD's features (nnaug.realism_report)
-    from nnaug.realism_report import sweep_realism
+    # issue 35: mask realism and radiomics coverage, on the same arrays and FRD's features (nnaug.report.realism)
+    from nnaug.report.realism import sweep_realism
 
     try:
         quality["realism"] = sweep_realism(raw, synthetic, quality.get("fidelity") or {})
@@ -241,7 +230,7 @@ def summarise(arms: list[Arm], results: dict, seeds: list[int], names: list[str]
 
 def per_case_dice(setup: SweepSetup, test_raw, log=print) -> tuple[dict, dict]:
     """{arm: {seed: per-case Dice}} on the held-out dataset (None: the CV folds), and each arm's training seconds."""
-    names_by_key = label_names(setup.raw.dataset_json)
+    names_by_key = nnunet_results.metric_label_names(setup.raw.dataset_json)
     results: dict = {}
     seconds: dict = {}
     for arm, seed in setup.tasks:
@@ -265,7 +254,7 @@ def evaluate(setup: SweepSetup, test_raw, synthetic: SyntheticSets, quality: dic
     from nnaug.stats import METHOD as CI_METHOD
 
     results, seconds = per_case_dice(setup, test_raw, log)
-    names = list(label_names(setup.raw.dataset_json).values())
+    names = list(nnunet_results.metric_label_names(setup.raw.dataset_json).values())
     stats = summarise(setup.arms, results, setup.seeds, names)
     plan, info, raw = setup.budget, setup.info, setup.raw
     pretraining_sets = {a.name: synthetic.for_arm(a) for a in setup.arms}

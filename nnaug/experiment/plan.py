@@ -253,9 +253,9 @@ def slug(text: str) -> str:
 
 
 def sweeps_root(dataset_name: str) -> Path:
-    from nnaug.dataset import results_root
+    from nnaug.nnunet_results import nnaug_folder
 
-    return results_root() / "nnaug" / dataset_name / "sweep"
+    return nnaug_folder(dataset_name) / "sweep"
 
 
 def sweep_folders(dataset_name: str, budget: str, generator_tag: str) -> tuple[Path, Path]:

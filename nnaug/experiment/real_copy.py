@@ -28,7 +28,7 @@ def _identity(raw) -> dict:
 
 def find_real_copy(raw) -> Path | None:
     """A finished copy of ``raw``'s current cases in ``$nnUNet_raw`` (the newest ID), or None."""
-    from nnaug.dataset import parse_dataset_id, raw_root
+    from nnaug.nnunet_paths import parse_dataset_id, raw_root
     from nnaug.provenance import read_provenance
 
     wanted = _identity(raw)
@@ -39,7 +39,8 @@ def find_real_copy(raw) -> Path | None:
 
 def ensure_real_copy(raw, lock_folder: Path, log=print) -> Path:
     """The copy of ``raw``'s training cases: reused, or written into a hidden partial folder and renamed."""
-    from nnaug.dataset import next_free_dataset_id, raw_root, write_dataset_json
+    from nnaug.dataset import write_dataset_json
+    from nnaug.nnunet_paths import next_free_dataset_id, raw_root
     from nnaug.io import file_lock, partial_dir
     from nnaug.provenance import write_provenance
 

@@ -5,32 +5,8 @@ import itertools
 import json
 from pathlib import Path
 
-from nnaug.errors import NnaugError
 from nnaug.experiment.plan import CV_FOLDS, ratio_label
 from nnaug.io import write_atomic
-
-
-OUTPUTS = ("sweep.md", "sweep.json", "sweep.png")
-
-
-def latest_outputs(dataset_name: str) -> dict[str, Path]:
-    """``$nnUNet_results/nnaug/<Dataset>/sweep.{md,json,png}``: copies of the latest finished sweep."""
-    from nnaug.dataset import results_root
-
-    folder = results_root() / "nnaug" / dataset_name
-    return {name.split(".")[1]: folder / name for name in OUTPUTS}
-
-
-def latest_sweep_markdown(dataset_name: str) -> str | None:
-    """The markdown of the latest finished sweep of ``dataset_name`` (for ``nnaug report``), or None."""
-    try:
-        path = latest_outputs(dataset_name)["md"]
-    except NnaugError:
-        return None
-    try:
-        return path.read_text()
-    except OSError:
-        return None
 
 
 def _num(value, digits: int = 4, signed: bool = False) -> str:
@@ -133,7 +109,7 @@ def _zero_line(result: dict) -> list[str]:
 
 
 def _realism_cells(realism: dict | None) -> str:
-    """issue 35: the set table's mask realism and coverage cells (nnaug.realism_report.sweep_realism's numbers)."""
+    """issue 35: the set table's mask realism and coverage cells (nnaug.report.realism.sweep_realism's numbers)."""
     if not realism:
         return "— | —"
     comp = realism.get("components") or [None, None]

@@ -55,7 +55,7 @@ def ensure_planned(raw, log=print) -> str:
     """Plan and preprocess the real dataset (2d) with nnU-Net unless done; returns the sha256 of its plans."""
     import hashlib
 
-    from nnaug.dataset import preprocessed_root
+    from nnaug.nnunet_paths import preprocessed_root
 
     folder = preprocessed_root() / raw.name
     plans_file = folder / f"{PLANS}.json"

@@ -10,7 +10,7 @@ SYNTHESIS_BATCH = 16
 
 
 def _options(ratio: float, generator: Path, choice: SynthesisChoice, device: str, **extra):
-    from nnaug.synthesize import SynthesisOptions
+    from nnaug.synthesis import SynthesisOptions
 
     return SynthesisOptions(ratio=ratio, generator=generator, mode=choice.mode, masks=choice.masks,
                             sampler=choice.sampler, steps=choice.steps, batch_size=SYNTHESIS_BATCH, device=device,
@@ -19,10 +19,10 @@ def _options(ratio: float, generator: Path, choice: SynthesisChoice, device: str
 
 def wanted_identity(raw, sha: str, ratio: float, choice: SynthesisChoice, min_consistency: float | None = None,
                     filter_model: Path | None = None) -> dict:
-    """The identity (:func:`nnaug.synthesize.plan_identity`) of the set the sweep would make: a set of that
+    """The identity (:func:`nnaug.synthesis.plan.plan_identity`) of the set the sweep would make: a set of that
     identity is reused. A filtered set is only reused for the same threshold and scoring model, and an
     unfiltered one never stands in for a filtered one or the other way round."""
-    from nnaug.synthesize import plan_header, plan_identity
+    from nnaug.synthesis.plan import plan_header, plan_identity
 
     opts = _options(ratio, Path("."), choice, "cpu")
     header = plan_header(raw, sha, opts, choice.mode)
@@ -34,11 +34,11 @@ def wanted_identity(raw, sha: str, ratio: float, choice: SynthesisChoice, min_co
 def find_synthetic(raw, sha: str, ratio: float, choice: SynthesisChoice, min_consistency: float | None = None,
                    filter_model: Path | None = None) -> Path | None:
     """A finished synthetic dataset in $nnUNet_raw made from ``raw`` by this generator with these options (newest ID)."""
-    from nnaug.dataset import parse_dataset_id, raw_root
+    from nnaug.nnunet_paths import parse_dataset_id, raw_root
     from nnaug.io import load_json_or_none
     from nnaug.provenance import read_provenance
 
-    from nnaug.synthesize import plan_identity
+    from nnaug.synthesis.plan import plan_identity
 
     wanted = wanted_identity(raw, sha, ratio, choice, min_consistency, filter_model)
     found = []
@@ -58,10 +58,12 @@ def ensure_synthetic(raw, generator: Path, sha: str, ratio: float, choice: Synth
                      filter_model: Path | None = None) -> Path:
     """The synthetic dataset of ``ratio`` (filtered at ``min_consistency`` by ``filter_model`` when given):
     reused, or an interrupted synthesis resumed, or made anew."""
-    from nnaug.dataset import parse_dataset_id, raw_root
+    from nnaug.nnunet_paths import parse_dataset_id, raw_root
     from nnaug.generators import read_info
     from nnaug.io import file_lock, load_json_or_none
-    from nnaug.synthesize import PLAN, make_plan, synthesize, synthetic_name
+    from nnaug.synthesis import synthesize
+    from nnaug.synthesis.plan import make_plan, synthetic_name
+    from nnaug.synthesis.work_folder import PLAN
 
     wanted = (min_consistency, filter_model)
     existing = find_synthetic(raw, sha, ratio, choice, *wanted)

@@ -69,11 +69,11 @@ def load_generator(folder: Path, device="cpu"):
         raise NnaugError(f"cannot load the generator weights in {folder}: {one_line(exc)} — train it again") from None
 
 
-def generators_root(dataset_name: str) -> Path:
-    """``$nnUNet_results/nnaug/<Dataset>/generators``: next to nnU-Net's own results."""
-    from nnaug.dataset import results_root
+def generators_root(dataset_name: str, results: Path | None = None) -> Path:
+    """``$nnUNet_results/nnaug/<Dataset>/generators`` (or under ``results`` for another nnUNet_results)."""
+    from nnaug.nnunet_results import nnaug_folder
 
-    return results_root() / "nnaug" / dataset_name / "generators"
+    return nnaug_folder(dataset_name, results) / "generators"
 
 
 def find_latest_generator(dataset_name: str) -> Path:

@@ -21,7 +21,8 @@ import torch
 from torch import Tensor
 
 from nnaug.choices import FLOW_T as T_DISTRIBUTIONS
-from nnaug.parameterisation import flow_interpolate, flow_velocity
+from nnaug.parameterisation import flow_velocity
+
 TIME_SCALE = 1000.0  # the network's timestep input is t * 1000, as diffusers' FlowMatch timesteps
 SCHEDULER_CONFIG = {"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": 1000, "shift": 1.0}
 

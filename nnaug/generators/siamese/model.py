@@ -65,7 +65,7 @@ class SiameseModel(torch.nn.Module):
 
 def build_siamese_model(settings: dict, raw, image_channels: int, mask_channels: int) -> SiameseModel:
     """The trainable Siamese-Diffusion module for ``settings`` (preset + overrides)."""
-    from nnaug.generators.siamese.backbone import build_pixel, load_sd15, pixel_scheduler_config
+    from nnaug.generators.siamese.building import build_pixel, load_sd15, pixel_scheduler_config
     from nnaug.generators.siamese.objective import trainable_parameters
 
     backbone = settings.get("backbone", "pixel")

@@ -1,11 +1,11 @@
 """Mask realism (:mod:`nnaug.mask_realism`) and coverage (:mod:`nnaug.coverage`) in ``nnaug report``: taking the
 arrays, the pictures, and the lines of report.md and report.html.
 
-:func:`add_realism` is the one call :func:`nnaug.report.build_report` makes per synthetic set: it takes the
+:func:`add_realism` is the one call :func:`nnaug.report.compute.build_report` makes per synthetic set: it takes the
 images and masks through :mod:`nnaug.dataset_images` (the read cache: no file is read a second time), the
 radiomic features the whole-image FRD computed, and InceptionV3 features when there are weights, and
 stores ``mask_realism`` and ``coverage`` in the set's row. :func:`markdown_lines` and :func:`html_lines` write
-them; the two figures are drawn here too. Nothing in nnaug.report's own code needs to know the numbers.
+them; the two figures are drawn here too. The tables are :mod:`nnaug.report.tables`' model, like the report's own.
 """
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from nnaug.errors import NnaugError
+from nnaug.report.figures import figure, save_atomic
+from nnaug.report.tables import Cell, Table, html_table, markdown_table
 
 REAL, SYNTHETIC = "#4c72b0", "#dd8452"
 
@@ -174,35 +176,26 @@ def realism_line(r: dict) -> str | None:
            f"{m['resolution'][1]}): " + "; ".join(parts)
 
 
-def _realism_table_rows(r: dict) -> list[list[str]]:
+def realism_table(r: dict) -> Table:
     m = r["mask_realism"]
     names = m.get("label_names", {})
-    rows = []
+    table = Table(["statistic", "label", "real mean", "synthetic mean", "W1 real vs synthetic", "W1 real half vs half"])
     for x in m["rows"]:
-        rows.append([x["name"], names.get(str(x["label"]), str(x["label"])), _fmt(x["real_mean"]),
-                     _fmt(x["synthetic_mean"]), _fmt(x["wasserstein"]), _fmt(x["real_split_wasserstein"])])
-    return rows
+        table.add(x["name"], names.get(str(x["label"]), str(x["label"])),
+                  *(Cell(_fmt(x[k]), True) for k in ("real_mean", "synthetic_mean", "wasserstein", "real_split_wasserstein")))
+    return table
 
 
-REALISM_HEADER = ["statistic", "label", "real mean", "synthetic mean", "W1 real vs synthetic", "W1 real half vs half"]
-COVERAGE_HEADER = ["feature space", "precision", "recall", "density", "coverage", "coverage ÷ real's own"]
-
-
-def _coverage_table_rows(r: dict) -> list[list[str]]:
-    rows = []
+def coverage_table(r: dict) -> Table:
+    table = Table(["feature space", "precision", "recall", "density", "coverage", "coverage ÷ real's own"])
     for x in r.get("coverage") or []:
         if x.get("note"):
-            rows.append([x["space"], x["note"], "", "", "", ""])
+            table.add(x["space"], x["note"], "", "", "", "")
             continue
         s, q = x["synthetic"], x["real"]
-        rows.append([x["space"]] + [f"{s[m]:.2f} (real {q[m]:.2f})" for m in ("precision", "recall", "density", "coverage")]
-                    + [_fmt(x["coverage_ratio"], 2) + (" low" if x["low"] else "")])
-    return rows
-
-
-def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
-    return (["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-            + ["| " + " | ".join(row) + " |" for row in rows])
+        table.add(x["space"], *(Cell(f"{s[m]:.2f} (real {q[m]:.2f})", True) for m in ("precision", "recall", "density", "coverage")),
+                  Cell(_fmt(x["coverage_ratio"], 2) + (" low" if x["low"] else ""), True, "bad" if x["low"] else ""))
+    return table
 
 
 def markdown_lines(report: dict) -> list[str]:
@@ -213,12 +206,12 @@ def markdown_lines(report: dict) -> list[str]:
             continue
         lines += ["", f"### Mask realism and coverage of {r['dataset']}"]
         if r.get("mask_realism"):
-            lines += ["", f"Mask realism: {realism_line(r)}.", ""] + _md_table(REALISM_HEADER, _realism_table_rows(r))
+            lines += ["", f"Mask realism: {realism_line(r)}.", ""] + markdown_table(realism_table(r))
             if r.get("files", {}).get("mask_realism"):
                 lines += ["", f"![mask realism of {r['dataset']}]({Path(r['files']['mask_realism']).name})"]
         if r.get("coverage"):
             lines += ["", "Coverage (synthetic vs real; in brackets: unseen real images, the same sizes):", ""]
-            lines += _md_table(COVERAGE_HEADER, _coverage_table_rows(r))
+            lines += markdown_table(coverage_table(r))
             lines += [""] + [f"- {coverage_line(x)}." for x in r["coverage"]]
             if r.get("files", {}).get("coverage"):
                 lines += ["", f"![coverage of {r['dataset']}]({Path(r['files']['coverage']).name})"]
@@ -230,19 +223,12 @@ def html_lines(r: dict, img_tag) -> list[str]:
     import html
 
     e = html.escape
-
-    def table(header, rows):
-        return ('<div class="scroll"><table><tr>' + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr>"
-                + "".join("<tr>" + "".join(f'<td class="num">{e(c)}</td>' if i else f"<td>{e(c)}</td>"
-                                           for i, c in enumerate(row)) + "</tr>" for row in rows)
-                + "</table></div>")
-
     out = []
     files = r.get("files", {})
     if r.get("mask_realism"):
         out.append("<h3>Mask realism</h3>")
         out.append(f'<p class="note">{e(realism_line(r))}.</p>')
-        out.append(table(REALISM_HEADER, _realism_table_rows(r)))
+        out.append(html_table(realism_table(r)))
         out.append(img_tag(files.get("mask_realism"), "mask realism"))
         out.append('<p class="cap">Top: where the masks of each label lie (share of masks covering each pixel), real '
                    "and synthetic, and the synthetic masks' pixels where no real mask is. Then each statistic's "
@@ -253,7 +239,7 @@ def html_lines(r: dict, img_tag) -> list[str]:
         for x in r["coverage"]:
             line = coverage_line(x)
             out.append(f'<p class="{"alert" if x.get("low") else "note"}">{e(line.replace("**", ""))}.</p>')
-        out.append(table(COVERAGE_HEADER, _coverage_table_rows(r)))
+        out.append(html_table(coverage_table(r)))
         if files.get("coverage"):
             out.append(img_tag(files["coverage"], "coverage"))
             out.append('<p class="cap">Left: precision, recall, density and coverage of the synthetic images (orange) '
@@ -263,22 +249,6 @@ def html_lines(r: dict, img_tag) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- pictures
-def _figure(width: float, height: float):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=100)
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _save(fig, path: Path) -> Path:
-    from nnaug.io import write_atomic
-
-    write_atomic(path, fig.savefig)
-    return Path(path)
-
-
 def realism_figure(result: dict, names: dict[int, str], title: str, path: Path) -> Path:
     """Per label two rows of five panels: where the real and the synthetic masks lie (share of masks covering
     each pixel), the synthetic masks' pixels where no real mask is, then the seven statistics' histograms, real
@@ -286,7 +256,7 @@ def realism_figure(result: dict, names: dict[int, str], title: str, path: Path) 
     from nnaug.mask_realism import STATISTICS
 
     labels = result["labels"]
-    fig = _figure(17.0, 6.8 * max(1, len(labels)))
+    fig = figure(17.0, 6.8 * max(1, len(labels)))
     grid = fig.add_gridspec(2 * max(1, len(labels)), 5)
     slots = [(r, c) for r in range(2) for c in range(5)]
     for block, label in enumerate(labels):
@@ -315,7 +285,7 @@ def realism_figure(result: dict, names: dict[int, str], title: str, path: Path) 
                        rows[key])
     fig.suptitle(f"{title}: mask realism, real (blue) vs synthetic (orange)", fontsize=11)
     fig.tight_layout(rect=(0, 0, 1, 0.97))
-    return _save(fig, path)
+    return save_atomic(fig.savefig, path)
 
 
 def _histogram(ax, real, syn, key: str, name: str, row: dict) -> None:
@@ -359,7 +329,7 @@ def coverage_figure(rows: list[dict], radiomics: dict | None, title: str, path: 
     scored = [x for x in rows if not x.get("note")]
     if not scored:
         return None
-    fig = _figure(11.0, 4.2)
+    fig = figure(11.0, 4.2)
     ax = fig.add_subplot(1, 2, 1)
     ticks, names = [], []
     for i, x in enumerate(scored):
@@ -398,4 +368,4 @@ def coverage_figure(rows: list[dict], radiomics: dict | None, title: str, path: 
         ax2.legend(fontsize=8, frameon=False)
         ax2.spines[["top", "right"]].set_visible(False)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_atomic(fig.savefig, path)

@@ -26,8 +26,11 @@ from pathlib import Path
 import numpy as np
 
 from nnaug.errors import NnaugError
+from nnaug.synthesis.plan import candidate
+from nnaug.synthesis.sampling import real_labels, sample_cases
+from nnaug.synthesis.work_folder import (PLAN, SynthesisRun, batch_done, batch_record_path, finalize, mark_batch_done,
+                                         write_pair)
 
-CANDIDATES_PER_CASE = 10  # default cap: 10 candidates per kept case (acceptance below 10 % is refused)
 CONFIDENCE = 0.999  # one-sided, for the early refusal: a reachable quota is refused with well under 1 % chance
 CANDIDATE = "cand_"
 
@@ -43,61 +46,19 @@ class Outcome:
     records: dict[int, dict] = field(default_factory=dict)  # block index -> its record
 
 
-def resolve_filter_model(raw, model) -> tuple[Path, list]:
-    """(training output folder, folds with checkpoint_final.pth): ``model``, checked as nnU-Net will load it
-    (:func:`nnaug.nnunet_results.check_model_folder`), or the real-only model ``nnaug report`` uses for mask
-    consistency."""
-    from nnaug.nnunet_results import check_model_folder
-
-    if model is None:
-        from nnaug.nnunet_results import find_real_only_model
-
-        found = find_real_only_model(raw.name)
-        if found is None:
-            raise NnaugError(f"--min-consistency needs a real-only nnU-Net trained on {raw.name} and none is under "
-                             f"$nnUNet_results/{raw.name}: train one (nnUNetv2_train {raw.dataset_id} 2d 0 -tr "
-                             "nnUNetTrainer_nnaug) or pass --filter-model DIR")
-        model, folds, what = found[0], found[1], "the real-only model"
-    else:
-        model, folds, what = Path(model), None, "--filter-model"
-    checked = check_model_folder(model, what, folds=folds)
-    if checked.labels != raw.dataset_json.get("labels"):
-        raise NnaugError(f"{what} {model} segments labels {checked.labels}, but {raw.name} has "
-                         f"{raw.dataset_json.get('labels')}: use a model trained on {raw.name}")
-    return checked.folder, checked.folds
-
-
-def filter_plan(raw, opts, count: int) -> dict:
-    """The filter's part of the synthesis plan: threshold, model (folder, folds, weights hashes), cap."""
-    from nnaug.io import file_sha256
-    from nnaug.nnunet_results import checkpoint_path
-
-    model, folds = resolve_filter_model(raw, opts.filter_model)
-    cap = opts.max_candidates if opts.max_candidates is not None else CANDIDATES_PER_CASE * count
-    if cap < count:
-        raise NnaugError(f"--max-candidates {cap} is below the {count} cases to keep: allow at least {count}")
-    return {"min_consistency": float(opts.min_consistency), "model": str(Path(model).resolve()), "folds": folds,
-            "checkpoint_sha256": {str(f): file_sha256(checkpoint_path(model, f)) for f in folds},
-            "max_candidates": int(cap)}
-
-
 def _record_path(work: Path, block: int) -> Path:
-    from nnaug.synthesize import PROGRESS
-
-    return work / PROGRESS / f"scores_{block:06d}.json"
+    return batch_record_path(work, block, "scores")
 
 
 def decide(work: Path, plan: dict) -> Outcome:
     """Walk the candidates of the done blocks in index order: quota filled, refused, or more needed."""
     from scipy.stats import beta
 
-    from nnaug.synthesize import _done
-
     need, threshold = plan["num_cases"], plan["filter"]["min_consistency"]
     cap, size = plan["filter"]["max_candidates"], plan["batch_size"]
     out = Outcome("more")
     block = 0
-    while block * size < cap and _done(work, block):
+    while block * size < cap and batch_done(work, block):
         record = json.loads(_record_path(work, block).read_text())
         out.records[block] = record
         out.scores.update({block * size + j: s for j, s in enumerate(record["scores"])})
@@ -134,14 +95,12 @@ def refusal(plan: dict, outcome: Outcome) -> NnaugError:
         "or use a better generator; nothing was written")
 
 
-def synthesize_filtered(raw, info, generator_dir: Path, plan: dict, work: Path, target: Path, opts, summary,
-                        shard: tuple[int, int], device: str, progress: bool) -> Path | None:
+def run_filtered(run: SynthesisRun) -> Path | None:
     """Sample and score this shard's blocks until the done blocks decide; then assemble, or refuse."""
-    from nnaug.synthesize import _finalize
-
+    plan, work, opts = run.plan, run.work, run.opts
     outcome = decide(work, plan)
     if outcome.state == "more" and not opts.merge:
-        _work_blocks(raw, info, generator_dir, plan, work, opts, summary, shard, device, progress)
+        _work_blocks(run)
         outcome = decide(work, plan)
     if outcome.state == "refused":
         shutil.rmtree(work, ignore_errors=True)
@@ -151,33 +110,30 @@ def synthesize_filtered(raw, info, generator_dir: Path, plan: dict, work: Path, 
             raise NnaugError(f"--merge: the blocks written so far keep {len(outcome.kept)} of {plan['num_cases']} "
                              "cases: finish the shards first")
         return None  # another shard is still scoring blocks this one needs
-    return _finalize(raw, plan, work, target, opts, select=lambda folder: _promote(raw, plan, folder, outcome))
+    return finalize(run, select=lambda folder: _promote(run.raw, plan, folder, outcome))
 
 
 def _enough_below(work: Path, plan: dict, block: int) -> bool:
     """Do the done blocks before ``block`` already hold the quota (so ``block`` cannot be needed)?"""
-    from nnaug.synthesize import _done
-
     threshold, total = plan["filter"]["min_consistency"], 0
     for k in range(block):
-        if _done(work, k):
+        if batch_done(work, k):
             total += sum(s >= threshold for s in json.loads(_record_path(work, k).read_text())["scores"])
     return total >= plan["num_cases"]
 
 
-def _work_blocks(raw, info, generator_dir, plan, work, opts, summary, shard, device, progress) -> None:
+def _work_blocks(run: SynthesisRun) -> None:
     from tqdm.auto import tqdm
 
-    from nnaug.synthesize import PLAN, _done
-
-    index, count = shard
+    plan, work = run.plan, run.work
+    index, count = run.shard
     size, cap = plan["batch_size"], plan["filter"]["max_candidates"]
     tools = None
     bar = tqdm(total=plan["num_cases"], desc=f"synthesizing {work.name[1:].removesuffix('.partial')} (kept)",
-               unit="case", disable=None if progress else True)
+               unit="case", disable=None if run.progress else True)
     bar.update(len(decide(work, plan).kept))
     for block in range(index, math.ceil(cap / size), count):
-        if _done(work, block):
+        if batch_done(work, block):
             continue
         if not (work / PLAN).is_file():
             raise NnaugError(f"{work} was removed while this shard ran (another shard refused the threshold, "
@@ -185,37 +141,35 @@ def _work_blocks(raw, info, generator_dir, plan, work, opts, summary, shard, dev
         outcome = decide(work, plan)
         if outcome.state != "more" or _enough_below(work, plan, block):
             break
-        tools = tools or _load_tools(raw, info, generator_dir, plan, opts, device)
-        record = _score_block(raw, info, plan, work, opts, summary, tools, block)
+        tools = tools or _load_tools(run)
+        record = _score_block(run, tools, block)
         bar.update(sum(s >= plan["filter"]["min_consistency"] for s in record["scores"]))
         bar.set_postfix(tried=min((block + 1) * size, cap))
     bar.close()
 
 
-def _load_tools(raw, info, generator_dir, plan, opts, device) -> dict:
+def _load_tools(run: SynthesisRun) -> dict:
     """The generator, the scoring nnU-Net and the real masks: loaded once per process."""
-    from nnaug.dataset import PairDataset
     from nnaug.generators import load_generator
     from nnaug.mask_consistency import load_predictor
 
-    f = plan["filter"]
-    return {"generator": load_generator(generator_dir, device=device),
-            "predictor": load_predictor(f["model"], f["folds"], device=device),
-            "props": raw.read_case(raw.cases[0])[2],
-            "real_labels": PairDataset(raw, info["resolution"], progress=False).labels
-            if plan["mode"] == "mask-conditioned" else None}
+    f = run.plan["filter"]
+    return {"generator": load_generator(run.generator_dir, device=run.device),
+            "predictor": load_predictor(f["model"], f["folds"], device=run.device),
+            "props": run.raw.read_case(run.raw.cases[0])[2],
+            "real_labels": real_labels(run)}
 
 
-def _score_block(raw, info, plan, work, opts, summary, tools, block: int) -> dict:
+def _score_block(run: SynthesisRun, tools: dict, block: int) -> dict:
     """Sample block ``block``, score every candidate, write those at or above the threshold, then the record."""
     from nnaug.io import write_json_atomic
     from nnaug.mask_consistency import predicted_dices
-    from nnaug.synthesize import PROGRESS, candidate, sample_cases, write_pair
 
+    raw, plan, work = run.raw, run.plan, run.work
     size, cap = plan["batch_size"], plan["filter"]["max_candidates"]
     indices = range(block * size, min((block + 1) * size, cap))
     cases = [candidate(raw, plan["seed"], plan["mode"], i, f"{CANDIDATE}{i:06d}") for i in indices]
-    pairs = sample_cases(raw, info, tools["generator"], plan, cases, tools["real_labels"], opts, summary.median_shape)
+    pairs = sample_cases(run, tools["generator"], cases, tools["real_labels"])
     # scored as nnU-Net's reader returns the written files: float32 [C, 1, H, W], the source's properties
     scores = predicted_dices(tools["predictor"], [p.astype(np.float32)[:, None] for p, _ in pairs], tools["props"],
                              [label[None] for _, label in pairs])
@@ -225,14 +179,12 @@ def _score_block(raw, info, plan, work, opts, summary, tools, block: int) -> dic
     record = {"scores": scores, "augmentation": {str(i): c["augmentation"] for i, c in zip(indices, cases)
                                                  if "augmentation" in c}}
     write_json_atomic(_record_path(work, block), record)
-    (work / PROGRESS / f"batch_{block:06d}.done").touch()
+    mark_batch_done(work, block)
     return record
 
 
 def _promote(raw, plan: dict, work: Path, outcome: Outcome) -> tuple[list[dict], dict]:
     """Rename the kept candidates to ``synth_<j>`` in candidate order and drop the rest (repeatable after a kill)."""
-    from nnaug.synthesize import candidate
-
     def files(name: str) -> list[Path]:
         images = [work / "imagesTr" / f"{name}_{k:04d}{raw.file_ending}" for k in range(len(raw.channels_per_file))]
         return [*images, work / "labelsTr" / f"{name}{raw.file_ending}"]
