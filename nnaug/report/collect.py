@@ -60,7 +60,6 @@ def collect_dice(dataset_name: str, folds: list[int] | None = None, dataset_json
     return rows
 
 
-
 def summarise_dice(rows: list[dict]) -> list[dict]:
     """Mean foreground Dice per model (trainer, plans, configuration) over its folds."""
     groups: dict[tuple, list[dict]] = {}
@@ -74,7 +73,6 @@ def summarise_dice(rows: list[dict]) -> list[dict]:
                     "foreground_dice": float(np.mean([r["foreground_dice"] for r in items])),
                     "dice": {k: float(np.mean([r["dice"][k] for r in items if k in r["dice"]])) for k in labels}})
     return out
-
 
 
 def real_only_validation_dice(model_dir: Path, folds: list) -> dict:
@@ -93,7 +91,6 @@ def real_only_validation_dice(model_dir: Path, folds: list) -> dict:
     return {"dice": float(np.mean(values)) if values else None, "folds": used}
 
 
-
 def check_folds(dataset_name: str, folds, dice_rows: list[dict], warnings_: list) -> None:
     """--folds that no run has: one warning line naming the folds there are."""
     missing = [f for f in folds or [] if f not in {r["fold"] for r in dice_rows}]
@@ -104,11 +101,9 @@ def check_folds(dataset_name: str, folds, dice_rows: list[dict], warnings_: list
         warnings_.append(message)
 
 
-
 def folds_found(dataset_name: str) -> str:
     found = sorted({r["fold"] for r in collect_dice(dataset_name)}, key=str)
     return ", ".join(map(str, found)) or "none"
-
 
 
 def latest_sweep(dataset_name: str) -> dict | None:
@@ -130,13 +125,12 @@ def latest_sweep(dataset_name: str) -> dict | None:
             "differences": [d for d in result.get("differences", []) if d.get("reference") == "real-only"]}
 
 
-
-def sweep_test_dataset(dataset_name: str):
-    """The latest sweep's held-out test dataset (real cases no generator saw), to calibrate memorisation, or None."""
+def sweep_test_dataset(sweep: dict | None):
+    """The held-out test dataset of a sweep (:func:`latest_sweep`; real cases no generator saw), to calibrate
+    memorisation, or None."""
     from nnaug.dataset import load_raw_dataset
 
-    sweep = latest_sweep(dataset_name) or {}
-    name = (sweep.get("evaluation") or {}).get("test_dataset")
+    name = ((sweep or {}).get("evaluation") or {}).get("test_dataset")
     if not name:
         return None
     try:

@@ -16,7 +16,6 @@ from nnaug.report.words import null_name
 NO_WEIGHTS_NOTE = "n/a (no Inception weights: --inception-weights FILE)"
 
 
-
 def build_report(dataset: str, inception_weights: str | Path | None = None, folds: list[int] | None = None,
                  max_images: int | None = None, fidelity: bool | None = None, mask_check: bool = True,
                  device: str = "cpu", progress: bool = True, frd: bool | None = None,
@@ -48,12 +47,8 @@ def build_report(dataset: str, inception_weights: str | Path | None = None, fold
         sheet = contact_sheet_png(real, None, out / "real_contact_sheet.png")
         files["real_contact_sheet"] = str(sheet) if sheet else None
     model = find_real_only_model(real.name, folds) if mask_check else None
-    heldout = sweep_test_dataset(real.name) if memorisation and synthetic_folders else None
-    if heldout is not None:  # the sweep refused identical pixels unless --allow-overlap: say what it let through
-        from nnaug.overlap import check_held_out
-
-        check_held_out(real, heldout, allow_overlap=True, what="the held-out set", warn=lambda m: warnings_.append(
-            f"memorisation's held-out set {heldout.name}: {m}"))
+    sweep = latest_sweep(real.name)
+    heldout = _held_out(real, sweep, warnings_) if memorisation and synthetic_folders else None
     validation = real_only_validation_dice(*model) if model is not None else None
     synthetic_rows = []
     for folder in synthetic_folders:
@@ -71,7 +66,6 @@ def build_report(dataset: str, inception_weights: str | Path | None = None, fold
         synthetic_rows.append(row)
     dice_rows = collect_dice(real.name, folds, real.dataset_json)
     check_folds(real.name, folds, dice_rows, warnings_)
-    sweep = latest_sweep(real.name)
     model_info = None
     if model is not None:
         model_info = {"folder": str(model[0]), "folds": model[1], "validation_dice": validation["dice"],
@@ -84,6 +78,17 @@ def build_report(dataset: str, inception_weights: str | Path | None = None, fold
         "sweep": sweep,
     }
 
+
+def _held_out(real, sweep: dict | None, warnings_: list):
+    """The latest sweep's test set, to calibrate memorisation on real images no generator saw (or None). The sweep
+    refused identical pixels unless --allow-overlap: what it let through is a warning here."""
+    from nnaug.overlap import check_held_out
+
+    heldout = sweep_test_dataset(sweep)
+    if heldout is not None:
+        check_held_out(real, heldout, allow_overlap=True, what="the held-out set", warn=lambda m: warnings_.append(
+            f"memorisation's held-out set {heldout.name}: {m}"))
+    return heldout
 
 
 def _synthetic_row(folder: Path, syn, out: Path) -> dict:
@@ -103,7 +108,6 @@ def _synthetic_row(folder: Path, syn, out: Path) -> dict:
         sheet = contact_sheet_png(syn, synthetic_identifiers(syn), out / f"{folder.name}_contact_sheet.png")
     row["files"] = {"contact_sheet": str(sheet) if sheet else None}
     return row
-
 
 
 def _inception_weights(fidelity, inception_weights, download: bool, needed: bool, warnings_: list):
@@ -130,7 +134,6 @@ def _inception_weights(fidelity, inception_weights, download: bool, needed: bool
     return weights, None
 
 
-
 def _add_fidelity(row: dict, result: dict, weights, fid_note, fidelity) -> None:
     if weights is None:
         result["fid_note"] = fid_note or result.get("fid_note")
@@ -142,7 +145,6 @@ def _add_fidelity(row: dict, result: dict, weights, fid_note, fidelity) -> None:
     for key in ("frd_note", "frd_mask_note"):
         if key in result:
             row[key] = result[key]
-
 
 
 def _add_memorisation(row: dict, syn, real, heldout, out: Path, max_images, progress: bool, warnings_: list) -> None:
@@ -161,7 +163,6 @@ def _add_memorisation(row: dict, syn, real, heldout, out: Path, max_images, prog
                    f"chance alone: about {mem['expected_by_chance']:.1f}): possible copies, see the memorisation pairs")
         warn(message)
         warnings_.append(message)
-
 
 
 def _add_mask_consistency(row: dict, folder: Path, real, model, validation, mask_check: bool, device: str,

@@ -19,14 +19,12 @@ def figure(width: float, height: float):
     return fig
 
 
-
 def save_atomic(save, path: Path) -> Path:
     """``save(tmp_path)`` then rename onto ``path``: a reader never sees half a PNG."""
     from nnaug.io import write_atomic
 
     write_atomic(path, save)
     return Path(path)
-
 
 
 def bar_chart(report: dict, path: Path) -> Path | None:
@@ -56,7 +54,6 @@ def bar_chart(report: dict, path: Path) -> Path | None:
     return save_atomic(fig.savefig, path)
 
 
-
 def nearest_histogram(memorisation: dict, title: str, path: Path) -> Path:
     """Histograms of synthetic→most-similar-real and unseen-real→most-similar-training similarities, with the threshold."""
     syn = np.asarray(memorisation["synthetic_similarity"], np.float64)
@@ -82,7 +79,6 @@ def nearest_histogram(memorisation: dict, title: str, path: Path) -> Path:
     ax.spines[["top", "right"]].set_visible(False)
     fig.tight_layout()
     return save_atomic(fig.savefig, path)
-
 
 
 def consistency_histogram(r: dict, path: Path) -> Path | None:
@@ -112,7 +108,6 @@ def consistency_histogram(r: dict, path: Path) -> Path | None:
     ax.spines[["top", "right"]].set_visible(False)
     fig.tight_layout()
     return save_atomic(fig.savefig, path)
-
 
 
 def contact_sheet_png(raw, identifiers: list[str] | None, path: Path, max_cases: int = 16) -> Path | None:

@@ -36,7 +36,6 @@ img{max-width:100%;height:auto;image-rendering:pixelated;border:1px solid #dfe3e
 """
 
 
-
 def img_tag(path, alt: str) -> str:
     import base64
 
@@ -44,7 +43,6 @@ def img_tag(path, alt: str) -> str:
         return f'<p class="na">({html.escape(alt)}: no picture)</p>'
     data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
-
 
 
 def markdown_to_html(text: str) -> str:
@@ -55,7 +53,6 @@ def markdown_to_html(text: str) -> str:
     lines = [line for line in demote_headings(text) if not line.startswith("![")]
     body = markdown.markdown("\n".join(lines), extensions=["tables"], output_format="html")
     return body.replace("<table>", '<div class="scroll"><table>').replace("</table>", "</table></div>")
-
 
 
 def at_a_glance(report: dict) -> list[tuple[str, str]]:
@@ -81,7 +78,6 @@ def at_a_glance(report: dict) -> list[tuple[str, str]]:
     return items
 
 
-
 def to_html(report: dict) -> str:
     """report.html: one self-contained page (CSS inline, pictures embedded as base64 PNG)."""
     import datetime
@@ -105,7 +101,6 @@ def to_html(report: dict) -> str:
         out += _html_synthetic_section(r, report)
     out.append("</main></body></html>")
     return "\n".join(out) + "\n"
-
 
 
 def _html_synthetic_table(report: dict) -> list[str]:
@@ -148,7 +143,6 @@ def _html_sweep(report: dict) -> list[str]:
         out.append(f'<p class="note">No finished sweep of {e(report["dataset"])} yet '
                    f"(<code>nnaug sweep {e(report['dataset'])} --ratios 1,5 --seeds 3</code>).</p>")
     return out
-
 
 
 def _html_synthetic_section(r: dict, report: dict) -> list[str]:

@@ -41,12 +41,10 @@ def load_arrays(real, syn, max_images: int | None = None) -> dict:
 
 
 def label_names(dataset_json: dict) -> dict[int, str]:
-    labels = (dataset_json or {}).get("labels") or {}
-    out = {}
-    for name, value in labels.items():
-        if isinstance(value, int) and value > 0:
-            out[value] = name
-    return out
+    """Each foreground label's value -> its name (regions, scored by nnU-Net as a whole, are left out)."""
+    from nnaug.nnunet_results import metric_label_names
+
+    return {int(key): name for key, name in metric_label_names(dataset_json).items() if key.isdigit()}
 
 
 def _inception(arrays: dict, weights, progress: bool, name: str):
@@ -82,10 +80,9 @@ def add_realism(row: dict, real, syn, fidelity_result: dict, weights, out: Path,
         notes["radiomics"] = ("n/a (needs the whole-image FRD's features: " +
                               (fidelity_result.get("frd_note") or "--frd-roi image or both") + ")")
     arrays = load_arrays(real, syn, max_images)
-    labels = sorted(label_names(real.dataset_json)) or None
-    inception = _inception(arrays, weights, progress, syn.name) if weights is not None else None
-    result = compute(arrays, radiomics, inception, labels, notes)
     names = label_names(real.dataset_json)
+    inception = _inception(arrays, weights, progress, syn.name) if weights is not None else None
+    result = compute(arrays, radiomics, inception, sorted(names) or None, notes)
     realism = result["mask_realism"]
     row["mask_realism"] = {**{k: v for k, v in realism.items() if k not in ("real", "synthetic", "support",
                                                                          "synthetic_support")},

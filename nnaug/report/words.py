@@ -15,7 +15,6 @@ def fmt(value, digits: int = 4) -> str:
     return str(value)
 
 
-
 def fmt_frd(value, note: str | None = None) -> str:
     if value is None:
         return note or "n/a"
@@ -24,12 +23,10 @@ def fmt_frd(value, note: str | None = None) -> str:
     return f"{value:.2f}"
 
 
-
 def fid_cell_texts(r: dict) -> tuple[str, str]:
     if r["fid"] is not None:
         return f"{r['fid']:.2f}", f"{r['kid_mean']:.4f} ± {r['kid_std']:.4f}"
     return r.get("fidelity_note") or "n/a", "n/a"
-
 
 
 def mc_cell_texts(r: dict) -> tuple[str, str]:
@@ -40,7 +37,6 @@ def mc_cell_texts(r: dict) -> tuple[str, str]:
         return ("n/a (no real-only model)" if "no trained real-only model" in note else note), "n/a"
     ratio = r.get("mask_consistency_ratio")
     return f"{r['mask_consistency_dice']:.4f}", f"{ratio:.2f}" if ratio is not None else "n/a (no validation Dice)"
-
 
 
 def memorisation_line(r: dict) -> str:
@@ -60,7 +56,6 @@ def memorisation_line(r: dict) -> str:
             f"{m['threshold']:.3f} (the threshold), median {nq['median']:.3f}; {verdict}")
 
 
-
 def consistency_values(r: dict) -> tuple[list[float], str] | None:
     """Per-case mask consistency of a synthetic set: the report's own (real-only model), else what the
     filtering of ``nnaug synthesize --min-consistency`` recorded in the provenance."""
@@ -72,7 +67,6 @@ def consistency_values(r: dict) -> tuple[list[float], str] | None:
         return ([float(v) for v in r["filter_consistency"].values()],
                 "recorded by the filter" + (f" ({Path(str(model)).name})" if model else ""))
     return None
-
 
 
 def consistency_line(r: dict) -> str | None:
@@ -93,12 +87,10 @@ def consistency_line(r: dict) -> str | None:
     return "; ".join(parts) or None
 
 
-
 def null_name(m: dict) -> str:
     """What the threshold was calibrated on, in words."""
     return ("held-out real images the generator never saw" if "held-out" in m.get("calibration", "")
             else "real training images against the parts of the training set they are not in")
-
 
 
 def dice_difference_line(report: dict) -> tuple[str, str] | None:
@@ -119,7 +111,6 @@ def dice_difference_line(report: dict) -> tuple[str, str] | None:
     runs = min(len(a["folds"]), len(b["folds"]))
     return (f"Dice difference pretrain→fine-tune − real-only: {runs} run{'s' if runs > 1 else ''} per arm, no interval "
             f"(run `nnaug sweep` for one)", f"{a['foreground_dice'] - b['foreground_dice']:+.4f}")
-
 
 
 def method_notes(report: dict) -> list[str]:
