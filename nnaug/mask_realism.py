@@ -43,6 +43,19 @@ def support(labels, label: int) -> np.ndarray:
     return (_labels_array(labels) == label).sum(axis=0)
 
 
+def connected_components(mask: np.ndarray) -> np.ndarray:
+    """Regions of a boolean mask, numbered 1.. (8-connected in 2-D): the one meaning of "a component" here."""
+    from skimage.measure import label as connected
+
+    return connected(mask, connectivity=mask.ndim)
+
+
+def most_components(label_map, label_values) -> int:
+    """The most connected components any of ``label_values`` has in one label map (``--max-components``)."""
+    arr = np.asarray(label_map)
+    return max((int(connected_components(arr == int(v)).max()) for v in label_values), default=0)
+
+
 def mask_statistics(labels, label_values, reference_support: dict | None = None) -> dict:
     """Per label, every statistic of :data:`STATISTICS` for each mask: ``{label: {stat: 1-D array}}``.
 
@@ -52,7 +65,7 @@ def mask_statistics(labels, label_values, reference_support: dict | None = None)
     real mask unseen real masks leave uncovered. Masks without the label give components, area and
     border 0 and no value for the centroid, solidity and ``outside_real``.
     """
-    from skimage.measure import label as connected, regionprops
+    from skimage.measure import regionprops
 
     arr = _labels_array(labels)
     n, h, w = arr.shape
@@ -66,7 +79,7 @@ def mask_statistics(labels, label_values, reference_support: dict | None = None)
         stats = {k: [] for k in STATISTICS}
         for mask in arr == value:
             area = int(mask.sum())
-            components = connected(mask, connectivity=2)
+            components = connected_components(mask)
             count = int(components.max())
             stats["components"].append(count)
             stats["area_fraction"].append(area / (h * w))

@@ -155,7 +155,8 @@ def prepare_sweep(request: SweepRequest, log=print) -> SweepSetup:
     if "pretrain" in kinds:
         generator, info = _checked_generator(raw, request.generator)
         sha = checkpoint_sha256(generator)
-        choice = resolve_synthesis(info, request.mode, request.masks, request.sampler, request.steps)
+        choice = resolve_synthesis(info, request.mode, request.masks, request.sampler, request.steps,
+                                   request.max_components)
         base, gen_folder = sweep_folders(raw.name, budget.name, f"{slug(generator.name)}-{sha[:8]}_{choice.tag}")
     else:  # the controls alone (e.g. to find the budget where real-only stops improving): no generator needed
         generator, info, sha, choice = None, {}, None, None

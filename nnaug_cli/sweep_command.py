@@ -62,6 +62,9 @@ from nnaug_cli.params import FloatList, FoldList
               help="Synthesis filter thresholds, comma-separated: 0 = the unfiltered sets; each D in (0, 1] adds a "
                    "pretrain arm per ratio on a set kept at mask consistency >= D (scored by the sweep's real-only "
                    "run of seed 0), e.g. 0,0.7.")
+@click.option("--max-components", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Every synthetic set keeps only pairs whose masks have at most N connected components per label "
+                   "(nnaug synthesize --max-components); its pretrain arms train into their own folders.")
 @click.option("--print-commands", is_flag=True,
               help="Make the synthetic sets, then print one nnUNetv2_train line per run not trained yet (for SLURM or "
                    "any scheduler) instead of training; the same nnaug sweep afterwards evaluates.")

@@ -40,8 +40,12 @@ from nnaug_cli.params import CONSISTENCY, DATASET_ID, POSITIVE, POSITIVE_FLOAT, 
 @click.option("--filter-model", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="--min-consistency: nnU-Net training output folder that scores the candidates. "
                    "Default: the real-only model nnaug report uses.")
+@click.option("--max-components", type=POSITIVE, default=None, metavar="N",
+              help="Keep only candidates whose every label has at most N connected components (e.g. 1: one polyp "
+                   "per image, as in the real masks), until --ratio's cases are kept; combines with --min-consistency.")
 @click.option("--max-candidates", type=POSITIVE, default=None,
-              help="--min-consistency: candidates tried at most before refusing. Default: 10 x R x N.")
+              help="--min-consistency / --max-components: candidates tried at most before refusing. "
+                   "Default: 10 x R x N.")
 @click.option("--shard", type=Shard(), default=None, help="Write only shard i of n (i/n); the last shard to finish assembles.")
 @click.option("--merge", is_flag=True, help="Assemble a dataset whose shards are all written.")
 @click.option("--device", default=None, help="torch device (default: cuda if available, else cpu).")

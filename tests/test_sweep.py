@@ -221,6 +221,13 @@ def test_filtered_sets_are_arms_of_their_own_and_never_stand_in_for_unfiltered_o
     assert wanted_identity(raw, sha, 1.0, choice, 0.8, model) != kept
     assert wanted_identity(raw, sha, 1.0, choice, 0.7, tmp_path / "other") != kept
     assert wanted_identity(raw, sha, 2.0, choice) != plain and wanted_identity(raw, "cd" * 32, 1.0, choice) != plain
+    # --max-components: a set of its own (found again from its provenance), and pretrain arms in folders of their own
+    single = SynthesisChoice("joint", "train", "ddim", 25, max_components=1)
+    assert single.tag == "joint-ddim25-c1" and choice.tag == "joint-ddim25"
+    shaped = {**provenance, "filter": {"max_components": 1, "max_candidates": 400}}
+    assert plan_identity(shaped) == wanted_identity(raw, sha, 1.0, single) != plain
+    assert wanted_identity(raw, sha, 1.0, SynthesisChoice("joint", "train", "ddim", 25, max_components=2)) != \
+        wanted_identity(raw, sha, 1.0, single)
     # a mask-then-image set is found again from its provenance file (its mask augmentation: tuples in the plan,
     # lists once written as JSON; before, the sweep never reused such a set and made it anew on every start)
     from nnaug.experiment.synthetic_sets import _options

@@ -1,4 +1,5 @@
-"""nnaug synthesize --min-consistency: the kept cases, their scores, determinism, resume, shards, refusal.
+"""nnaug synthesize --min-consistency / --max-components: the kept cases, their scores, determinism, resume,
+shards, refusal.
 
 The slow tests share one module-scoped set-up: the example dataset (8 cases), a tiny JDM and a
 real-only nnU-Net trained by nnUNetv2_train (nnUNetTrainer_nnaug_5epochs, fold 0). Thresholds are
@@ -60,6 +61,42 @@ def test_acceptance_is_decided_in_candidate_order(tmp_path):
     assert out.state == "more" and out.tried == 2 and out.kept == [i for i in passing if i < 2]
 
 
+def test_component_rule_alone_and_with_a_threshold(tmp_path):
+    from nnaug.synthesis.filtered import passes, refusal
+
+    record = {"scores": [0.9, 0.2, 0.8, 0.95, 0.1, 0.7], "components": [1, 1, 3, 2, 1, 1]}
+    assert passes({"max_components": 1}, {"components": record["components"]}) == [True, True, False, False, True, True]
+    assert passes({"max_components": 2, "min_consistency": 0.5}, record) == [True, False, False, True, False, True]
+    assert passes({"min_consistency": 0.5}, {"scores": record["scores"]}) == [True, False, True, True, False, True]
+    work = tmp_path / ".Dataset600_XSynth.partial"
+    (work / PROGRESS).mkdir(parents=True)
+    for block in range(2):  # a block record of the shape rule alone holds no scores
+        part = {"components": record["components"][3 * block:3 * block + 3], "augmentation": {}}
+        (work / PROGRESS / f"scores_{block:06d}.json").write_text(json.dumps(part))
+        (work / PROGRESS / f"batch_{block:06d}.done").touch()
+    plan = {"num_cases": 3, "batch_size": 3, "filter": {"max_components": 1, "max_candidates": 30}}
+    out = decide(work, plan)
+    assert (out.state, out.kept, out.tried, out.scores) == ("done", [0, 1, 4], 5, {})
+    plan["num_cases"], plan["filter"]["max_candidates"] = 6, 6
+    out = decide(work, plan)
+    assert out.state == "refused"
+    message = str(refusal(plan, out))
+    assert message.startswith("--max-components 1: 2 of 3 candidates tried passed")  # 6 can no longer be reached and "best score" not in message
+
+
+def test_most_components_counts_8_connected_regions_per_label():
+    from nnaug.mask_realism import most_components
+
+    m = np.zeros((8, 8), np.uint8)
+    m[1, 1] = m[2, 2] = 1  # diagonal neighbours: one region
+    assert most_components(m, [1]) == 1
+    m[6, 6] = 1
+    m[0, 5:7] = m[3, 5] = 2
+    assert most_components(m, [1]) == 2 and most_components(m, [1, 2]) == 2 and most_components(m, [2]) == 2
+    m[5, 0] = 2
+    assert most_components(m, [1, 2]) == 3 and most_components(np.zeros((4, 4)), [1, 2]) == 0
+
+
 def test_hopeless_thresholds_are_refused_before_the_cap(tmp_path):
     low = [0.1] * 8
     work, plan = _work_with_scores(tmp_path / "a", {k: low for k in range(5)}, need=8, threshold=0.9, cap=80, size=8)
@@ -79,6 +116,7 @@ def test_filter_options_need_a_threshold(nnunet_env, run_cli):
                           "--min-consistency")
     for bad in ("0", "1.5", "-0.2", "nan"):
         assert_one_line_error(run_cli("synthesize", "999", "--ratio", "1", "--min-consistency", bad), "--min-consistency")
+    assert_one_line_error(run_cli("synthesize", "999", "--ratio", "1", "--max-components", "0"), "--max-components")
 
 
 # ----------------------------------------------------------------------------- slow: one generator and one real-only nnU-Net
@@ -148,6 +186,40 @@ def test_filtered_set_keeps_the_first_candidates_at_the_threshold(filtering):
     assert len(list((folder / "imagesTr").iterdir())) == 8 and (folder / "contact_sheet.png").is_file()
     assert json.loads((folder / "dataset.json").read_text())["numTraining"] == 8
     assert not list(filtering.env["raw"].glob(".*"))  # no partial folder, no candidate left behind
+
+
+@pytest.mark.slow
+def test_max_components_keeps_the_first_candidates_with_few_regions(filtering):
+    from PIL import Image
+
+    from nnaug.mask_realism import most_components
+
+    def regions(folder: Path, i: int) -> int:
+        return most_components(np.array(Image.open(folder / "labelsTr" / f"synth_{i:06d}.png")), [1, 2])
+
+    counts = [regions(filtering.unfiltered, i) for i in range(24)]
+    most = sorted(counts)[8]  # a rule that keeps at least 9 of the 24 and drops some
+    assert most < max(counts)
+    passing = [i for i, c in enumerate(counts) if c <= most]
+    threshold = float(np.median(filtering.scores))
+    both = [i for i in passing if filtering.scores[i] >= threshold]
+    for output, extra, kept in (("613", [], passing[:8]), ("614", ["--min-consistency", repr(threshold)], both[:3])):
+        ratio = "1" if output == "613" else "0.375"  # 3 of 8 with both rules: the first 3 lie among the 24
+        assert len(kept) == (8 if output == "613" else 3)
+        result = _cli("synthesize", "999", "--ratio", ratio, "--steps", "5", "--output-id", output,
+                      "--max-components", str(most), *extra)
+        assert result.returncode == 0, result.stderr[-2000:]
+        folder = filtering.env["raw"] / f"Dataset{output}_nnaugExampleSynth"
+        provenance = json.loads((folder / "nnaug_provenance.json").read_text())
+        assert [c["candidate"] for c in provenance["cases"]] == kept
+        assert [c["components"] for c in provenance["cases"]] == [counts[i] for i in kept]
+        assert provenance["filter"]["max_components"] == most and provenance["filter"]["kept"] == len(kept)
+        assert provenance["filter"]["candidates_tried"] == kept[-1] + 1
+        assert bool(provenance["consistency"]) == bool(extra)  # scores only when consistency was asked for
+        for j, i in enumerate(kept):  # candidate i is unfiltered case i, and it has at most `most` regions
+            assert regions(folder, j) <= most
+            assert (folder / "labelsTr" / f"synth_{j:06d}.png").read_bytes() == \
+                (filtering.unfiltered / "labelsTr" / f"synth_{i:06d}.png").read_bytes()
 
 
 def _sigkill_when(proc, condition, timeout: float = 600) -> None:

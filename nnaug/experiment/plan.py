@@ -304,6 +304,7 @@ class SweepRequest:
     sampler: str | None = None
     steps: int | None = None
     min_consistency: tuple | None = None
+    max_components: int | None = None
     overwrite: bool = False
     print_commands: bool = False
 
@@ -321,17 +322,20 @@ class SynthesisChoice:
     masks: str
     sampler: str
     steps: int
+    max_components: int | None = None  # every synthetic set keeps only masks with at most this many per label
 
     @property
     def tag(self) -> str:
-        return f"{self.mode}-{self.sampler}{self.steps}" + ("-augmented" if self.masks == "augmented" else "")
+        return (f"{self.mode}-{self.sampler}{self.steps}" + ("-augmented" if self.masks == "augmented" else "")
+                + (f"-c{self.max_components}" if self.max_components is not None else ""))
 
 
-def resolve_synthesis(info: dict, mode: str | None, masks: str, sampler: str | None, steps: int | None) -> SynthesisChoice:
+def resolve_synthesis(info: dict, mode: str | None, masks: str, sampler: str | None, steps: int | None,
+                      max_components: int | None = None) -> SynthesisChoice:
     from nnaug.generators import get_spec
 
     mode, sampler, steps = get_spec(info["model"]).resolve_sampling(mode, sampler, steps, info)
-    return SynthesisChoice(mode, masks if mode == "mask-conditioned" else "train", sampler, steps)
+    return SynthesisChoice(mode, masks if mode == "mask-conditioned" else "train", sampler, steps, max_components)
 
 
 @dataclass

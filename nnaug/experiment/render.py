@@ -127,12 +127,15 @@ def _synthetic_table(result: dict) -> list[str]:
               " components per mask (real → synthetic) | coverage (real's own) |",
               "|---|---|---|---|---|---|---|---|---|---|"]
     extractor, notes = None, []
+    most = (result.get("synthesis") or {}).get("max_components")
     for row in result["synthetic"]:
         fidelity = row.get("fidelity") or {}
         extractor = extractor or fidelity.get("extractor")
         kid = "n/a" if fidelity.get("kid_mean") is None else \
             f"{_num(fidelity.get('kid_mean'))} ± {_num(fidelity.get('kid_std'))}"
-        kept = f"mask consistency ≥ {row['min_consistency']:g}" if row.get("min_consistency") else "none"
+        rules = [f"mask consistency ≥ {row['min_consistency']:g}"] if row.get("min_consistency") else []
+        rules += [f"≤ {most} components per label"] if most is not None else []
+        kept = ", ".join(rules) or "none"
         lines.append(f"| {ratio_label(row['ratio'])} | {kept} | {row['dataset']} | {row['num_cases']} | "
                      f"{_num(fidelity.get('fid'), 2)} | {kid} | {_num(fidelity.get('frd'), 2)} | "
                      f"{_num(row.get('mask_consistency'))} | {_realism_cells(row.get('realism'))} |")

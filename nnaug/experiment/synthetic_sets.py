@@ -13,21 +13,24 @@ def _options(ratio: float, generator: Path, choice: SynthesisChoice, device: str
     from nnaug.synthesis import SynthesisOptions
 
     return SynthesisOptions(ratio=ratio, generator=generator, mode=choice.mode, masks=choice.masks,
-                            sampler=choice.sampler, steps=choice.steps, batch_size=SYNTHESIS_BATCH, device=device,
-                            **extra)
+                            sampler=choice.sampler, steps=choice.steps, max_components=choice.max_components,
+                            batch_size=SYNTHESIS_BATCH, device=device, **extra)
 
 
 def wanted_identity(raw, sha: str, ratio: float, choice: SynthesisChoice, min_consistency: float | None = None,
                     filter_model: Path | None = None) -> dict:
     """The identity (:func:`nnaug.synthesis.plan.plan_identity`) of the set the sweep would make: a set of that
-    identity is reused. A filtered set is only reused for the same threshold and scoring model, and an
-    unfiltered one never stands in for a filtered one or the other way round."""
+    identity is reused. A filtered set is only reused for the same rule (threshold and scoring model, most
+    components), and an unfiltered one never stands in for a filtered one or the other way round."""
     from nnaug.synthesis.plan import plan_header, plan_identity
 
     opts = _options(ratio, Path("."), choice, "cpu")
     header = plan_header(raw, sha, opts, choice.mode)
+    rule = {"max_components": choice.max_components} if choice.max_components is not None else {}
     if min_consistency is not None:
-        header["filter"] = {"min_consistency": float(min_consistency), "model": str(filter_model)}
+        rule.update({"min_consistency": float(min_consistency), "model": str(filter_model)})
+    if rule:
+        header["filter"] = rule
     return plan_identity(header)
 
 
@@ -84,7 +87,9 @@ def ensure_synthetic(raw, generator: Path, sha: str, ratio: float, choice: Synth
                                                      **extra))
         log(f"nnaug sweep: synthesizing ratio {ratio_label(ratio)} ({plan['num_cases']} cases, {choice.mode}, "
             f"{choice.sampler} {choice.steps} steps"
-            + (f", kept at mask consistency >= {min_consistency:g}" if min_consistency else "") + f") with {generator}")
+            + (f", kept at mask consistency >= {min_consistency:g}" if min_consistency else "")
+            + (f", masks of at most {choice.max_components} components" if choice.max_components else "")
+            + f") with {generator}")
         return synthesize(raw.name, opts)
 
 

@@ -34,6 +34,12 @@ class SynthesisOptions:
     min_consistency: float | None = None  # keep only candidates whose mask consistency reaches it (synthesis.filtered)
     filter_model: Path | None = None  # nnU-Net training output folder that scores them (default: the report's real-only model)
     max_candidates: int | None = None  # candidates tried at most (default: plan.CANDIDATES_PER_CASE x cases)
+    max_components: int | None = None  # keep only candidates whose every label has at most N connected components
+
+    @property
+    def filtered(self) -> bool:
+        """Are candidates sampled and only some kept (synthesis.filtered)?"""
+        return self.min_consistency is not None or self.max_components is not None
 
 
 def check_options(opts: SynthesisOptions) -> None:
@@ -42,12 +48,16 @@ def check_options(opts: SynthesisOptions) -> None:
         raise NnaugError(f"--ratio must be a number > 0 (synthetic cases per real case, e.g. 5.0 for 500 %), got {opts.ratio}")
     if (opts.steps is not None and opts.steps < 1) or (opts.batch_size is not None and opts.batch_size < 1):
         raise NnaugError("--steps and --batch-size must be at least 1")
-    if opts.min_consistency is None:
-        if opts.filter_model is not None or opts.max_candidates is not None:
-            raise NnaugError("--filter-model and --max-candidates only apply with --min-consistency D")
+    if opts.min_consistency is None and opts.filter_model is not None:
+        raise NnaugError("--filter-model only applies with --min-consistency D (it scores mask consistency)")
+    if not opts.filtered:
+        if opts.max_candidates is not None:
+            raise NnaugError("--max-candidates only applies with a filter: --min-consistency D or --max-components N")
         return
-    if not 0 < opts.min_consistency <= 1:  # also refuses nan
+    if opts.min_consistency is not None and not 0 < opts.min_consistency <= 1:  # also refuses nan
         raise NnaugError(f"--min-consistency must be a Dice in (0, 1], e.g. 0.7, got {opts.min_consistency}")
+    if opts.max_components is not None and opts.max_components < 1:
+        raise NnaugError(f"--max-components must be at least 1 (connected components per label), got {opts.max_components}")
     if opts.max_candidates is not None and opts.max_candidates < 1:
         raise NnaugError(f"--max-candidates must be at least 1, got {opts.max_candidates}")
 

@@ -46,7 +46,7 @@ def make_plan(raw: RawDataset, info: dict, generator_dir: Path, opts: SynthesisO
     count = int(round(opts.ratio * len(raw.cases)))
     if count < 1:
         raise NnaugError(f"--ratio {opts.ratio} x {len(raw.cases)} cases rounds to 0 synthetic cases: use a larger ratio")
-    filtering = filter_plan(raw, opts, count) if opts.min_consistency is not None else None
+    filtering = filter_plan(raw, opts, count) if opts.filtered else None
     # a filter's kept cases are only known as candidates are scored
     cases = [] if filtering else [candidate(raw, opts.seed, mode, i, f"synth_{i:06d}") for i in range(count)]
     plan = {
@@ -72,7 +72,8 @@ def plan_header(raw: RawDataset, sha: str, opts: SynthesisOptions, mode: str) ->
 
 def plan_identity(plan: dict) -> dict:
     """What makes two synthetic sets the same set, from a plan or a provenance (which holds its plan): the
-    header's keys, and a filter's threshold and scoring model; not where the generator lies or the batch size."""
+    header's keys, and a filter's rule (threshold, scoring model, most components); not where the generator lies
+    or the batch size."""
     identity = {key: plan.get(key) for key in ("source_dataset", "checkpoint_sha256", "mode", "masks",
                                                "mask_augmentation", "sampler", "steps", "seed", "num_real_cases")}
     identity = json.loads(json.dumps(identity))  # as a provenance file holds it: tuples become lists
@@ -82,7 +83,8 @@ def plan_identity(plan: dict) -> dict:
         identity["ratio"] = None
     record = plan.get("filter") or {}
     model = record.get("model")
-    identity["filter"] = (record.get("min_consistency"), str(Path(str(model)).resolve()) if model else None)
+    identity["filter"] = (record.get("min_consistency"), str(Path(str(model)).resolve()) if model else None,
+                          record.get("max_components"))
     return identity
 
 
@@ -109,14 +111,17 @@ def resolve_filter_model(raw: RawDataset, model) -> tuple[Path, list]:
 
 
 def filter_plan(raw: RawDataset, opts: SynthesisOptions, count: int) -> dict:
-    """The filter's part of the synthesis plan: threshold, model (folder, folds, weights hashes), cap."""
+    """The filter's part of the synthesis plan: the most components, the consistency threshold and its model
+    (folder, folds, weights hashes), the cap on candidates."""
     from nnaug.io import file_sha256
     from nnaug.nnunet_results import checkpoint_path
 
-    model, folds = resolve_filter_model(raw, opts.filter_model)
     cap = opts.max_candidates if opts.max_candidates is not None else CANDIDATES_PER_CASE * count
     if cap < count:
         raise NnaugError(f"--max-candidates {cap} is below the {count} cases to keep: allow at least {count}")
+    rule = {"max_components": opts.max_components, "max_candidates": int(cap)}
+    if opts.min_consistency is None:
+        return rule
+    model, folds = resolve_filter_model(raw, opts.filter_model)
     return {"min_consistency": float(opts.min_consistency), "model": str(Path(model).resolve()), "folds": folds,
-            "checkpoint_sha256": {str(f): file_sha256(checkpoint_path(model, f)) for f in folds},
-            "max_candidates": int(cap)}
+            "checkpoint_sha256": {str(f): file_sha256(checkpoint_path(model, f)) for f in folds}, **rule}
