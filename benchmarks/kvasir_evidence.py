@@ -114,13 +114,21 @@ def real_only_model(run: Runner, args) -> Path:
     return model
 
 
-def score_chunk(run: Runner, args, steps: int, judge: Path) -> dict:
+# The curve's 200-pair sets: the first two chunks' are 650 and 651; the sweeps then took 652 and up (nnaug synthesize
+# picks the next free ID), so later chunks' sets sit apart from theirs, and --overwrite can only replace the curve's own
+CURVE_DATASET_IDS = {500: 650, 1000: 651, **{steps: 680 + i for i, steps in enumerate(CHUNKS[2:])}}
+
+
+def score_chunk(run: Runner, args, steps: int, judge: Path, generator: Path | None = None,
+                output_id: int | None = None) -> dict:
+    """200 joint pairs of the generator (default: the curve's) after ``steps``: FRD against the 40 real images, and
+    mask consistency with the real-only ``judge``."""
     from nnaug.dataset import load_raw_dataset
     from nnaug.fidelity import synthetic_fidelity
     from nnaug.mask_consistency import mask_consistency
 
-    output_id = 650 + CHUNKS.index(steps)
-    run("nnaug", "synthesize", TRAIN, "--generator", generator_folder(run), "--ratio", CURVE_CASES_RATIO,
+    output_id = output_id or CURVE_DATASET_IDS[steps]
+    run("nnaug", "synthesize", TRAIN, "--generator", generator or generator_folder(run), "--ratio", CURVE_CASES_RATIO,
         "--output-id", output_id, *SAMPLING, "--overwrite")
     if run.dry_run:
         return {}
@@ -269,8 +277,12 @@ def budget_summary(run: Runner) -> dict:
     curve: dict = {}
     per_case: dict = {}  # {iterations: {arm: {seed: {case: dice}}}}
     for result in _budget_sweep_jsons(run, VAL):
+        if (result["synthesis"] or {}).get("max_components") is not None:
+            continue  # the curve's pretrain arm is the unfiltered set's; a filtered sweep is a lever (section 7)
         iterations = str(result["budget"]["finetune"][0] * result["budget"]["finetune"][1])
         for arm in result["arms"]:
+            if arm.get("min_consistency"):
+                continue
             name = arm["arm"] if arm["kind"] != "pretrain" else f"pretrain-r{arm['ratio']:g}"
             earlier = curve.get(name, {}).get(iterations)
             if earlier is not None and len(earlier["per_seed"]) >= len(arm["per_seed_foreground"]):

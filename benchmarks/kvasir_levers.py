@@ -1,0 +1,165 @@
+"""What could make synthetic pretraining add more than the restart? Levers of issue 36 (item 4) on the
+validation set at ``--budget small``, resumably: docs/results.md sections 7 and 8.
+
+Each lever is the x1 validation sweep of docs/results.md section 6 (``nnaug sweep 601 --test 602 --ratios 1
+--seeds 3 --budget small --arms real-only,real-twice,pretrain``) with one thing changed. Real-only and real-twice
+do not depend on the generator, so every lever shares them, and a lever trains only its pretrain arm's 3 runs.
+
+``components``  ``--max-components 1``: joint pairs whose mask is one polyp (92 % of the real masks are one
+                component; the generator's joint pairs have two on average).
+``steps<N>``    the section-1 generator (1000 steps) trained on to N steps, in a copy of its folder, so that
+                the sweeps of the 1000-step generator keep their generator; the copy's 200 pairs are scored
+                like a chunk of the generator curve (FRD against the 40, mask consistency with the judge).
+
+Then ``benchmarks/results/levers.json`` and a markdown table: each lever's pretrain arm against real-only,
+real-twice and the reference (the unfiltered 1000-step arm), paired by case, with its synthetic set's FRD, mask
+consistency, components per mask and coverage (the sweep's own set numbers).
+
+    python benchmarks/kvasir_levers.py [--workdir kvasir-evidence] [--levers components,steps2000] [--workers 1]
+    python benchmarks/kvasir_levers.py --levers none     # only the summary, from the sweeps that finished
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+from kvasir_evidence import (GENERATOR, NAMES, RESULTS, SAMPLING, TRAIN, VAL, Runner, generator_folder,
+                             real_only_model, score_chunk)
+
+SEEDS = 3
+REFERENCE_STEPS = 1000  # the generator of sections 1-6
+STEPS_LEVER_IDS = 690  # + (steps // 1000): the 200-pair set of a steps<N> copy, apart from the curve's and the sweeps'
+
+
+def _sweep(run: Runner, args, generator: Path, *extra) -> None:
+    run("nnaug", "sweep", TRAIN, "--test", VAL, "--ratios", 1, "--seeds", SEEDS, "--budget", "small",
+        "--device", args.device, "--generator", generator, *SAMPLING, "--arms", "real-only,real-twice,pretrain",
+        "--no-compute-matched", *extra, workers=args.workers)
+
+
+def lever_components(run: Runner, args) -> None:
+    _sweep(run, args, generator_folder(run), "--max-components", 1)
+
+
+def lever_steps(run: Runner, args, steps: int) -> None:
+    source = generator_folder(run)
+    copy = source.with_name(f"{source.name}_steps{steps}")
+    if run.dry_run:
+        run("nnaug", "train-generator", TRAIN, *GENERATOR, "--steps", steps, "--output", copy, "--resume")
+        return _sweep(run, args, copy)
+    if not copy.is_dir():  # whole, or not at all: a half copy would resume from the wrong checkpoint
+        shutil.copytree(source, copy.with_name(copy.name + ".partial"), dirs_exist_ok=True)
+        copy.with_name(copy.name + ".partial").rename(copy)
+    trained = json.loads((copy / "nnaug.json").read_text())["steps_trained"]
+    if trained < steps:
+        run("nnaug", "train-generator", TRAIN, *GENERATOR, "--steps", steps, "--output", copy, "--resume")
+    point_file = copy / "lever_point.json"
+    if not point_file.is_file():
+        point = score_chunk(run, args, steps, real_only_model(run, args), copy, STEPS_LEVER_IDS + steps // 1000)
+        point_file.write_text(json.dumps(point, indent=1))
+    _sweep(run, args, copy)
+
+
+def summary(run: Runner) -> dict:
+    """Every pretrain-r1 arm of the ``small`` validation sweeps, against the shared controls and the reference."""
+    import numpy as np
+
+    from nnaug.stats import difference_ci
+
+    root = run.results / "nnaug" / NAMES[TRAIN] / "sweep" / "small"
+    per_case, rows = {}, {}
+    for path in sorted(root.glob(f"*/test-{NAMES[VAL]}/sweep.json")):
+        result = json.loads(path.read_text())
+        for arm in result["arms"]:
+            if arm["kind"] in ("real-only", "real-twice"):
+                name = arm["kind"]
+                if name in per_case and len(per_case[name]) >= len(result["per_case"][name]):
+                    continue  # the same shared runs, seen by several sweeps: the one with the most seeds
+            elif arm["kind"] == "pretrain" and arm["ratio"] == 1.0 and not arm.get("min_consistency"):
+                name = _lever_name(result)
+                steps = result["generator"]["steps_trained"]
+                synthetic = next(s for s in result["synthetic"] if s["dataset"] == arm["synthetic_dataset"])
+                point = Path(result["generator"]["folder"]) / "lever_point.json"
+                rows[name] = {
+                    "generator_steps": steps, "max_components": result["synthesis"].get("max_components"),
+                    "foreground": arm["foreground"], "per_seed": arm["per_seed_foreground"],
+                    "synthetic_dataset": arm["synthetic_dataset"], "frd": synthetic["fidelity"]["frd"],
+                    "mask_consistency": synthetic["mask_consistency"], "realism": synthetic.get("realism"),
+                    "curve_point_200_pairs": json.loads(point.read_text()) if point.is_file() else None}
+            else:
+                continue
+            per_case[name] = {seed: {case: v["foreground"] for case, v in cases.items()}
+                              for seed, cases in result["per_case"][arm["arm"]].items()}
+
+    def grid(name, cases):
+        return np.array([[per_case[name][s][c] for c in cases] for s in sorted(per_case[name])])
+
+    for name, row in rows.items():
+        row["differences"] = {}
+        for reference in ("real-only", "real-twice", _reference_name()):
+            if reference == name or reference not in per_case:
+                continue
+            cases = sorted(set.intersection(*(set(c) for n in (name, reference) for c in per_case[n].values())))
+            row["differences"][reference] = difference_ci(grid(name, cases), grid(reference, cases)).as_dict()
+    controls = {name: {"per_seed": {s: float(np.mean(list(c.values()))) for s, c in per_case[name].items()}}
+                for name in ("real-only", "real-twice") if name in per_case}
+    out = {"validation_dataset": NAMES[VAL], "budget": "small", "controls": controls, "levers": rows}
+    for folder in (run.work, RESULTS):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "levers.json").write_text(json.dumps(out, indent=1))
+    _print_table(rows)
+    return out
+
+
+def _lever_name(result: dict) -> str:
+    steps, components = result["generator"]["steps_trained"], result["synthesis"].get("max_components")
+    return f"pretrain-r1, {steps} steps" + (f", <= {components} component(s)" if components else "")
+
+
+def _reference_name() -> str:
+    return f"pretrain-r1, {REFERENCE_STEPS} steps"
+
+
+def _print_table(rows: dict) -> None:
+    def ci(d):
+        return f"{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]" if d else "—"
+
+    print("| pretrain arm | Dice [95 % CI] | − real-only | − real-twice | − reference | FRD | mask consistency "
+          "| components (real → synthetic) | coverage (real's own) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, row in rows.items():
+        fg, diff, realism = row["foreground"], row["differences"], row["realism"] or {}
+        components = "→".join(f"{c:.2f}" for c in realism.get("components", [])) or "—"
+        coverage = f"{realism['coverage']:.2f} ({realism['coverage_real']:.2f})" if "coverage" in realism else "—"
+        print(f"| {name} | {fg['mean']:.3f} [{fg['low']:.3f}, {fg['high']:.3f}] | {ci(diff.get('real-only'))} "
+              f"| {ci(diff.get('real-twice'))} | {ci(diff.get(_reference_name()))} | {row['frd']:.2f} "
+              f"| {row['mask_consistency']:.3f} | {components} | {coverage} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", type=Path, default=Path("kvasir-evidence"))
+    parser.add_argument("--levers", default="components,steps2000",
+                        help="comma-separated: components, steps<N> (e.g. steps2000); none = only the summary")
+    parser.add_argument("--device", default="cuda" if __import__("torch").cuda.is_available() else "cpu")
+    parser.add_argument("--budget", default="small", help=argparse.SUPPRESS)  # the judge's schedule (kvasir_evidence)
+    parser.add_argument("--workers", type=int, default=1, help="nnaug sweep processes sharing each sweep")
+    parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    args = parser.parse_args()
+    run = Runner(args.workdir.resolve(), args.dry_run)
+    for lever in (name for name in args.levers.split(",") if name not in ("", "none")):
+        print(f"\n== {lever}", flush=True)
+        if lever == "components":
+            lever_components(run, args)
+        elif lever.startswith("steps") and lever[5:].isdigit() and int(lever[5:]) > REFERENCE_STEPS:
+            lever_steps(run, args, int(lever[5:]))
+        else:
+            raise SystemExit(f"kvasir_levers: unknown lever {lever!r}: components, or steps<N> with N > {REFERENCE_STEPS}")
+    if not run.dry_run:
+        summary(run)
+
+
+if __name__ == "__main__":
+    main()
