@@ -263,6 +263,28 @@ def prepare_synthetic(source_dataset: str, synthetic_folder: Path, plans_identif
     return prepared
 
 
+def prepare_synthetic_for(trainer, synthetic_folder: Path) -> Prepared:
+    """``synthetic_folder`` checked against ``trainer``'s real dataset and preprocessed with its plans, under the
+    lock that every seed's and fold's run shares."""
+    from batchgenerators.utilities.file_and_folder_operations import load_json
+
+    source = trainer.plans_manager.dataset_name
+    plans_identifier, configuration = trainer.plans_manager.plans_name, trainer.configuration_name
+    check_compatible(trainer.dataset_json, load_json(str(synthetic_folder / "dataset.json")), source,
+                     synthetic_folder.name)
+    target_plans = pretrain_plans_identifier(plans_identifier, source)
+    lock = preprocessed_root() / synthetic_folder.name / f".nnaug_{target_plans}_{configuration}.lock"
+    with file_lock(lock, f"waiting for another process preparing {synthetic_folder.name}"):
+        return prepare_synthetic(source, synthetic_folder, plans_identifier, configuration,
+                                 log=trainer.print_to_log_file)
+
+
+def preprocessed_data_folder(prepared: Prepared) -> Path:
+    """Where nnU-Net put the cases of a prepared synthetic dataset."""
+    plans = load_json_or_none(preprocessed_root() / prepared.synthetic_dataset / f"{prepared.plans_identifier}.json")
+    return preprocessed_root() / prepared.synthetic_dataset / plans["configurations"][prepared.configuration]["data_identifier"]
+
+
 # ----------------------------------------------------------------------------- the pretraining run
 def pretrain_output_folder(synthetic_dataset: str, trainer_class_name: str, plans_identifier: str,
                            configuration: str) -> Path:
@@ -277,26 +299,19 @@ def ensure_pretrained(finetune_trainer, pretrain_class) -> tuple[Path, dict]:
     and schedule), resumes an unfinished one from its checkpoint, or runs it — all in this process,
     with ``pretrain_class`` on fold ``all``. Returns (checkpoint path, what it was made from).
     """
-    from batchgenerators.utilities.file_and_folder_operations import load_json
-
     log = finetune_trainer.print_to_log_file
     source = finetune_trainer.plans_manager.dataset_name
     plans_identifier = finetune_trainer.plans_manager.plans_name
     configuration = finetune_trainer.configuration_name
     synthetic_folder = find_synthetic_dataset(source)
     synthetic = synthetic_folder.name
-    synthetic_json = load_json(str(synthetic_folder / "dataset.json"))
-    check_compatible(finetune_trainer.dataset_json, synthetic_json, source, synthetic)
     target_plans = pretrain_plans_identifier(plans_identifier, source)
     schedule = pretrain_class.nnaug_schedule()
     out = pretrain_output_folder(synthetic, pretrain_class.__name__, target_plans, configuration)
     final = out / CHECKPOINT
-    lock = preprocessed_root() / synthetic / f".nnaug_{target_plans}_{configuration}.lock"
     log(f"nnaug: phase 1/2: pretraining on {synthetic} with {pretrain_class.__name__} ({schedule.describe()}), "
         f"plans {target_plans}, output {out}")
-
-    with file_lock(lock, f"waiting for another process preparing {synthetic}"):  # shared by every seed's run
-        prepared = prepare_synthetic(source, synthetic_folder, plans_identifier, configuration, log=log)
+    prepared = prepare_synthetic_for(finetune_trainer, synthetic_folder)
     wanted = {
         "source_dataset": source, "source_plans": plans_identifier, "synthetic_dataset": synthetic,
         "plans": target_plans, "configuration": configuration, "trainer": pretrain_class.__name__,

@@ -162,9 +162,12 @@ def model_folders(dataset_results: Path | str) -> list[Path]:
 
 
 def trainer_kind(trainer: str) -> str:
-    """``pretrain→fine-tune`` for nnaug's (Pretrain)Finetune trainers, ``pretrain`` for the pretraining phase, else ``real-only``."""
+    """``pretrain→fine-tune`` for nnaug's (Pretrain)Finetune trainers, ``pretrain`` for the pretraining phase,
+    ``real + synthetic`` for nnaugMixed (never a real-only model: it has seen synthetic cases), else ``real-only``."""
     if "Finetune" in trainer:
         return "pretrain→fine-tune"
+    if "nnaugMixed" in trainer:
+        return "real + synthetic"
     if "nnaugPretrain" in trainer:
         return "pretrain"
     return "real-only"

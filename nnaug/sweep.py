@@ -7,7 +7,11 @@ Arms (each trained ``--seeds`` times with ``nnUNetv2_train``, ``nnUNet_extTraine
   together (``--no-compute-matched`` drops it), so a gain cannot be just more optimizer steps;
 * ``pretrain-r<ratio>`` — synthetic pretraining -> real fine-tuning, one per ratio, on a synthetic
   dataset of that ratio made by the generator (reused when one with the same generator checkpoint,
-  ratio and synthesis options exists in ``$nnUNet_raw``, synthesized otherwise).
+  ratio and synthesis options exists in ``$nnUNet_raw``, synthesized otherwise);
+* ``real-twice`` — the pretrain arms' trainer, schedule and restart with a copy of the real cases in
+  place of the synthetic set (``--no-real-twice`` drops it);
+* ``mixed-r<ratio>`` (``--arms ...,mixed``) — one training, as long as real-only, on the real cases and
+  the same synthetic set together.
 
 Every arm and seed trains into its own ``nnUNet_results`` folder (see :func:`sweep_folders`), so
 nothing collides, and the synthetic pretraining is cached inside it per seed. Evaluation: nnU-Net's
@@ -28,7 +32,7 @@ from nnaug.choices import MASK_SOURCES
 from nnaug.errors import NnaugError
 from nnaug.experiment.evaluate import evaluate, synthetic_quality
 from nnaug.experiment.plan import (BASE_CONFIG, CONTROL_ARM_NAMES, CONTROLS_FOLDER, PLAN_FILE, RESULTS_FILE,
-                                   SweepRequest, SweepSetup, check_fold_numbers, make_arms, parse_arm_kinds,
+                                   SYNTHETIC_KINDS, SweepRequest, SweepSetup, check_fold_numbers, make_arms, parse_arm_kinds,
                                    parse_ratios, parse_thresholds, resolve_budget, resolve_device, resolve_folds,
                                    resolve_synthesis, slug, sweep_folders)
 from nnaug.experiment.render import write_outputs
@@ -50,7 +54,7 @@ def run_sweep(request: SweepRequest, log=print) -> list:
     synthetic = SyntheticSets(setup.raw, setup.generator, setup.sha, setup.choice, setup.device, setup.gen_folder,
                               setup.model_dir(setup.arms[0], 0), log)
     for arm in setup.arms:
-        if arm.kind == "real-twice" or (arm.kind == "pretrain" and arm.min_consistency is None):
+        if arm.kind == "real-twice" or (arm.kind in SYNTHETIC_KINDS and arm.min_consistency is None):
             synthetic.for_arm(arm)  # the unfiltered sets and the real copy up front: made, resumed or reused
     if request.print_commands:
         return shell_commands(setup, synthetic)
@@ -79,7 +83,7 @@ def _evaluate_all(setup: SweepSetup, synthetic: SyntheticSets, inception_weights
         return [evaluations[key] for key in wanted]
     weights = resolve_inception_weights(inception_weights, required=False)
     real_model = setup.model_dir(setup.arms[0], 0)
-    keys = [a.synthesis_key for a in setup.arms if a.kind == "pretrain"]
+    keys = list(dict.fromkeys(a.synthesis_key for a in setup.arms if a.kind in SYNTHETIC_KINDS))
     quality = {key: synthetic_quality(setup.raw, synthetic[key], weights, real_model, setup.folds, setup.device,
                                       setup.gen_folder / "fidelity" / f"{synthetic[key].name}.json", log) for key in keys}
     for key in stale:
@@ -152,7 +156,7 @@ def prepare_sweep(request: SweepRequest, log=print) -> SweepSetup:
     check_dataset(raw)
     tests = _held_out_datasets(raw, request.test, request.allow_overlap, log)
     folds = resolve_folds(list(request.folds or []), bool(tests), len(raw.cases))
-    if "pretrain" in kinds:
+    if set(kinds) & set(SYNTHETIC_KINDS):
         generator, info = _checked_generator(raw, request.generator)
         sha = checkpoint_sha256(generator)
         choice = resolve_synthesis(info, request.mode, request.masks, request.sampler, request.steps,

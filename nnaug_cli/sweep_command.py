@@ -46,9 +46,10 @@ from nnaug_cli.params import FloatList, FoldList
               help="Also train the real->real control: the pretrain arms' trainer, schedule and restart, pretraining "
                    "on a copy of the real cases instead of a synthetic set.")
 @click.option("--arms", default=None, metavar="KIND[,KIND...]",
-              help="Train and evaluate only these kinds of arm: real-only, compute-matched, real-twice, pretrain "
-                   "(default: all). Without pretrain no generator is needed, e.g. --arms real-only to find the budget "
-                   "where real-only stops improving.")
+              help="Train and evaluate only these kinds of arm: real-only, compute-matched, real-twice, pretrain, "
+                   "mixed (real + synthetic in one training, as long as real-only; one arm per ratio) (default: all "
+                   "but mixed). Without pretrain and mixed no generator is needed, e.g. --arms real-only to find the "
+                   "budget where real-only stops improving.")
 @click.option("--inception-weights", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="InceptionV3 weights for FID/KID/FRD. Default: torch-fidelity's cache, if present (else n/a).")
 @click.option("--mode", type=click.Choice(MODES), default=None,

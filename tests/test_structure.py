@@ -20,7 +20,7 @@ LAYERS = [
     ("data", ["dataset", "provenance", "example", "convert", "dataset_images", "nnunet_results"]),
     ("generators", ["generators", "samplers", "scheduler_variants", "generator_training", "train_generator",
                     "distill_generator"]),
-    ("nnU-Net training", ["nnunet_pretraining"]),
+    ("nnU-Net training", ["nnunet_pretraining", "nnunet_mixing"]),
     ("measures", ["mask_consistency", "frd", "fidelity", "memorisation", "mask_realism", "coverage"]),
     ("synthesis", ["synthesis"]),
     ("report", ["report"]),

@@ -108,6 +108,35 @@ def test_budget_options_and_arm_kinds():
             parse_arm_kinds(bad)
 
 
+def test_mixed_arms_are_asked_for_and_share_the_pretrain_arms_sets(monkeypatch, tmp_path):
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+
+    from nnaug.experiment.plan import parse_arm_kinds
+    from nnaug.nnunet_pretraining import trainers_path
+
+    assert "mixed" not in parse_arm_kinds(None) and parse_arm_kinds("mixed,real-only") == ("real-only", "mixed")
+    small, tiny = BUDGETS["small"], BUDGETS["tiny"]
+    arms = make_arms(small, [1.0, 5.0], False, kinds=("real-only", "real-twice", "pretrain", "mixed"))
+    assert [a.name for a in arms] == ["real-only", "real-twice", "pretrain-r1", "pretrain-r5", "mixed-r1", "mixed-r5"]
+    mixed, pretrain, real_only = arms[4], arms[2], arms[0]
+    # one training as long as real-only's, on the same synthetic set as the pretrain arm of its ratio
+    assert mixed.trainer == "nnUNetTrainer_nnaugMixed" and mixed.phases == real_only.phases and mixed.env == real_only.env
+    assert mixed.synthesis_key == pretrain.synthesis_key == (1.0, None) and not mixed.shared
+    assert mixed.run_seed(0) not in {a.run_seed(0) for a in arms if a is not mixed}
+    monkeypatch.setenv("nnUNet_extTrainer", trainers_path())
+    schedule = recursive_find_trainer_class_by_name(tiny.trainer("mixed")).nnaug_schedule()
+    assert (schedule.num_epochs, schedule.num_iterations_per_epoch) == tiny.phases("mixed")[-1][1:]
+    # each mixed arm against the controls and against the pretrain arm of its own set, nothing else
+    rng = np.random.default_rng(0)
+    cases = [f"c{i}" for i in range(20)]
+    results = {a.name: {s: {c: {"labels": {"polyp": v}, "foreground": v} for c, v in zip(cases, rng.uniform(0, 1, 20))}
+                        for s in (0, 1)} for a in arms}
+    pairs = {(d["arm"], d["reference"]) for d in summarise(arms, results, [0, 1], ["polyp"])["differences"]}
+    assert {p for p in pairs if p[0].startswith("mixed")} == {
+        (f"mixed-r{r}", ref) for r in (1, 5) for ref in ("real-only", "real-twice", f"pretrain-r{r}")}
+    assert not any(ref.startswith("mixed") for _, ref in pairs)
+
+
 def test_per_case_dice_from_nnunet_metrics():
     names = {"1": "round", "2": "lobed"}
     rows = [{"reference_file": "/x/case_a.png", "metrics": {"1": {"Dice": 0.5}, "2": {"Dice": float("nan")}}},
@@ -435,6 +464,35 @@ def test_two_workers_share_one_sweep_and_a_second_test_set_trains_nothing(nnunet
     assert combined["test-Dataset997_Later"]["trained_this_run"] == []
     assert combined["test-Dataset997_Later"]["evaluation"]["num_cases"] == 3
     assert latest_sweep_markdown("Dataset999_nnaugExample") == (gen_folder / "test-Dataset997_Later" / "sweep.md").read_text()
+
+
+@pytest.mark.slow
+def test_a_mixed_arm_trains_once_on_the_pretrain_arms_set_and_real_cases(nnunet_env, random_weights):
+    write_example_dataset(999, num_cases=10)
+    write_example_dataset(998, "Held", num_cases=4, seed=5)
+    command = _sweep("--ratios", "1", "--seeds", "1", "--arms", "real-only,pretrain,mixed", "--no-compute-matched",
+                     "--generator", _tiny_generator(nnunet_env, "m", 10), "--inception-weights", random_weights,
+                     "--test", "998")
+    proc = subprocess.run(command, env=_sweep_env(), capture_output=True, text=True, timeout=3600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    base = nnunet_env["results"] / "nnaug" / "Dataset999_nnaugExample" / "sweep" / "tiny"
+    gen_folder = next(p for p in base.iterdir() if p.is_dir() and p.name.startswith("m-"))
+    result = json.loads((gen_folder / "test-Dataset998_Held" / "sweep.json").read_text())
+    _check_statistics(result, ["real-only", "pretrain-r1", "mixed-r1"], ["0"])
+    arms = {a["arm"]: a for a in result["arms"]}
+    assert arms["mixed-r1"]["synthetic_dataset"] == arms["pretrain-r1"]["synthetic_dataset"]  # one set, two uses
+    assert arms["mixed-r1"]["phases"] == arms["real-only"]["phases"] == [["training", 5, 10]]
+    assert {(d["arm"], d["reference"]) for d in result["differences"]} == {
+        ("pretrain-r1", "real-only"), ("mixed-r1", "real-only"), ("mixed-r1", "pretrain-r1")}
+    (fold,) = (gen_folder / "mixed-r1" / "seed_0").glob("Dataset999_*/nnUNetTrainer_nnaugMixed_5epochs__*/fold_0")
+    record = json.loads((fold / "nnaug_training.json").read_text())
+    synthetic = nnunet_env["raw"] / arms["mixed-r1"]["synthetic_dataset"]
+    synth_ids = sorted(p.name[:-len(".png")] for p in (synthetic / "labelsTr").iterdir())
+    assert len(synth_ids) == 10 and set(synth_ids) <= set(record["train_identifiers"])
+    assert len(record["train_identifiers"]) == 10 + 8 and not set(synth_ids) & set(record["val_identifiers"])
+    text = (gen_folder / "test-Dataset998_Held" / "sweep.md").read_text()
+    assert f"| mixed-r1 | real + {synthetic.name} (5×10) |" in text and "instead of pretraining" in text
+    assert (gen_folder / "test-Dataset998_Held" / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_progress_reads_the_trainers_progress_files(tmp_path):

@@ -32,7 +32,8 @@ from nnaug.nnunet_pretraining import (
 NNAUG_VARS = ["NNAUG_SYNTHETIC", *[v for names in ENV_VARS.values() for v in names]]
 TRAINERS = ["nnUNetTrainer_nnaugPretrainFinetune", "nnUNetTrainer_nnaugFinetune", "nnUNetTrainer_nnaugPretrain",
             "nnUNetTrainer_nnaug", "nnUNetTrainer_nnaugPretrainFinetune_5epochs", "nnUNetTrainer_nnaugFinetune_5epochs",
-            "nnUNetTrainer_nnaugPretrain_5epochs", "nnUNetTrainer_nnaug_5epochs"]
+            "nnUNetTrainer_nnaugPretrain_5epochs", "nnUNetTrainer_nnaug_5epochs", "nnUNetTrainer_nnaugMixed",
+            "nnUNetTrainer_nnaugMixed_5epochs"]
 
 
 @pytest.fixture(autouse=True)
@@ -256,6 +257,36 @@ def _fold1(trained):
     from nnunetv2.run.run_training import get_trainer_from_args
 
     return get_trainer_from_args("998", "2d", 1, trained.trainer, device=torch.device("cpu"))
+
+
+@pytest.mark.slow
+def test_mixed_trains_on_the_folds_real_cases_and_every_synthetic_case(trained):
+    """nnUNetTrainer_nnaugMixed: one training on fold 1's real training cases plus the synthetic set, validated on
+    fold 1's real validation cases; the real dataset's preprocessed folder is only read."""
+    from nnaug.nnunet_results import find_real_only_model, trainer_kind
+
+    real_pre = trained.env["preprocessed"] / trained.real.name
+    before = sorted(p.relative_to(real_pre) for p in real_pre.rglob("*") if "splits_final" not in p.name)
+    trainer = "nnUNetTrainer_nnaugMixed_5epochs"
+    proc = _nnunet_train("998", "1", "-tr", trainer)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    fold = trained.env["results"] / trained.real.name / f"{trainer}__nnUNetPlans__2d" / "fold_1"
+    splits = json.loads((real_pre / "splits_final.json").read_text())
+    record = json.loads((fold / TRAINING_RECORD).read_text())
+    assert record["train_identifiers"] == sorted(splits[1]["train"] + trained.synth_ids)
+    assert record["val_identifiers"] == sorted(splits[1]["val"])
+    assert record["mixed_with"]["synthetic_dataset"] == trained.synthetic.name
+    assert (record["mixed_with"]["num_real"], record["mixed_with"]["num_synthetic"]) == (len(splits[1]["train"]), 16)
+    assert "pretrained_weights" not in record and record["schedule"]["num_epochs"] == 5
+    (log,) = fold.glob("training_log_*.txt")
+    assert f"training on {len(splits[1]['train'])} real cases of fold 1 and 16 synthetic cases" in log.read_text()
+    validated = json.loads((fold / "validation" / "summary.json").read_text())["metric_per_case"]
+    assert sorted(Path(c["reference_file"]).name.split(".")[0] for c in validated) == sorted(splits[1]["val"])
+    assert sorted(p.relative_to(real_pre) for p in real_pre.rglob("*") if "splits_final" not in p.name) == before
+    # a model that has seen synthetic cases is never taken for the real-only judge of nnaug report
+    assert trainer_kind(trainer) == "real + synthetic"
+    found = find_real_only_model(trained.real.name)
+    assert found is None or "Mixed" not in found[0].name
 
 
 @pytest.mark.slow

@@ -10,6 +10,8 @@ little as it can; the library logic is in :mod:`nnaug.nnunet_pretraining`. See d
 * ``nnUNetTrainer_nnaugFinetune`` — the fine-tuning schedule only, for ``-pretrained_weights``.
 * ``nnUNetTrainer_nnaugPretrain`` — the pretraining phase on its own (what the first one runs).
 * ``nnUNetTrainer_nnaug`` — real-only baseline with the fine-tuning schedule.
+* ``nnUNetTrainer_nnaugMixed`` — the same schedule on the fold's real cases plus the synthetic dataset
+  together (:mod:`nnaug.nnunet_mixing`), validated on real cases only.
 * ``*_5epochs`` — short fixed schedules (5 epochs x 10 iterations per phase) for tests and the example;
   ``nnUNetTrainer_nnaug_10epochs`` is the real-only run as long as pretraining + fine-tuning of those.
 
@@ -201,6 +203,21 @@ class nnUNetTrainer_nnaugPretrainFinetune(nnUNetTrainer_nnaugFinetune):
         super().on_train_start()
 
 
+class nnUNetTrainer_nnaugMixed(_NnaugTrainer):
+    """Real and synthetic cases in one training (what most papers do instead of pretraining): the fold's real
+    training cases plus every case of the synthetic dataset (NNAUG_SYNTHETIC), validated on the fold's real
+    cases; the fine-tuning schedule (NNAUG_FINETUNE_*) from random initialisation, as nnUNetTrainer_nnaug."""
+
+    def get_tr_and_val_datasets(self):
+        from nnaug.nnunet_mixing import with_synthetic_cases
+
+        dataset_tr, dataset_val = super().get_tr_and_val_datasets()
+        dataset_tr, made = with_synthetic_cases(self, dataset_tr)
+        self.nnaug_cases = (list(dataset_tr.identifiers), list(dataset_val.identifiers))
+        self.nnaug_extra_record = {**self.nnaug_extra_record, "mixed_with": made}
+        return dataset_tr, dataset_val
+
+
 # ----------------------------------------------------------------------------- short schedules
 class nnUNetTrainer_nnaugPretrain_5epochs(nnUNetTrainer_nnaugPretrain):
     nnaug_defaults = _SHORT
@@ -213,6 +230,11 @@ class nnUNetTrainer_nnaugFinetune_5epochs(nnUNetTrainer_nnaugFinetune):
 
 
 class nnUNetTrainer_nnaug_5epochs(nnUNetTrainer_nnaug):
+    nnaug_defaults = _SHORT
+    nnaug_env_overrides = False
+
+
+class nnUNetTrainer_nnaugMixed_5epochs(nnUNetTrainer_nnaugMixed):
     nnaug_defaults = _SHORT
     nnaug_env_overrides = False
 

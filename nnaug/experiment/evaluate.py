@@ -13,7 +13,7 @@ import numpy as np
 
 from nnaug import nnunet_results
 from nnaug.errors import NnaugError
-from nnaug.experiment.plan import ARM_RECORD, Arm, SweepSetup
+from nnaug.experiment.plan import ARM_RECORD, SYNTHETIC_KINDS, Arm, SweepSetup
 from nnaug.experiment.synthetic_sets import SyntheticSets
 from nnaug.io import json_safe, load_json_or_none
 
@@ -213,10 +213,13 @@ def summarise(arms: list[Arm], results: dict, seeds: list[int], names: list[str]
             "nnunet_foreground_mean": _nnunet_row(nnunet_foreground_mean(grids[arm.name], names), seeds),
         })
     differences = []
-    references = [a for a in arms if a.kind != "pretrain"]
+    references = [a for a in arms if a.kind not in SYNTHETIC_KINDS]
     for arm in arms:
-        for ref in references:
-            if ref.name == arm.name or (arm.kind != "pretrain" and ref.kind != "real-only"):
+        # the controls against real-only; every synthetic arm against each control; mixed against the pretrain
+        # arm of the same synthetic set
+        same_set = [a for a in arms if arm.kind == "mixed" and a.kind == "pretrain" and a.synthesis_key == arm.synthesis_key]
+        for ref in references + same_set:
+            if ref.name == arm.name or (arm.kind not in SYNTHETIC_KINDS and ref.kind != "real-only"):
                 continue
             differences.append({
                 "arm": arm.name, "reference": ref.name, "ratio": arm.ratio,
@@ -269,7 +272,7 @@ def evaluate(setup: SweepSetup, test_raw, synthetic: SyntheticSets, quality: dic
         "budget": {"name": plan.name, "about": plan.about, "pretrain": list(plan.pretrain),
                    "finetune": list(plan.finetune), "matched_epochs": plan.matched_epochs},
         "device": setup.device, "seeds": setup.seeds, "ratios": sorted({a.ratio for a in setup.arms if a.ratio}),
-        "min_consistency": list(dict.fromkeys(a.min_consistency for a in setup.arms if a.kind == "pretrain")),
+        "min_consistency": list(dict.fromkeys(a.min_consistency for a in setup.arms if a.kind in SYNTHETIC_KINDS)),
         "folds": [str(f) for f in setup.folds],
         "evaluation": ({"mode": "test", "test_dataset": test_raw.name, "num_cases": len(stats["cases"])}
                        if test_raw is not None else {"mode": "cross-validation", "num_cases": len(stats["cases"])}),

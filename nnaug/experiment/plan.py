@@ -46,8 +46,10 @@ class Budget:
         two_phases = kind in TWO_PHASE_KINDS  # real-twice: the pretrain arm's trainer, on a copy of the real cases
         if self.fixed:
             return "nnUNetTrainer_nnaugPretrainFinetune_5epochs" if two_phases else \
-                {"real-only": "nnUNetTrainer_nnaug_5epochs", "compute-matched": "nnUNetTrainer_nnaug_10epochs"}[kind]
-        return "nnUNetTrainer_nnaugPretrainFinetune" if two_phases else "nnUNetTrainer_nnaug"
+                {"real-only": "nnUNetTrainer_nnaug_5epochs", "compute-matched": "nnUNetTrainer_nnaug_10epochs",
+                 "mixed": "nnUNetTrainer_nnaugMixed_5epochs"}[kind]
+        return "nnUNetTrainer_nnaugPretrainFinetune" if two_phases else \
+            "nnUNetTrainer_nnaugMixed" if kind == "mixed" else "nnUNetTrainer_nnaug"
 
     def env(self, kind: str) -> dict[str, str]:
         if self.fixed:
@@ -68,8 +70,10 @@ class Budget:
         return [("training", *self.finetune)]
 
 
-ARM_KINDS = ("real-only", "compute-matched", "real-twice", "pretrain")
+ARM_KINDS = ("real-only", "compute-matched", "real-twice", "pretrain", "mixed")
+DEFAULT_ARM_KINDS = ARM_KINDS[:-1]  # mixed (real + synthetic in one training) only when asked for
 TWO_PHASE_KINDS = ("real-twice", "pretrain")  # pretraining, then a fresh optimizer and lr cycle for fine-tuning
+SYNTHETIC_KINDS = ("pretrain", "mixed")  # the arms that train on a synthetic set (one per ratio and filter)
 
 BUDGETS = {
     "tiny": Budget("tiny", *BUDGET_SCHEDULES["tiny"], True,
@@ -106,9 +110,9 @@ def resolve_budget(name: str, pretrain_epochs: int | None = None, finetune_epoch
 
 
 def parse_arm_kinds(text) -> tuple[str, ...]:
-    """``--arms real-only,pretrain`` -> the kinds of arm to train and evaluate (all by default)."""
+    """``--arms real-only,pretrain`` -> the kinds of arm to train and evaluate (all but mixed by default)."""
     if text is None:
-        return ARM_KINDS
+        return DEFAULT_ARM_KINDS
     kinds = [k.strip() for k in (text.split(",") if isinstance(text, str) else text) if str(k).strip()]
     unknown = [k for k in kinds if k not in ARM_KINDS]
     if unknown or not kinds:
@@ -121,22 +125,22 @@ def parse_arm_kinds(text) -> tuple[str, ...]:
 @dataclass(frozen=True)
 class Arm:
     name: str
-    kind: str  # real-only | compute-matched | real-twice | pretrain
+    kind: str  # real-only | compute-matched | real-twice | pretrain | mixed
     ratio: float | None
     trainer: str
     env: dict = field(default_factory=dict, hash=False, compare=False)
     phases: tuple = ()
-    min_consistency: float | None = None  # pretrain arms: the synthetic set's filter threshold (None: unfiltered)
+    min_consistency: float | None = None  # pretrain and mixed arms: the synthetic set's filter threshold (None: unfiltered)
 
     @property
     def synthesis_key(self) -> tuple[float, float | None] | None:
-        """Which synthetic set this arm pretrains on: (ratio, filter threshold)."""
-        return (self.ratio, self.min_consistency) if self.kind == "pretrain" else None
+        """Which synthetic set this arm pretrains on (or mixes in): (ratio, filter threshold)."""
+        return (self.ratio, self.min_consistency) if self.kind in SYNTHETIC_KINDS else None
 
     @property
     def shared(self) -> bool:
         """Real-only arms do not depend on the generator: every generator's sweep shares them."""
-        return self.kind != "pretrain"
+        return self.kind not in SYNTHETIC_KINDS
 
     @property
     def total_epochs(self) -> int:
@@ -157,21 +161,22 @@ CONTROL_ARM_NAMES = {"real-only": "real-only", "compute-matched": "real-only-mat
 
 
 def make_arms(budget: Budget, ratios: list[float], compute_matched: bool,
-              thresholds: tuple = (None,), real_twice: bool = True, kinds: tuple = ARM_KINDS) -> list[Arm]:
-    """real-only (compute-matched, real-twice), then one pretrain arm per (filter threshold, ratio); None = unfiltered.
+              thresholds: tuple = (None,), real_twice: bool = True, kinds: tuple = DEFAULT_ARM_KINDS) -> list[Arm]:
+    """real-only (compute-matched, real-twice), then one pretrain arm and one mixed arm (when asked for) per
+    (filter threshold, ratio); None = unfiltered.
 
     ``real-twice`` is the pretrain arms' trainer and schedule with the real cases in place of the synthetic set:
-    the same restart (new optimizer, new lr cycle, new output layer), no synthetic image."""
+    the same restart (new optimizer, new lr cycle, new output layer), no synthetic image. ``mixed`` trains once,
+    as long as real-only, on the real cases and the synthetic set together."""
     wanted = {"compute-matched": compute_matched, "real-twice": real_twice}
     arms = [Arm(name, kind, None, budget.trainer(kind), budget.env(kind), tuple(budget.phases(kind)))
             for kind, name in CONTROL_ARM_NAMES.items() if kind in kinds and wanted.get(kind, True)]
-    if "pretrain" not in kinds:
-        return arms
-    for threshold in thresholds:
-        for ratio in ratios:
-            suffix = f"-mc{threshold:g}" if threshold is not None else ""
-            arms.append(Arm(f"pretrain-r{ratio_label(ratio)}{suffix}", "pretrain", ratio, budget.trainer("pretrain"),
-                            budget.env("pretrain"), tuple(budget.phases("pretrain")), threshold))
+    for kind in (k for k in SYNTHETIC_KINDS if k in kinds):
+        for threshold in thresholds:
+            for ratio in ratios:
+                suffix = f"-mc{threshold:g}" if threshold is not None else ""
+                arms.append(Arm(f"{kind}-r{ratio_label(ratio)}{suffix}", kind, ratio, budget.trainer(kind),
+                                budget.env(kind), tuple(budget.phases(kind)), threshold))
     return arms
 
 
@@ -297,7 +302,7 @@ class SweepRequest:
     device: str | None = None
     compute_matched: bool = True
     real_twice: bool = True
-    arms: str | None = None  # kinds of arm to train and evaluate (None: all)
+    arms: str | None = None  # kinds of arm to train and evaluate (None: all but mixed)
     inception_weights: Path | None = None
     mode: str | None = None
     masks: str = "train"

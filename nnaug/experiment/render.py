@@ -5,7 +5,7 @@ import itertools
 import json
 from pathlib import Path
 
-from nnaug.experiment.plan import CV_FOLDS, ratio_label
+from nnaug.experiment.plan import CV_FOLDS, SYNTHETIC_KINDS, ratio_label
 from nnaug.io import write_atomic
 
 
@@ -46,7 +46,8 @@ def _arm_table(result: dict, names: list[str], nn: bool) -> list[str]:
              "|---|---|---|" + ("---|" if nn else "") + "---|" * len(names) + "---|---|"]
     for arm in result["arms"]:
         on = f"{arm['synthetic_dataset']} → real" if arm["synthetic_dataset"] else "real"
-        on = on if arm["kind"] != "real-twice" else f"real copy ({arm['synthetic_dataset']}) → real"
+        on = {"real-twice": f"real copy ({arm['synthetic_dataset']}) → real",
+              "mixed": f"real + {arm['synthetic_dataset']}"}.get(arm["kind"], on)
         epochs = " + ".join(f"{e}×{i}" for _, e, i in arm["phases"])
         seeds = ", ".join(_num(v, 3) for v in arm["per_seed_foreground"].values())
         lines.append(f"| {arm['arm']} | {on} ({epochs}) | {_ci(arm['foreground'])} | "
@@ -178,6 +179,10 @@ def _how_to_read(result: dict, nn: bool) -> list[str]:
                  "synthetic set: the same warm restart (new optimizer, new learning-rate cycle, new output layer), no "
                  "synthetic image. A pretrain arm's difference to `real-twice` is what the synthetic images add "
                  "beyond the restart."] if any(a["kind"] == "real-twice" for a in result["arms"]) else []),
+              *(["- `mixed-r<ratio>` trains once, with real-only's trainer schedule, on the real cases and the same "
+                 "synthetic set together (validated on real cases only): what most papers do instead of pretraining. "
+                 "Its difference to the pretrain arm of the same set compares the two ways of using it."]
+                if any(a["kind"] == "mixed" for a in result["arms"]) else []),
               f"- Results: `{result['folder']}`; the nnU-Net runs: `{result.get('runs_folder', result['folder'])}` "
               f"(real-only arms: `{result['base_folder']}`).",
               f"- Written {result['finished']}."]
@@ -186,12 +191,19 @@ def _how_to_read(result: dict, nn: bool) -> list[str]:
 FILTER_COLOURS = ("tab:blue", "tab:green", "tab:purple", "tab:brown", "tab:olive")
 
 
-def _by_threshold(pretrain: list[dict]) -> dict:
-    """Pretrain arms grouped by their synthetic set's filter threshold (None, unfiltered, first)."""
+def _series(arms: list[dict]) -> dict:
+    """The arms that train on a synthetic set, one series per (kind, filter threshold): pretrain first, then mixed;
+    unfiltered first within each."""
     groups: dict = {}
-    for arm in pretrain:
-        groups.setdefault(arm.get("min_consistency"), []).append(arm)
-    return dict(sorted(groups.items(), key=lambda g: -1.0 if g[0] is None else g[0]))
+    for arm in arms:
+        if arm["kind"] in SYNTHETIC_KINDS:
+            groups.setdefault((arm["kind"], arm.get("min_consistency")), []).append(arm)
+    return dict(sorted(groups.items(), key=lambda g: (SYNTHETIC_KINDS.index(g[0][0]), -1.0 if g[0][1] is None else g[0][1])))
+
+
+def _series_label(kind: str, threshold: float | None) -> str:
+    kept = f", kept at mask consistency ≥ {threshold:g}" if threshold else ""
+    return ("pretrain → fine-tune" if kind == "pretrain" else "real + synthetic together (mixed)") + kept
 
 
 def plot(result: dict, path: Path) -> Path:
@@ -223,15 +235,15 @@ def _clip_to(ax, low: float, high: float) -> None:
 
 
 def _plot_dice(left, result: dict) -> None:
-    """Foreground Dice per arm: real-only arms as bands, pretrain arms against their ratio."""
+    """Foreground Dice per arm: real-only arms as bands, pretrain (and mixed) arms against their ratio."""
     arms = result["arms"]
-    pretrain = [a for a in arms if a["kind"] == "pretrain"]
-    ratios = sorted({a["ratio"] for a in pretrain})
+    series = _series(arms)
+    ratios = sorted({a["ratio"] for group in series.values() for a in group})
     colours = {"real-only": "tab:gray", "compute-matched": "tab:orange", "real-twice": "tab:red"}
     hatches = {"compute-matched": "///", "real-twice": "\\\\\\"}
     span = (-0.06 * max(ratios or [1]), max(ratios or [1]) * 1.08)
     for arm in arms:
-        if arm["kind"] == "pretrain":
+        if arm["kind"] in SYNTHETIC_KINDS:
             continue
         fg, colour = arm["foreground"], colours[arm["kind"]]
         if arm["kind"] in hatches:  # hatched outline, so that the real-only band stays visible under it
@@ -244,13 +256,12 @@ def _plot_dice(left, result: dict) -> None:
         left.axhline(fg["mean"], color=colour, ls={"compute-matched": "--", "real-twice": ":"}.get(arm["kind"], "-"), lw=1.5,
                      label=f"{arm['arm']} {fg['mean']:.3f} (band: 95 % CI)")
     nudge = 0.025 * max(ratios or [1])  # filtered series beside the unfiltered one at the same ratio
-    for g, ((threshold, group), colour) in enumerate(zip(_by_threshold(pretrain).items(), FILTER_COLOURS)):
+    for g, ((key, group), colour) in enumerate(zip(series.items(), FILTER_COLOURS)):
         means = [a["foreground"]["mean"] for a in group]
         err = [[m - a["foreground"]["low"] for m, a in zip(means, group)],
                [a["foreground"]["high"] - m for m, a in zip(means, group)]]
-        kept = f", kept at mask consistency ≥ {threshold:g}" if threshold else ""
-        left.errorbar([a["ratio"] + g * nudge for a in group], means, yerr=err, fmt="o-", color=colour, capsize=5,
-                      lw=1.8, label=f"pretrain → fine-tune{kept} (mean, 95 % CI)")
+        left.errorbar([a["ratio"] + g * nudge for a in group], means, yerr=err, fmt="o-" if key[0] == "pretrain" else "D--",
+                      color=colour, capsize=5, lw=1.8, label=f"{_series_label(*key)} (mean, 95 % CI)")
         for a in group:
             seeds = list(a["per_seed_foreground"].values())
             left.scatter([a["ratio"] + g * nudge] * len(seeds), seeds, s=12, color=colour, alpha=0.45, zorder=3)
@@ -266,29 +277,30 @@ def _plot_dice(left, result: dict) -> None:
 
 
 def _plot_differences(right, result: dict) -> None:
-    """Paired differences of each pretrain arm to real-only, compute-matched real-only and real-twice, 95 % CIs."""
+    """Paired differences of each pretrain (and mixed) arm to real-only, compute-matched real-only and real-twice,
+    95 % CIs."""
     arms = result["arms"]
-    pretrain = [a for a in arms if a["kind"] == "pretrain"]
-    ratios = sorted({a["ratio"] for a in pretrain})
+    series = _series(arms)
+    ratios = sorted({a["ratio"] for group in series.values() for a in group})
     offsets = {"real-only": -0.05, "real-only-matched": 0.0, "real-twice": 0.05}
     width = max(ratios) if ratios else 1
-    threshold_of = {a["arm"]: a.get("min_consistency") for a in arms}
-    for (reference, marker), (g, (threshold, colour)) in itertools.product(
-            (("real-only", "o"), ("real-only-matched", "s"), ("real-twice", "^")), enumerate(zip(_by_threshold(pretrain), FILTER_COLOURS))):
+    series_of = {a["arm"]: (a["kind"], a.get("min_consistency")) for a in arms}
+    for (reference, marker), (g, (key, colour)) in itertools.product(
+            (("real-only", "o"), ("real-only-matched", "s"), ("real-twice", "^")), enumerate(zip(series, FILTER_COLOURS))):
         diffs = [d for d in result["differences"] if d["reference"] == reference and d["ratio"] is not None
-                 and threshold_of.get(d["arm"]) == threshold]
+                 and series_of.get(d["arm"]) == key]
         if not diffs:
             continue
         xs = [d["ratio"] + (offsets[reference] + 0.1 * g) * width for d in diffs]
         ys = [d["foreground"]["mean"] for d in diffs]
         yerr = [[y - d["foreground"]["low"] for y, d in zip(ys, diffs)],
                 [d["foreground"]["high"] - y for y, d in zip(ys, diffs)]]
-        kept = f" (mc ≥ {threshold:g})" if threshold else ""
+        tag = ("mixed " if key[0] == "mixed" else "") + (f"(mc ≥ {key[1]:g}) " if key[1] else "")
         right.errorbar(xs, ys, yerr=yerr, fmt=marker, color=colour, capsize=5, mfc="white" if reference != "real-only"
-                       else colour, label=f"vs {reference}{kept}")
+                       else colour, label=f"{tag}vs {reference}")
     right.axhline(0.0, color="black", lw=1)
     _clip_to(right, -1.02, 1.02)
-    extra = 0.1 * (len(_by_threshold(pretrain)) - 1)
+    extra = 0.1 * (len(series) - 1)
     right.set_xlim(min(ratios or [0]) - 0.12 * width, max(ratios or [1]) + (0.12 + extra) * width)
     right.set_xticks(ratios)
     right.set_xlabel("synthetic ratio")
