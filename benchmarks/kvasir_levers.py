@@ -10,12 +10,21 @@ do not depend on the generator, so every lever shares them, and a lever trains o
 ``steps<N>``    the section-1 generator (1000 steps) trained on to N steps, in a copy of its folder, so that
                 the sweeps of the 1000-step generator keep their generator; the copy's 200 pairs are scored
                 like a chunk of the generator curve (FRD against the 40, mask consistency with the judge).
+``mixed``       ``--arms ...,mixed``: the unfiltered set added to the 40 real cases in one training as long as
+                real-only's, instead of pretraining on it (what most papers do).
 
-Then ``benchmarks/results/levers.json`` and a markdown table: each lever's pretrain arm against real-only,
+``set-numbers`` (not a lever) scores the experiment's ratio-1 sets of the 1000-step generator the same way,
+whichever are in ``$nnUNet_raw``: joint pairs, joint pairs of one component, and mask-then-image (section 4;
+``nnaug synthesize 601 --ratio 1 --mode mask-conditioned --masks augmented --generator $G --sampler dpmsolver++
+--steps 25`` makes it again, the same pairs): FRD, mask consistency (judged by the shared real-only run of seed
+0), mask realism and coverage, into ``benchmarks/results/set_numbers.json``; docs/results.md puts them next to
+the sets' Dice.
+
+Then ``benchmarks/results/levers.json`` and a markdown table: each lever's arm against real-only,
 real-twice and the reference (the unfiltered 1000-step arm), paired by case, with its synthetic set's FRD, mask
 consistency, components per mask and coverage (the sweep's own set numbers).
 
-    python benchmarks/kvasir_levers.py [--workdir kvasir-evidence] [--levers components,steps2000] [--workers 1]
+    python benchmarks/kvasir_levers.py [--workdir kvasir-evidence] [--levers components,mixed,steps2000] [--workers 1]
     python benchmarks/kvasir_levers.py --levers none     # only the summary, from the sweeps that finished
 """
 from __future__ import annotations
@@ -33,14 +42,18 @@ REFERENCE_STEPS = 1000  # the generator of sections 1-6
 STEPS_LEVER_IDS = 690  # + (steps // 1000): the 200-pair set of a steps<N> copy, apart from the curve's and the sweeps'
 
 
-def _sweep(run: Runner, args, generator: Path, *extra) -> None:
+def _sweep(run: Runner, args, generator: Path, *extra, arms: str = "real-only,real-twice,pretrain") -> None:
     run("nnaug", "sweep", TRAIN, "--test", VAL, "--ratios", 1, "--seeds", SEEDS, "--budget", "small",
-        "--device", args.device, "--generator", generator, *SAMPLING, "--arms", "real-only,real-twice,pretrain",
+        "--device", args.device, "--generator", generator, *SAMPLING, "--arms", arms,
         "--no-compute-matched", *extra, workers=args.workers)
 
 
 def lever_components(run: Runner, args) -> None:
     _sweep(run, args, generator_folder(run), "--max-components", 1)
+
+
+def lever_mixed(run: Runner, args) -> None:
+    _sweep(run, args, generator_folder(run), arms="real-only,real-twice,pretrain,mixed")
 
 
 def lever_steps(run: Runner, args, steps: int) -> None:
@@ -62,8 +75,42 @@ def lever_steps(run: Runner, args, steps: int) -> None:
     _sweep(run, args, copy)
 
 
+def set_numbers(run: Runner, args) -> dict:
+    """FRD, mask consistency, mask realism and coverage of the ratio-1 sets of the reference generator."""
+    from nnaug.dataset import load_raw_dataset
+    from nnaug.fidelity import synthetic_fidelity
+    from nnaug.mask_consistency import mask_consistency
+    from nnaug.provenance import read_provenance, synthetic_datasets_for
+    from nnaug.report.realism import sweep_realism
+
+    real = load_raw_dataset(str(TRAIN))
+    judge = (run.results / "nnaug" / NAMES[TRAIN] / "sweep" / "small" / "real-only" / "seed_0" / NAMES[TRAIN]
+             / "nnUNetTrainer_nnaug__nnUNetPlans__2d")
+    out = {}
+    for folder in sorted(synthetic_datasets_for(NAMES[TRAIN])):
+        provenance = read_provenance(folder) or {}
+        if provenance.get("ratio") != 1.0 or provenance.get("generator_steps_trained") != REFERENCE_STEPS or \
+                (provenance.get("filter") or {}).get("min_consistency") is not None:
+            continue
+        if json.loads((folder / "dataset.json").read_text()).get("numTraining") != provenance.get("num_cases"):
+            continue  # a --mix set: real cases inside
+        kind = "mask-then-image" if provenance.get("mode") == "mask-conditioned" else "joint"
+        components = (provenance.get("filter") or {}).get("max_components")
+        name = kind + (f", <= {components} component(s)" if components else "")
+        if name in out:
+            continue  # the same set made twice (sorted by name: the older ID is kept)
+        fidelity = synthetic_fidelity(real, folder, None, keep_features=True)
+        out[name] = {"dataset": folder.name, "frd": fidelity["frd"], "realism": sweep_realism(real, folder, fidelity),
+                     "mask_consistency": mask_consistency(folder, judge, folds=("all",), device=args.device)["mean_dice"]}
+        print(name, json.dumps(out[name]), flush=True)
+    for target in (run.work, RESULTS):
+        (target / "set_numbers.json").write_text(json.dumps(out, indent=1))
+    return out
+
+
 def summary(run: Runner) -> dict:
-    """Every pretrain-r1 arm of the ``small`` validation sweeps, against the shared controls and the reference."""
+    """Every pretrain-r1 and mixed-r1 arm of the ``small`` validation sweeps, against the shared controls and the
+    reference."""
     import numpy as np
 
     from nnaug.stats import difference_ci
@@ -77,13 +124,13 @@ def summary(run: Runner) -> dict:
                 name = arm["kind"]
                 if name in per_case and len(per_case[name]) >= len(result["per_case"][name]):
                     continue  # the same shared runs, seen by several sweeps: the one with the most seeds
-            elif arm["kind"] == "pretrain" and arm["ratio"] == 1.0 and not arm.get("min_consistency"):
-                name = _lever_name(result)
+            elif arm["kind"] in ("pretrain", "mixed") and arm["ratio"] == 1.0 and not arm.get("min_consistency"):
+                name = _lever_name(result, arm["arm"])
                 steps = result["generator"]["steps_trained"]
                 synthetic = next(s for s in result["synthetic"] if s["dataset"] == arm["synthetic_dataset"])
                 point = Path(result["generator"]["folder"]) / "lever_point.json"
                 rows[name] = {
-                    "generator_steps": steps, "max_components": result["synthesis"].get("max_components"),
+                    "kind": arm["kind"], "generator_steps": steps, "max_components": result["synthesis"].get("max_components"),
                     "foreground": arm["foreground"], "per_seed": arm["per_seed_foreground"],
                     "synthetic_dataset": arm["synthetic_dataset"], "frd": synthetic["fidelity"]["frd"],
                     "mask_consistency": synthetic["mask_consistency"], "realism": synthetic.get("realism"),
@@ -113,9 +160,9 @@ def summary(run: Runner) -> dict:
     return out
 
 
-def _lever_name(result: dict) -> str:
+def _lever_name(result: dict, arm: str) -> str:
     steps, components = result["generator"]["steps_trained"], result["synthesis"].get("max_components")
-    return f"pretrain-r1, {steps} steps" + (f", <= {components} component(s)" if components else "")
+    return f"{arm}, {steps} steps" + (f", <= {components} component(s)" if components else "")
 
 
 def _reference_name() -> str:
@@ -126,7 +173,7 @@ def _print_table(rows: dict) -> None:
     def ci(d):
         return f"{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]" if d else "—"
 
-    print("| pretrain arm | Dice [95 % CI] | − real-only | − real-twice | − reference | FRD | mask consistency "
+    print("| arm | Dice [95 % CI] | − real-only | − real-twice | − reference | FRD | mask consistency "
           "| components (real → synthetic) | coverage (real's own) |")
     print("|---|---|---|---|---|---|---|---|---|")
     for name, row in rows.items():
@@ -141,8 +188,9 @@ def _print_table(rows: dict) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, default=Path("kvasir-evidence"))
-    parser.add_argument("--levers", default="components,steps2000",
-                        help="comma-separated: components, steps<N> (e.g. steps2000); none = only the summary")
+    parser.add_argument("--levers", default="components,mixed,steps2000",
+                        help="comma-separated: components, mixed, steps<N> (e.g. steps2000), set-numbers; none = only "
+                             "the summary")
     parser.add_argument("--device", default="cuda" if __import__("torch").cuda.is_available() else "cpu")
     parser.add_argument("--budget", default="small", help=argparse.SUPPRESS)  # the judge's schedule (kvasir_evidence)
     parser.add_argument("--workers", type=int, default=1, help="nnaug sweep processes sharing each sweep")
@@ -153,10 +201,15 @@ def main() -> None:
         print(f"\n== {lever}", flush=True)
         if lever == "components":
             lever_components(run, args)
+        elif lever == "mixed":
+            lever_mixed(run, args)
+        elif lever == "set-numbers":
+            set_numbers(run, args) if not run.dry_run else None
         elif lever.startswith("steps") and lever[5:].isdigit() and int(lever[5:]) > REFERENCE_STEPS:
             lever_steps(run, args, int(lever[5:]))
         else:
-            raise SystemExit(f"kvasir_levers: unknown lever {lever!r}: components, or steps<N> with N > {REFERENCE_STEPS}")
+            raise SystemExit(f"kvasir_levers: unknown lever {lever!r}: components, mixed, or steps<N> with N > "
+                             f"{REFERENCE_STEPS}")
     if not run.dry_run:
         summary(run)
 
