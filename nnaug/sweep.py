@@ -37,7 +37,7 @@ from nnaug.experiment.plan import (BASE_CONFIG, CONTROL_ARM_NAMES, CONTROLS_FOLD
                                    resolve_synthesis, slug, sweep_folders)
 from nnaug.experiment.render import write_outputs
 from nnaug.nnunet_results import latest_outputs
-from nnaug.experiment.run import ensure_planned, shell_commands, train_runs
+from nnaug.experiment.run import ensure_planned, refuse_runs_on_other_sets, shell_commands, train_runs
 from nnaug.experiment.synthetic_sets import SyntheticSets
 from nnaug.io import file_lock, load_json_or_none, write_json_atomic
 
@@ -56,12 +56,14 @@ def run_sweep(request: SweepRequest, log=print) -> list:
     for arm in setup.arms:
         if arm.kind == "real-twice" or (arm.kind in SYNTHETIC_KINDS and arm.min_consistency is None):
             synthetic.for_arm(arm)  # the unfiltered sets and the real copy up front: made, resumed or reused
+    refuse_runs_on_other_sets(setup, synthetic)
     if request.print_commands:
         return shell_commands(setup, synthetic)
     trained = train_runs(setup, synthetic, log)
     for arm, seed in setup.tasks:
         if setup.folds_left(arm, seed):  # a worker that held it died: the next run of the command continues it
             raise NnaugError(f"{arm.name} seed {seed} is not trained (another worker stopped): rerun the same command")
+    refuse_runs_on_other_sets(setup, synthetic)  # the filtered sets too, now that they are made
     with file_lock(setup.gen_folder / ".evaluate.lock", "waiting for another worker evaluating this sweep"):
         return _evaluate_all(setup, synthetic, request.inception_weights,
                              {"trained_this_run": trained, "wall_seconds_this_run": time.time() - start}, log)

@@ -494,6 +494,15 @@ def test_a_mixed_arm_trains_once_on_the_pretrain_arms_set_and_real_cases(nnunet_
     assert f"| mixed-r1 | real + {synthetic.name} (5×10) |" in text and "instead of pretraining" in text
     assert (gen_folder / "test-Dataset998_Held" / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
+    # a run whose trainer recorded another set (an older nnaug took a filtered set for this one) is refused
+    record["mixed_with"]["synthetic_dataset"] = "Dataset123_Other"
+    (fold / "nnaug_training.json").write_text(json.dumps(record))
+    again = subprocess.run(command, env=_sweep_env(), capture_output=True, text=True, timeout=600)
+    errors = [line for line in again.stderr.splitlines() if line.startswith("nnaug: error:")]
+    assert again.returncode == 2 and "Traceback" not in again.stderr and "nnUNetv2_train" not in again.stdout
+    assert len(errors) == 1 and f"mixed-r1 seed 0 fold 0 was trained on Dataset123_Other, not on {synthetic.name}" \
+        in errors[0], again.stderr[-2000:]
+
 
 def test_progress_reads_the_trainers_progress_files(tmp_path):
     from nnaug.experiment.run import Progress

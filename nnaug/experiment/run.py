@@ -233,6 +233,27 @@ def remaining_iterations(arm: Arm, folds_left: int, pretrained: bool) -> int:
     return folds_left * per_fold + pretraining
 
 
+def refuse_runs_on_other_sets(setup: SweepSetup, synthetic: SyntheticSets) -> None:
+    """A trained run counts for its arm only if it trained on the arm's set: its trainer's own record
+    (``nnaug_training.json``) names the dataset it pretrained on or mixed in. A run on another set (one made by an
+    nnaug that took a filtered set for the unfiltered one, a set replaced by hand) is refused, not averaged in."""
+    from nnaug.nnunet_pretraining import TRAINING_RECORD
+    from nnaug.nnunet_results import fold_folder
+
+    for arm, seed in setup.tasks:
+        expected = synthetic.for_arm(arm, make=False)
+        if expected is None:
+            continue
+        left = setup.folds_left(arm, seed)
+        for fold in (f for f in setup.folds if f not in left):
+            record = load_json_or_none(fold_folder(setup.model_dir(arm, seed), fold) / TRAINING_RECORD) or {}
+            used = (record.get("pretraining") or record.get("mixed_with") or {}).get("synthetic_dataset")
+            if used is not None and used != expected.name:
+                raise NnaugError(f"{arm.name} seed {seed} fold {fold} was trained on {used}, not on {expected.name}, "
+                                 f"this sweep's set for the arm: move {setup.root(arm, seed)} away, or pass --overwrite "
+                                 "to train this sweep's arms again")
+
+
 def train_runs(setup: SweepSetup, synthetic: SyntheticSets, log=print) -> list[str]:
     """Trains every run no worker has trained. Several processes can run the same sweep: each takes the
     next run whose lock is free (first pass), then waits for the runs others hold (second pass) and
