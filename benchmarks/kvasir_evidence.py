@@ -269,13 +269,15 @@ CURVE_PAIRS = [("real-twice", "real-only"), ("pretrain-r1", "real-only"), ("pret
 def budget_summary(run: Runner) -> dict:
     """Validation Dice per arm and fine-tuning budget from the sweeps' own sweep.json files, and the differences
     of CURVE_PAIRS at each budget, paired by case over the per-case Dice the sweeps recorded (the controls and
-    the pretrain arms are scored in sweeps of their own, so their difference is computed here)."""
+    the pretrain arms are scored in sweeps of their own, so their difference is computed here). The curve's
+    pretrain arm is the unfiltered set's: a run that pretrained on a filtered set is left out (``excluded``)."""
     import numpy as np
 
-    from nnaug.stats import difference_ci
+    from nnaug.stats import difference_ci, mean_ci
 
     curve: dict = {}
     per_case: dict = {}  # {iterations: {arm: {seed: {case: dice}}}}
+    excluded: list = []
     for result in _budget_sweep_jsons(run, VAL):
         if (result["synthesis"] or {}).get("max_components") is not None:
             continue  # the curve's pretrain arm is the unfiltered set's; a filtered sweep is a lever (section 7)
@@ -284,15 +286,21 @@ def budget_summary(run: Runner) -> dict:
             if arm.get("min_consistency"):
                 continue
             name = arm["arm"] if arm["kind"] != "pretrain" else f"pretrain-r{arm['ratio']:g}"
-            earlier = curve.get(name, {}).get(iterations)
-            if earlier is not None and len(earlier["per_seed"]) >= len(arm["per_seed_foreground"]):
+            seeds = {seed: {case: v["foreground"] for case, v in cases.items()}
+                     for seed, cases in result["per_case"][arm["arm"]].items()}
+            for seed in [s for s in seeds if arm["kind"] == "pretrain" and _on_filtered_set(result, arm, s)]:
+                excluded.append({"budget": result["budget"]["name"], "arm": name, "seed": seed,
+                                 "why": f"pretrained on the filtered set {_run_set(result, arm, seed)}"})
+                del seeds[seed]
+            earlier = per_case.get(iterations, {}).get(name)
+            if earlier is not None and len(earlier) >= len(seeds):
                 continue  # the same runs, shared by sweeps that ask for fewer seeds: keep the sweep with the most
+            per_case.setdefault(iterations, {})[name] = seeds
+            grid = np.array([[seeds[s][c] for c in sorted(seeds[s])] for s in sorted(seeds)])
             curve.setdefault(name, {})[iterations] = {
-                "foreground": arm["foreground"], "per_seed": arm["per_seed_foreground"],
+                "foreground": mean_ci(grid).as_dict(), "per_seed": {s: float(np.mean(list(seeds[s].values())))
+                                                                    for s in sorted(seeds)},
                 "phases": arm["phases"], "budget": result["budget"]["name"]}
-            per_case.setdefault(iterations, {})[name] = {
-                seed: {case: v["foreground"] for case, v in cases.items()}
-                for seed, cases in result["per_case"][arm["arm"]].items()}
     differences: dict = {}
     for iterations, arms in per_case.items():
         for a, b in CURVE_PAIRS:
@@ -302,7 +310,7 @@ def budget_summary(run: Runner) -> dict:
             grid = {arm: np.array([[arms[arm][s][c] for c in cases] for s in sorted(arms[arm])]) for arm in (a, b)}
             differences.setdefault(f"{a} - {b}", {})[iterations] = difference_ci(grid[a], grid[b]).as_dict()
     curve["differences"] = differences
-    out = {"validation_dataset": NAMES[VAL], "curve": curve}  # seeds per point: each point's per_seed
+    out = {"validation_dataset": NAMES[VAL], "curve": curve, "excluded": excluded}  # seeds: each point's per_seed
     for folder in (run.work, RESULTS):
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "budget_curve.json").write_text(json.dumps(out, indent=1))
@@ -316,12 +324,26 @@ def budget_summary(run: Runner) -> dict:
     return out
 
 
+def _run_set(result: dict, arm: dict, seed: str) -> str | None:
+    """The set a run pretrained on, from its own record in the sweep's runs folder (None when there is none)."""
+    record = Path(result["runs_folder"]) / arm["arm"] / f"seed_{seed}" / "nnaug_sweep_arm.json"
+    return json.loads(record.read_text()).get("synthetic_dataset") if record.is_file() else None
+
+
+def _on_filtered_set(result: dict, arm: dict, seed: str) -> bool:
+    from nnaug.provenance import read_provenance
+
+    name = _run_set(result, arm, seed)
+    provenance = read_provenance(Path(os.environ["nnUNet_raw"]) / name) if name else None
+    return bool((provenance or {}).get("filter"))
+
+
 def _plot_budget_curve(curve: dict, path: Path) -> None:
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(7, 4))
     ax = fig.subplots()
-    colours = {"real-only": "tab:gray", "real-twice": "tab:red"}
+    colours = {"real-only": "tab:gray", "real-twice": "tab:red", "mixed-r1": "tab:green"}
     for offset, (name, points) in enumerate((n, p) for n, p in curve.items() if n != "differences"):
         xs = sorted(points, key=int)
         colour = colours.get(name, "tab:blue")
