@@ -279,8 +279,9 @@ def budget_summary(run: Runner) -> dict:
     per_case: dict = {}  # {iterations: {arm: {seed: {case: dice}}}}
     excluded: list = []
     for result in _budget_sweep_jsons(run, VAL):
-        if (result["synthesis"] or {}).get("max_components") is not None:
-            continue  # the curve's pretrain arm is the unfiltered set's; a filtered sweep is a lever (section 7)
+        if (result["synthesis"] or {}).get("max_components") is not None or \
+                (result["generator"] and Path(result["generator"]["folder"]) != generator_folder(run)):
+            continue  # the curve's pretrain arm is the unfiltered set of the curve's generator; others are levers
         iterations = str(result["budget"]["finetune"][0] * result["budget"]["finetune"][1])
         for arm in result["arms"]:
             if arm.get("min_consistency"):
