@@ -266,6 +266,22 @@ def stage_budget(run: Runner, args) -> None:
 CURVE_PAIRS = [("real-twice", "real-only"), ("pretrain-r1", "real-only"), ("pretrain-r1", "real-twice")]
 
 
+def per_case_foreground(result: dict, arm: str) -> dict:
+    """{seed: {case: foreground Dice}} of one arm of a sweep.json."""
+    return {seed: {case: v["foreground"] for case, v in cases.items()} for seed, cases in result["per_case"][arm].items()}
+
+
+def paired_difference(a: dict, b: dict) -> dict:
+    """a − b over the cases both arms were scored on, paired by case (``per_case_foreground`` dicts)."""
+    import numpy as np
+
+    from nnaug.stats import difference_ci
+
+    cases = sorted(set.intersection(*(set(c) for arm in (a, b) for c in arm.values())))
+    grid = [np.array([[arm[s][c] for c in cases] for s in sorted(arm)]) for arm in (a, b)]
+    return difference_ci(*grid).as_dict()
+
+
 def budget_summary(run: Runner) -> dict:
     """Validation Dice per arm and fine-tuning budget from the sweeps' own sweep.json files, and the differences
     of CURVE_PAIRS at each budget, paired by case over the per-case Dice the sweeps recorded (the controls and
@@ -273,7 +289,7 @@ def budget_summary(run: Runner) -> dict:
     pretrain arm is the unfiltered set's: a run that pretrained on a filtered set is left out (``excluded``)."""
     import numpy as np
 
-    from nnaug.stats import difference_ci, mean_ci
+    from nnaug.stats import mean_ci
 
     curve: dict = {}
     per_case: dict = {}  # {iterations: {arm: {seed: {case: dice}}}}
@@ -287,12 +303,13 @@ def budget_summary(run: Runner) -> dict:
             if arm.get("min_consistency"):
                 continue
             name = arm["arm"] if arm["kind"] != "pretrain" else f"pretrain-r{arm['ratio']:g}"
-            seeds = {seed: {case: v["foreground"] for case, v in cases.items()}
-                     for seed, cases in result["per_case"][arm["arm"]].items()}
-            for seed in [s for s in seeds if arm["kind"] == "pretrain" and _on_filtered_set(result, arm, s)]:
-                excluded.append({"budget": result["budget"]["name"], "arm": name, "seed": seed,
-                                 "why": f"pretrained on the filtered set {_run_set(result, arm, seed)}"})
-                del seeds[seed]
+            seeds = per_case_foreground(result, arm["arm"])
+            for seed in list(seeds) if arm["kind"] == "pretrain" else []:
+                filtered = _filtered_set_of_run(result, arm, seed)
+                if filtered:
+                    excluded.append({"budget": result["budget"]["name"], "arm": name, "seed": seed,
+                                     "why": f"pretrained on the filtered set {filtered}"})
+                    del seeds[seed]
             earlier = per_case.get(iterations, {}).get(name)
             if earlier is not None and len(earlier) >= len(seeds):
                 continue  # the same runs, shared by sweeps that ask for fewer seeds: keep the sweep with the most
@@ -305,11 +322,8 @@ def budget_summary(run: Runner) -> dict:
     differences: dict = {}
     for iterations, arms in per_case.items():
         for a, b in CURVE_PAIRS:
-            if a not in arms or b not in arms:
-                continue
-            cases = sorted(set.intersection(*(set(c) for arm in (a, b) for c in arms[arm].values())))
-            grid = {arm: np.array([[arms[arm][s][c] for c in cases] for s in sorted(arms[arm])]) for arm in (a, b)}
-            differences.setdefault(f"{a} - {b}", {})[iterations] = difference_ci(grid[a], grid[b]).as_dict()
+            if a in arms and b in arms:
+                differences.setdefault(f"{a} - {b}", {})[iterations] = paired_difference(arms[a], arms[b])
     curve["differences"] = differences
     out = {"validation_dataset": NAMES[VAL], "curve": curve, "excluded": excluded}  # seeds: each point's per_seed
     for folder in (run.work, RESULTS):
@@ -325,18 +339,16 @@ def budget_summary(run: Runner) -> dict:
     return out
 
 
-def _run_set(result: dict, arm: dict, seed: str) -> str | None:
-    """The set a run pretrained on, from its own record in the sweep's runs folder (None when there is none)."""
-    record = Path(result["runs_folder"]) / arm["arm"] / f"seed_{seed}" / "nnaug_sweep_arm.json"
-    return json.loads(record.read_text()).get("synthetic_dataset") if record.is_file() else None
-
-
-def _on_filtered_set(result: dict, arm: dict, seed: str) -> bool:
+def _filtered_set_of_run(result: dict, arm: dict, seed: str) -> str | None:
+    """The filtered set a run pretrained on, by its own record in the sweep's runs folder; None when its set is
+    unfiltered (or it has no record)."""
+    from nnaug.experiment.plan import ARM_RECORD
+    from nnaug.nnunet_paths import raw_root
     from nnaug.provenance import read_provenance
 
-    name = _run_set(result, arm, seed)
-    provenance = read_provenance(Path(os.environ["nnUNet_raw"]) / name) if name else None
-    return bool((provenance or {}).get("filter"))
+    record = Path(result["runs_folder"]) / arm["arm"] / f"seed_{seed}" / ARM_RECORD
+    name = json.loads(record.read_text()).get("synthetic_dataset") if record.is_file() else None
+    return name if name and (read_provenance(raw_root() / name) or {}).get("filter") else None
 
 
 def _plot_budget_curve(curve: dict, path: Path) -> None:

@@ -37,7 +37,7 @@ import shutil
 from pathlib import Path
 
 from kvasir_evidence import (GENERATOR, NAMES, RESULTS, SAMPLING, TRAIN, VAL, Runner, generator_folder,
-                             real_only_model, score_chunk)
+                             paired_difference, per_case_foreground, real_only_model, score_chunk)
 
 SEEDS = 3
 REFERENCE_STEPS = 1000  # the generator of sections 1-6
@@ -78,16 +78,17 @@ def lever_steps(run: Runner, args, steps: int) -> None:
 
 
 def set_numbers(run: Runner, args) -> dict:
-    """FRD, mask consistency, mask realism and coverage of the ratio-1 sets of the reference generator."""
+    """FRD, mask consistency, mask realism and coverage of the ratio-1 sets of the reference generator: the
+    sweep's own set scoring (``synthetic_quality``, cached beside the judge's runs)."""
     from nnaug.dataset import load_raw_dataset
-    from nnaug.fidelity import synthetic_fidelity
-    from nnaug.mask_consistency import mask_consistency
+    from nnaug.experiment.evaluate import synthetic_quality
+    from nnaug.experiment.plan import BUDGETS, make_arms, model_folder
     from nnaug.provenance import read_provenance, synthetic_datasets_for
-    from nnaug.report.realism import sweep_realism
 
     real = load_raw_dataset(str(TRAIN))
-    judge = (run.results / "nnaug" / NAMES[TRAIN] / "sweep" / "small" / "real-only" / "seed_0" / NAMES[TRAIN]
-             / "nnUNetTrainer_nnaug__nnUNetPlans__2d")
+    base = run.results / "nnaug" / NAMES[TRAIN] / "sweep" / "small"
+    real_only = make_arms(BUDGETS["small"], [1.0], False, kinds=("real-only",))[0]
+    judge = model_folder(base / real_only.name / "seed_0", NAMES[TRAIN], real_only.trainer)  # the shared seed 0
     out = {}
     for folder in sorted(synthetic_datasets_for(NAMES[TRAIN])):
         provenance = read_provenance(folder) or {}
@@ -101,9 +102,10 @@ def set_numbers(run: Runner, args) -> dict:
         name = kind + (f", <= {components} component(s)" if components else "")
         if name in out:
             continue  # the same set made twice (sorted by name: the older ID is kept)
-        fidelity = synthetic_fidelity(real, folder, None, keep_features=True)
-        out[name] = {"dataset": folder.name, "frd": fidelity["frd"], "realism": sweep_realism(real, folder, fidelity),
-                     "mask_consistency": mask_consistency(folder, judge, folds=("all",), device=args.device)["mean_dice"]}
+        quality = synthetic_quality(real, folder, None, judge, ["all"], args.device,
+                                    run.work / "set_numbers" / f"{folder.name}.json")
+        out[name] = {"dataset": folder.name, "frd": quality["fidelity"]["frd"], "realism": quality["realism"],
+                     "mask_consistency": quality["mask_consistency"]}
         print(name, json.dumps(out[name]), flush=True)
     for target in (run.work, RESULTS):
         (target / "set_numbers.json").write_text(json.dumps(out, indent=1))
@@ -114,8 +116,6 @@ def summary(run: Runner) -> dict:
     """Every pretrain-r1 and mixed-r1 arm of the ``small`` validation sweeps, against the shared controls and the
     reference."""
     import numpy as np
-
-    from nnaug.stats import difference_ci
 
     root = run.results / "nnaug" / NAMES[TRAIN] / "sweep" / "small"
     per_case, rows = {}, {}
@@ -139,19 +139,12 @@ def summary(run: Runner) -> dict:
                     "curve_point_200_pairs": json.loads(point.read_text()) if point.is_file() else None}
             else:
                 continue
-            per_case[name] = {seed: {case: v["foreground"] for case, v in cases.items()}
-                              for seed, cases in result["per_case"][arm["arm"]].items()}
-
-    def grid(name, cases):
-        return np.array([[per_case[name][s][c] for c in cases] for s in sorted(per_case[name])])
+            per_case[name] = per_case_foreground(result, arm["arm"])
 
     for name, row in rows.items():
-        row["differences"] = {}
-        for reference in ("real-only", "real-twice", _reference_name()):
-            if reference == name or reference not in per_case:
-                continue
-            cases = sorted(set.intersection(*(set(c) for n in (name, reference) for c in per_case[n].values())))
-            row["differences"][reference] = difference_ci(grid(name, cases), grid(reference, cases)).as_dict()
+        row["differences"] = {reference: paired_difference(per_case[name], per_case[reference])
+                              for reference in ("real-only", "real-twice", _reference_name())
+                              if reference != name and reference in per_case}
     controls = {name: {"per_seed": {s: float(np.mean(list(c.values()))) for s, c in per_case[name].items()}}
                 for name in ("real-only", "real-twice") if name in per_case}
     out = {"validation_dataset": NAMES[VAL], "budget": "small", "controls": controls, "levers": rows}

@@ -43,13 +43,8 @@ class Budget:
         return math.ceil((pe * pi + fe * fi) / fi)
 
     def trainer(self, kind: str) -> str:
-        two_phases = kind in TWO_PHASE_KINDS  # real-twice: the pretrain arm's trainer, on a copy of the real cases
-        if self.fixed:
-            return "nnUNetTrainer_nnaugPretrainFinetune_5epochs" if two_phases else \
-                {"real-only": "nnUNetTrainer_nnaug_5epochs", "compute-matched": "nnUNetTrainer_nnaug_10epochs",
-                 "mixed": "nnUNetTrainer_nnaugMixed_5epochs"}[kind]
-        return "nnUNetTrainer_nnaugPretrainFinetune" if two_phases else \
-            "nnUNetTrainer_nnaugMixed" if kind == "mixed" else "nnUNetTrainer_nnaug"
+        fixed, variable = ARM_TRAINERS[kind]
+        return fixed if self.fixed else variable
 
     def env(self, kind: str) -> dict[str, str]:
         if self.fixed:
@@ -74,6 +69,15 @@ ARM_KINDS = ("real-only", "compute-matched", "real-twice", "pretrain", "mixed")
 DEFAULT_ARM_KINDS = ARM_KINDS[:-1]  # mixed (real + synthetic in one training) only when asked for
 TWO_PHASE_KINDS = ("real-twice", "pretrain")  # pretraining, then a fresh optimizer and lr cycle for fine-tuning
 SYNTHETIC_KINDS = ("pretrain", "mixed")  # the arms that train on a synthetic set (one per ratio and filter)
+# kind -> (fixed-schedule class of the tiny budget, NNAUG_*-scheduled class); real-twice is the pretrain arm's
+# trainer on a copy of the real cases, compute-matched the real-only trainer for longer
+ARM_TRAINERS = {
+    "real-only": ("nnUNetTrainer_nnaug_5epochs", "nnUNetTrainer_nnaug"),
+    "compute-matched": ("nnUNetTrainer_nnaug_10epochs", "nnUNetTrainer_nnaug"),
+    "real-twice": ("nnUNetTrainer_nnaugPretrainFinetune_5epochs", "nnUNetTrainer_nnaugPretrainFinetune"),
+    "pretrain": ("nnUNetTrainer_nnaugPretrainFinetune_5epochs", "nnUNetTrainer_nnaugPretrainFinetune"),
+    "mixed": ("nnUNetTrainer_nnaugMixed_5epochs", "nnUNetTrainer_nnaugMixed"),
+}
 
 BUDGETS = {
     "tiny": Budget("tiny", *BUDGET_SCHEDULES["tiny"], True,

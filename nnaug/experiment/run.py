@@ -240,18 +240,19 @@ def refuse_runs_on_other_sets(setup: SweepSetup, synthetic: SyntheticSets) -> No
     from nnaug.nnunet_pretraining import TRAINING_RECORD
     from nnaug.nnunet_results import fold_folder
 
+    expected = {arm.name: synthetic.for_arm(arm, make=False) for arm in setup.arms}  # each looked up once
     for arm, seed in setup.tasks:
-        expected = synthetic.for_arm(arm, make=False)
-        if expected is None:
+        if expected[arm.name] is None:
             continue
         left = setup.folds_left(arm, seed)
         for fold in (f for f in setup.folds if f not in left):
             record = load_json_or_none(fold_folder(setup.model_dir(arm, seed), fold) / TRAINING_RECORD) or {}
             used = (record.get("pretraining") or record.get("mixed_with") or {}).get("synthetic_dataset")
-            if used is not None and used != expected.name:
-                raise NnaugError(f"{arm.name} seed {seed} fold {fold} was trained on {used}, not on {expected.name}, "
-                                 f"this sweep's set for the arm: move {setup.root(arm, seed)} away, or pass --overwrite "
-                                 "to train this sweep's arms again")
+            wanted = expected[arm.name].name
+            if used is not None and used != wanted:
+                raise NnaugError(f"{arm.name} seed {seed} fold {fold} was trained on {used}, not on {wanted}, this "
+                                 f"sweep's set for the arm: move {setup.root(arm, seed)} away, or pass --overwrite to "
+                                 "train this sweep's arms again")
 
 
 def train_runs(setup: SweepSetup, synthetic: SyntheticSets, log=print) -> list[str]:
